@@ -1,0 +1,116 @@
+"""The schema of ``domainlm adapt``: every recipe key is a field here, with why its default is what it is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from domainlm.config import opt
+
+
+@dataclass
+class AdaptConfig:
+    # --- what to adapt, on what -------------------------------------------------------------------
+    model: str = opt("tiny-llama", "base model: local folder, packaged name (minilm, smollm2), tiny-* or a Hub id")
+    corpus: str = opt("pubmed-sample", "prepared corpus folder, or a corpus card name (prepared with the model's "
+                      "tokenizer into OUT/corpus on first use)")
+    out: str = opt("runs/adapt", "run folder (checkpoints, metrics, curves, final model, manifest)")
+    objective: Literal["auto", "causal", "masked", "protein"] = opt(
+        "auto", "training objective; auto picks it from the model (causal LM, masked LM, protein masked LM)")
+    from_scratch: bool = opt(False, "initialise the weights from the model's config instead of its checkpoint "
+                             "(ESM trained from scratch)")
+    block_size: int | None = opt(None, "tokens per training sequence when adapt prepares a corpus card "
+                                 "(default: 128 for masked, 256 for causal, 512 for protein)")
+    # --- full training or LoRA --------------------------------------------------------------------
+    method: Literal["full", "lora"] = opt("full", "train every weight, or LoRA adapters (peft)")
+    lora_r: int = opt(16, "LoRA rank; 16 is peft's and LLaMA-Factory's common default for 100M-class models")
+    lora_alpha: int = opt(32, "LoRA scaling numerator (alpha/r = 2, the usual choice)")
+    lora_dropout: float = opt(0.05, "dropout on the LoRA path")
+    lora_target_modules: list[str] | None = opt(None, "module names to wrap; default: every linear layer of the "
+                                                "transformer blocks (QLoRA found all-linear beats attention-only)")
+    train_embeddings: bool = opt(False, "under LoRA also train the input embeddings and output layer fully "
+                                 "(needed after `vocab extend`)")
+    # --- objective details ------------------------------------------------------------------------
+    mlm_probability: float = opt(0.15, "fraction of tokens masked (BERT, RoBERTa and ESM all use 15%)")
+    whole_word_mask: bool = opt(False, "mask whole words rather than pieces (MatSciBERT, PubMedBERT)")
+    document_mask: bool = opt(True, "restart positions and block attention at document boundaries in packed blocks")
+    # --- optimisation -----------------------------------------------------------------------------
+    lr: float = opt(2e-4, "peak learning rate (AdamW); 2e-4 suits LoRA and small models, use ~5e-5 for full "
+                    "training of a pretrained 100M+ model")
+    weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and norms)")
+    adam_beta1: float = opt(0.9, "AdamW beta1")
+    adam_beta2: float = opt(0.98, "AdamW beta2; 0.98 as in RoBERTa/ESM for stability with large batches")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)")
+    schedule: Literal["cosine", "linear", "constant"] = opt("cosine", "decay after warmup")
+    warmup_ratio: float = opt(0.05, "fraction of steps spent warming up; continued pretraining re-warms "
+                              "(Ibrahim et al. 2024 found re-warming + re-decaying works best)")
+    min_lr_ratio: float = opt(0.1, "final learning rate as a fraction of the peak (cosine/linear)")
+    batch_size: int = opt(8, "sequences per micro-batch (per process)")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    max_steps: int | None = opt(100, "optimizer steps; the run stops at this or max_tokens, whichever comes first")
+    max_tokens: int | None = opt(None, "training-token budget (non-padding tokens, all processes)")
+    seed: int = opt(0, "seed for weights of fresh heads, masking, data order and dropout")
+    bf16: Literal["auto", "on", "off"] = opt("auto", "bf16 autocast with fp32 master weights; auto turns it on when "
+                                             "the CPU/GPU runs bf16 matmuls fast")
+    # --- replay and forgetting --------------------------------------------------------------------
+    replay_corpus: str | None = opt(None, "general corpus (prepared folder or card) mixed into training "
+                                    "against forgetting")
+    replay_fraction: float | None = opt(None, "fraction of training sequences drawn from replay_corpus; default "
+                                        "0.05 for text when a replay corpus is given, 0 for protein")
+    general_eval: str | None = opt(None, "general corpus whose validation perplexity is tracked (forgetting "
+                                   "monitor); defaults to replay_corpus")
+    forgetting_threshold: float = opt(0.10, "warn when general perplexity rises by more than this fraction")
+    # --- evaluation, logging, checkpoints ---------------------------------------------------------
+    eval_every: int = opt(50, "steps between held-out evaluations (0: only at the start and end)")
+    eval_batches: int = opt(16, "validation micro-batches per evaluation (0: the whole split)")
+    log_every: int = opt(10, "steps between metric log lines")
+    save_every: int = opt(100, "steps between checkpoints (0: only at the end)")
+    keep_last: int = opt(2, "checkpoints kept; older ones are deleted after a new one is complete")
+    resume: bool = opt(False, "continue from the newest complete checkpoint in OUT")
+    overwrite: bool = opt(False, "delete an existing run in OUT and start again")
+    chunked_head: bool = opt(True, "compute the output head and cross-entropy only where needed and in chunks "
+                             "(masked positions for MLM); saves the full-vocabulary logits")
+    num_workers: int = opt(0, "DataLoader workers (data are pre-tokenised, so 0 is usually fastest on CPU)")
+    allow_pickle: bool = opt(False, "allow loading pickle (.bin) weights; pickle can execute code")
+    trust_remote_code: bool = opt(False, "allow model code from the model folder to run")
+
+    def problems(self) -> list[str]:
+        out = []
+        for key in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "keep_last"):
+            if getattr(self, key) < 1:
+                out.append(f"'{key}' must be at least 1, got {getattr(self, key)}")
+        for key in ("eval_every", "eval_batches", "log_every", "save_every", "num_workers"):
+            if getattr(self, key) < 0:
+                out.append(f"'{key}' must be 0 or more, got {getattr(self, key)}")
+        if not 0 < self.mlm_probability < 1:
+            out.append(f"'mlm_probability' must be between 0 and 1, got {self.mlm_probability}")
+        if self.lr <= 0:
+            out.append(f"'lr' must be positive, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            out.append(f"'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            out.append(f"'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
+        if self.max_steps is None and self.max_tokens is None:
+            out.append("set 'max_steps' or 'max_tokens': a run needs a budget")
+        if self.max_steps is not None and self.max_steps < 1:
+            out.append(f"'max_steps' must be at least 1, got {self.max_steps}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            out.append(f"'max_tokens' must be at least 1, got {self.max_tokens}")
+        if self.replay_fraction is not None:
+            if not 0 <= self.replay_fraction < 1:
+                out.append(f"'replay_fraction' must be in [0, 1), got {self.replay_fraction}")
+            elif self.replay_fraction > 0 and not self.replay_corpus:
+                out.append("'replay_fraction' is set but 'replay_corpus' is not: name a general corpus to replay "
+                           "(e.g. replay_corpus: general-english-sample) or set replay_fraction: 0")
+        if self.from_scratch and self.method == "lora":
+            out.append("'from_scratch: true' with 'method: lora' trains adapters on random weights; use method: full")
+        if self.whole_word_mask and self.objective == "causal":
+            out.append("'whole_word_mask' applies to masked LMs, not objective: causal")
+        if self.train_embeddings and self.method != "lora":
+            out.append("'train_embeddings' is a LoRA option (full training already trains embeddings); "
+                       "drop it or set method: lora")
+        if self.resume and self.overwrite:
+            out.append("'resume' and 'overwrite' contradict each other; choose one")
+        if self.block_size is not None and self.block_size < 8:
+            out.append(f"'block_size' must be at least 8, got {self.block_size}")
+        return out

@@ -1,0 +1,170 @@
+"""Self-describing output folders: atomic writes, manifests, hashes and package versions.
+
+Every folder domainlm writes (prepared corpus, run, checkpoint, bench report, published model)
+carries a ``manifest.json``. Writes go to a temporary name first and are renamed into place, so a
+crash never leaves a half-written file or folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from domainlm.errors import DomainLMError
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+# The keys a manifest reader understands; newer writers may add more (tolerated with a warning).
+KNOWN_KEYS = {
+    "manifest_version", "kind", "complete", "created", "config", "inputs", "counts", "versions",
+    "flops", "wall_time_s", "metrics", "notes",
+}
+
+_VERSION_PACKAGES = ("domainlm", "torch", "transformers", "peft", "datasets", "accelerate", "tokenizers")
+
+
+def _disk_error(path: Path, exc: OSError) -> DomainLMError:
+    if exc.errno == errno.ENOSPC:
+        return DomainLMError(f"no space left on the device while writing {path}; free some space and run the "
+                             "command again (the previous complete files were left untouched)")
+    return DomainLMError(f"could not write {path}: {exc.strerror or exc}")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _disk_error(path, exc) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it is renamed to ``final`` (replacing it).
+
+    On any error the temporary folder is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _disk_error(final, exc) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in _VERSION_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    import platform
+
+    out["python"] = platform.python_version()
+    return out
+
+
+def write_manifest(folder: str | Path, kind: str, *, complete: bool = True, **fields: Any) -> dict[str, Any]:
+    """Write ``folder/manifest.json`` atomically and return it.
+
+    ``kind`` names the artifact ("corpus", "run", "checkpoint", "bench", "published").
+    """
+    import datetime as _dt
+
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "kind": kind,
+        "complete": complete,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": package_versions(),
+    }
+    manifest.update(fields)
+    atomic_write_json(Path(folder) / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(folder: str | Path, kind: str | None = None, *, require_complete: bool = True) -> dict[str, Any]:
+    """Read a manifest, refusing missing, corrupt, incomplete or wrong-kind ones with a clear message."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        from domainlm.errors import IncompleteArtifactError
+
+        raise IncompleteArtifactError(f"{folder} has no {MANIFEST}: it is not a finished domainlm folder "
+                                      "(was the command that writes it interrupted? run it again)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DomainLMError(f"{path} is not valid JSON ({exc}); re-create the folder") from None
+    if not isinstance(manifest, dict):
+        raise DomainLMError(f"{path} does not hold a JSON object; re-create the folder")
+    if kind is not None and manifest.get("kind") != kind:
+        raise DomainLMError(f"{folder} is a '{manifest.get('kind')}' folder, expected a '{kind}' folder")
+    if require_complete and not manifest.get("complete", False):
+        from domainlm.errors import IncompleteArtifactError
+
+        raise IncompleteArtifactError(f"{path} says the folder is incomplete; finish it (e.g. with --resume) or "
+                                      "re-create it")
+    unknown = set(manifest) - KNOWN_KEYS
+    unknown = {k for k in unknown if not k.startswith("x_")}
+    if unknown and manifest.get("manifest_version", 1) > MANIFEST_VERSION:
+        warnings.warn(f"{path} has keys this domainlm version does not know: {sorted(unknown)}; ignoring them",
+                      stacklevel=2)
+    return manifest

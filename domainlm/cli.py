@@ -1,0 +1,173 @@
+"""The ``domainlm`` command line: one typed function per verb, flags built from its dataclass.
+
+Verb modules are imported only when their verb runs, so ``domainlm --help``, ``validate`` and
+``models`` answer without importing torch or transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import os
+import sys
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from domainlm.config import _strip_optional, fields_of, resolved_hints, type_name
+from domainlm.errors import ConfigError, DomainLMError
+
+
+@dataclass(frozen=True)
+class Verb:
+    name: str  # e.g. "corpus prepare"
+    target: str  # "module:function"; the function takes the config dataclass
+    config: str | None  # "module:Class" or None for verbs without options
+    summary: str
+    positional: tuple[str, ...] = ()  # config fields taken as positional arguments
+    recipe: bool = False  # first positional is an optional YAML recipe whose keys are config fields
+
+
+VERBS: tuple[Verb, ...] = (
+    Verb("models", "domainlm.sources_cli:models", "domainlm.sources_cli:ModelsConfig",
+         "list the model sources that resolve on this machine"),
+    Verb("validate", "domainlm.validate:validate", "domainlm.validate:ValidateConfig",
+         "check a recipe or task file and report every problem at once", positional=("path",)),
+    Verb("corpus prepare", "domainlm.corpora.prepare:prepare", "domainlm.corpora.prepare:PrepareConfig",
+         "read, clean, deduplicate, split, tokenise and pack a domain corpus", recipe=True),
+    Verb("corpus stats", "domainlm.corpora.stats:stats", "domainlm.corpora.stats:StatsConfig",
+         "documents, tokens, length histogram, frequent terms, tokenizer fragmentation", positional=("corpus",)),
+    Verb("corpus download", "domainlm.corpora.download:download", "domainlm.corpora.download:DownloadConfig",
+         "download PubMed baseline/update files or UniProt Swiss-Prot with md5 checks and resume",
+         positional=("source",)),
+    Verb("adapt", "domainlm.adapt:adapt", "domainlm.adapt:AdaptConfig",
+         "continue pretraining a base model on a prepared domain corpus", recipe=True),
+    Verb("bench", "domainlm.bench:bench", "domainlm.bench:BenchConfig",
+         "evaluate a model (and its base) on a domain task suite"),
+    Verb("publish", "domainlm.publish:publish", "domainlm.publish:PublishConfig",
+         "export a run as a checkpoint plain transformers loads, with a model card", positional=("run_dir",)),
+    Verb("generate", "domainlm.generate:generate", "domainlm.generate:GenerateConfig",
+         "generate text from a causal model, token by token"),
+    Verb("vocab extend", "domainlm.vocab:extend", "domainlm.vocab:ExtendConfig",
+         "add frequent domain words to a base tokenizer and initialise their embeddings"),
+    Verb("compute", "domainlm.compute:compute", "domainlm.compute:ComputeConfig",
+         "FLOPs, wall time and Chinchilla-optimal tokens for a training budget"),
+    Verb("scaling sweep", "domainlm.scaling:sweep", "domainlm.scaling:SweepConfig",
+         "train a grid of tiny models and record held-out loss"),
+    Verb("scaling fit", "domainlm.scaling:fit", "domainlm.scaling:FitConfig",
+         "fit scaling laws to a sweep table", positional=("table",)),
+    Verb("quickstart", "domainlm.quickstart:quickstart", "domainlm.quickstart:QuickstartConfig",
+         "the whole job end to end on a shipped sample"),
+)
+
+
+def _load(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser(verb: Verb) -> tuple[argparse.ArgumentParser, type | None]:
+    fn = _load(verb.target)
+    cls = _load(verb.config) if verb.config else None
+    parser = argparse.ArgumentParser(prog=f"domainlm {verb.name}", description=(fn.__doc__ or verb.summary).strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if verb.recipe:
+        parser.add_argument("recipe", nargs="?", default=None,
+                            help="YAML recipe (path or shipped name) whose keys are the options below")
+    if cls is None:
+        return parser, None
+    hints = resolved_hints(cls)
+    for name, f in fields_of(cls).items():
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        tp, _ = _strip_optional(hints[name])
+        help_text = f.metadata.get("help", "")
+        help_text = f"{help_text} [{type_name(hints[name])}; default: {default!r}]"
+        if name in verb.positional:
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+            parser.add_argument(name, nargs=None if required else "?", default=argparse.SUPPRESS, help=help_text)
+            continue
+        if tp is bool:
+            parser.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
+        else:
+            choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
+            parser.add_argument(_flag(name), dest=name, default=argparse.SUPPRESS, choices=choices, help=help_text,
+                                metavar=name.upper() if choices is None else None)
+    return parser, cls
+
+
+def run_verb(verb: Verb, argv: list[str]) -> Any:
+    from domainlm import config as cfgmod
+
+    parser, cls = build_parser(verb)
+    ns = vars(parser.parse_args(argv))
+    fn = _load(verb.target)
+    recipe = ns.pop("recipe", None) if verb.recipe else None
+    if cls is None:
+        return fn()
+    from_string = {k for k, v in ns.items() if isinstance(v, str)}
+    config = cfgmod.load(cls, recipe, ns, from_string=from_string)
+    return fn(config)
+
+
+def _usage() -> str:
+    width = max(len(v.name) for v in VERBS)
+    lines = ["usage: domainlm VERB [options]    (domainlm VERB --help for its options)", "",
+             "Adapt general language models to a scientific field.", "", "verbs:"]
+    lines += [f"  {v.name:<{width}}  {v.summary}" for v in VERBS]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=os.environ.get("DOMAINLM_LOG", "INFO"), format="%(levelname)s %(message)s")
+    for name in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(version("domainlm"))
+        return 0
+    verb = None
+    for v in sorted(VERBS, key=lambda v: -len(v.name.split())):
+        words = v.name.split()
+        if argv[: len(words)] == words:
+            verb, argv = v, argv[len(words):]
+            break
+    if verb is None:
+        from domainlm.config import did_you_mean
+
+        groups = {v.name.split()[0] for v in VERBS}
+        if argv[0] in groups:
+            subs = [v.name for v in VERBS if v.name.split()[0] == argv[0]]
+            print(f"domainlm {argv[0]}: choose one of: {', '.join(subs)}", file=sys.stderr)
+        else:
+            names = [v.name for v in VERBS]
+            print(f"domainlm: unknown verb '{argv[0]}'{did_you_mean(argv[0], names)}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        run_verb(verb, argv)
+    except ConfigError as exc:
+        print(f"domainlm {verb.name}: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except DomainLMError as exc:
+        print(f"domainlm {verb.name}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"domainlm {verb.name}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

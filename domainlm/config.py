@@ -1,0 +1,238 @@
+"""Typed configuration: dataclasses are the schema for recipes, flags and ``validate``.
+
+A recipe is a YAML file whose keys are fields of a verb's dataclass; a flag overrides the recipe.
+Every problem in a recipe is reported at once, naming the key and the fix (torchtune's ConfigError
+habit), before any weights or data are loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from domainlm.errors import ConfigError
+
+
+# Names users bring from other tools (HF Trainer, litgpt, axolotl) for our fields.
+_SYNONYMS = {"learning_rate": "lr", "gradient_accumulation_steps": "grad_accum", "per_device_train_batch_size":
+             "batch_size", "micro_batch_size": "batch_size", "num_train_steps": "max_steps", "steps": "max_steps",
+             "warmup": "warmup_ratio", "lr_scheduler_type": "schedule", "model_name_or_path": "model",
+             "output_dir": "out", "seq_len": "block_size", "max_seq_length": "block_size", "sequence_len": "block_size",
+             "lora_rank": "lora_r", "lora_target_linear": "lora_target_modules", "dataset": "corpus"}
+
+
+def did_you_mean(name: str, known: typing.Iterable[str]) -> str:
+    """Return a ' (did you mean X?)' hint for a misspelt ``name``, or an empty string."""
+    known = list(known)
+    if _SYNONYMS.get(name) in known:
+        return f" (did you mean '{_SYNONYMS[name]}'?)"
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def type_name(tp: Any) -> str:
+    """Human-readable type for messages and --help."""
+    inner, optional = _strip_optional(tp)
+    if get_origin(inner) is Literal:
+        name = "one of " + ", ".join(repr(a) for a in get_args(inner))
+    elif get_origin(inner) in (list, tuple):
+        name = f"list of {type_name(get_args(inner)[0])}"
+    elif get_origin(inner) is dict:
+        name = "mapping"
+    else:
+        name = getattr(inner, "__name__", str(inner))
+    return name + (" or null" if optional else "")
+
+
+def coerce(value: Any, tp: Any, *, from_string: bool = False) -> Any:
+    """Convert ``value`` to ``tp`` or raise ValueError with what was expected.
+
+    ``from_string`` is set for command-line values, which arrive as strings.
+    """
+    inner, optional = _strip_optional(tp)
+    if value is None or (from_string and optional and str(value).lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ValueError(f"expected {type_name(tp)}, got null")
+    origin = get_origin(inner)
+    if origin is Literal:
+        choices = get_args(inner)
+        if value not in choices:
+            raise ValueError(f"expected {type_name(inner)}, got {value!r}{did_you_mean(str(value), map(str, choices))}")
+        return value
+    if origin in (list, tuple):
+        if from_string and isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected {type_name(inner)}, got {type(value).__name__} {value!r}")
+        return [coerce(v, get_args(inner)[0], from_string=from_string) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping, got {value!r}")
+        return dict(value)
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        if from_string and str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if from_string and str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    if inner is int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(float(value)) if ("e" in value.lower() and float(value).is_integer()) else int(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected an integer, got {value!r}")
+    if inner is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if inner is str:
+        if isinstance(value, (str, Path)):
+            return str(value)
+        if from_string:
+            return str(value)
+        raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def field_help(f: dataclasses.Field) -> str:
+    return f.metadata.get("help", "")
+
+
+def fields_of(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def resolved_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def build(cls: type, values: dict[str, Any], *, source: str | None = None, from_string: set[str] | None = None):
+    """Create ``cls`` from ``values``, collecting every problem into one ConfigError.
+
+    Unknown keys get a "did you mean"; wrong types name the expected type. After construction the
+    dataclass's ``problems()`` method (if any) reports impossible combinations.
+    """
+    from_string = from_string or set()
+    known = fields_of(cls)
+    hints = resolved_hints(cls)
+    problems: list[str] = []
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            problems.append(f"unknown key '{key}'{did_you_mean(key, known)}; known keys: {', '.join(sorted(known))}")
+            continue
+        try:
+            kwargs[key] = coerce(value, hints[key], from_string=key in from_string)
+        except ValueError as exc:
+            problems.append(f"'{key}': {exc}")
+    required = [n for n, f in known.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+                and n not in kwargs]
+    for name in required:
+        if name not in values:
+            problems.append(f"'{name}' is required: {field_help(known[name]) or 'set it'}")
+    if required:
+        raise ConfigError(problems, source)
+    obj = cls(**kwargs)
+    # Combination checks run even when some keys were rejected above (their defaults stand in), so
+    # the user sees every problem at once.
+    check = getattr(obj, "problems", None)
+    if callable(check):
+        problems.extend(check())
+    if problems:
+        raise ConfigError(problems, source)
+    return obj
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning parse errors into a ConfigError naming the file and line."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"file not found: {path}"], str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text: {exc}"], str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"expected a mapping of keys to values at the top level, got {type(data).__name__}"], str(path))
+    return data
+
+
+def load(cls: type, recipe: str | Path | None = None, overrides: dict[str, Any] | None = None,
+         *, from_string: set[str] | None = None):
+    """Load ``cls`` from an optional YAML recipe plus overrides (overrides win).
+
+    ``recipe`` may be a path or the name of a shipped recipe (see :func:`domainlm.resources.recipe_path`).
+    """
+    values: dict[str, Any] = {}
+    source = None
+    if recipe is not None:
+        from domainlm.resources import recipe_path
+
+        path = recipe_path(recipe)
+        source = str(path)
+        values.update(read_yaml(path))
+    values.update({k: v for k, v in (overrides or {}).items()})
+    return build(cls, values, source=source, from_string=from_string)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as a plain JSON/YAML-serialisable mapping."""
+    return dataclasses.asdict(obj)
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, choices_doc: str = "") -> Any:
+    """A dataclass field with help text (shown by --help and ``validate``)."""
+    meta = {"help": help}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def as_config(cls: type, config: Any = None, overrides: dict[str, Any] | None = None):
+    """Accept a dataclass instance, a recipe path/name, or None, plus keyword overrides (Python API)."""
+    if isinstance(config, cls):
+        if not overrides:
+            return config
+        return build(cls, {**to_dict(config), **overrides})
+    if isinstance(config, dict):
+        return build(cls, {**config, **(overrides or {})})
+    return load(cls, config, overrides)

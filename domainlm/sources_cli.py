@@ -1,0 +1,87 @@
+"""``domainlm models``: which base models resolve on this machine, without loading any weights."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from domainlm.config import opt
+from domainlm.sources import ModelSource, available_sources, build_tiny, cache_dir
+
+
+@dataclass
+class ModelsConfig:
+    json: bool = opt(False, "print JSON instead of a table")
+
+
+def _safetensors_params(folder: Path) -> int | None:
+    """Sum tensor sizes from safetensors headers (8-byte length + JSON), without importing torch."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            size = 1
+            for d in meta["shape"]:
+                size *= d
+            total += size
+    return total
+
+
+def _gguf_params(path: Path) -> int | None:
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return None
+    reader = GGUFReader(str(path))
+    return int(sum(int(t.n_elements) for t in reader.tensors))
+
+
+def parameter_count(src: ModelSource) -> int | None:
+    if src.gguf_file:
+        return _gguf_params(Path(src.path) / src.gguf_file)
+    return _safetensors_params(Path(src.path))
+
+
+def human(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def models(config: ModelsConfig | None = None) -> list[dict]:
+    """List every model source that resolves here: kind, parameters, origin.
+
+    Also accepted as a base model anywhere: a local folder, a .gguf file, or a Hub id (needs the network or
+    the local Hugging Face cache; HF_HUB_OFFLINE=1 is respected).
+    """
+    config = config or ModelsConfig()
+    rows = []
+    for src in available_sources():
+        if src.origin.startswith("tiny") and not (Path(src.path) / "config.json").is_file():
+            build_tiny(src.name, cache_dir() / "tiny" / src.name)
+        rows.append({"name": src.name, "kind": src.kind, "parameters": parameter_count(src),
+                     "hub_id": src.hub_id, "origin": src.origin,
+                     "path": str(Path(src.path) / src.gguf_file) if src.gguf_file else src.path,
+                     "description": src.description})
+    if config.json:
+        print(json.dumps(rows, indent=2))
+        return rows
+    header = f"{'name':<11} {'kind':<8} {'params':>7}  {'hub id':<38} origin"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['name']:<11} {r['kind']:<8} {human(r['parameters']):>7}  {r['hub_id'] or '-':<38} {r['origin']}")
+    print("\nAlso accepted: a local model folder, a .gguf file, or a Hub id (online, or cached with HF_HUB_OFFLINE=1).")
+    return rows
