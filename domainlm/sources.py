@@ -156,10 +156,11 @@ def tiny_config(name: str, vocab_size: int, **overrides: Any):
         cfg.update(overrides)
         return BertConfig(**cfg)
     if name == "tiny-esm":
-        # ESM-2 settings: rotary positions, pre-LN without the embedding LayerNorm, token dropout.
+        # ESM-2 settings (rotary positions, pre-LN without the embedding LayerNorm) except token dropout:
+        # ESM rescales embeddings by the mask ratio of the whole row, which would leak across packed documents.
         cfg = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=4,
                    num_attention_heads=4, max_position_embeddings=1026, position_embedding_type="rotary",
-                   pad_token_id=1, mask_token_id=32, emb_layer_norm_before=False, token_dropout=True,
+                   pad_token_id=1, mask_token_id=32, emb_layer_norm_before=False, token_dropout=False,
                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         cfg.update(overrides)
         return EsmConfig(**cfg)

@@ -1,0 +1,90 @@
+"""The metrics log (JSONL, plus TensorBoard when installed) and the loss/perplexity curve PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Append-only JSONL of train and eval records; on resume, records after the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step is None:
+            path.write_text("")
+        elif path.is_file():
+            keep = [line for line in path.read_text().splitlines() if line.strip()
+                    and json.loads(line).get("step", 0) <= resume_step]
+            path.write_text("".join(k + "\n" for k in keep))
+        try:  # optional: TensorBoard only when its package is installed
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+        except ImportError:
+            self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
+                    self.tb.add_scalar(f"{record.get('type', 'train')}/{k}", v, record.get("step", 0))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_curves(metrics_path: Path, out_png: Path, title: str) -> Path:
+    """Training loss and held-out perplexity (domain, and general when tracked) against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from domainlm.artifacts import atomic_write_bytes
+
+    records = read_metrics(metrics_path)
+    train = [r for r in records if r.get("type") == "train"]
+    evals = [r for r in records if r.get("type") == "eval"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    if train:
+        ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", color="#1f77b4")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss (nats/token)")
+    ax1.set_title("training loss")
+    ax1.grid(alpha=0.3)
+    for key, label, color in (("domain_ppl", "domain (held-out)", "#d62728"),
+                              ("general_ppl", "general (forgetting)", "#2ca02c")):
+        pts = [(r["step"], r[key]) for r in evals if key in r and math.isfinite(r[key])]
+        if pts:
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label, color=color)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("perplexity")
+    ax2.set_title("held-out perplexity")
+    ax2.grid(alpha=0.3, which="both")
+    ax2.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(out_png, buf.getvalue())
+    return out_png

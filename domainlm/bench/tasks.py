@@ -1,0 +1,366 @@
+"""Tasks are data: the schema of a task YAML, suite loading, and the format/metric registries.
+
+A task file in ``benchmarks/<suite>/<task>.yaml`` names its reader ``format``, its data ``files``
+per split, the ``head`` it trains or the scoring rule it uses (``mode``), its ``metric`` and a
+``version`` (lm-evaluation-harness habit: bump it whenever data, prompt or scoring change, so old
+numbers are never compared with new ones). Every key is a field of :class:`TaskSpec`;
+``domainlm validate TASK.yaml`` checks a file against it without loading any data.
+
+Formats (readers) and metrics are registries because outsiders add them: registration is explicit,
+duplicates are refused and unknown names are answered with "did you mean" and the known names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from domainlm.config import did_you_mean, opt
+from domainlm.errors import ConfigError
+
+Head = Literal["token", "sequence", "multilabel", "regression", "lm", "contacts"]
+Mode = Literal["probe", "finetune", "zeroshot", "perplexity"]
+SUITES = ("biomed", "materials", "protein", "general")
+
+
+# --------------------------------------------------------------------------------------------------
+# Registries
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered reader or metric with what it can be used for."""
+
+    name: str
+    fn: Callable[..., Any]
+    heads: tuple[str, ...]
+    doc: str = ""
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Registry:
+    """Name -> :class:`Entry`. Duplicates are refused; unknown names get a did-you-mean."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, *, heads: tuple[str, ...], **meta: Any) -> Callable:
+        """Decorator: ``@FORMATS.register("conll", heads=("token",))``."""
+
+        def wrap(fn: Callable) -> Callable:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} '{name}' is already registered (by {self._entries[name].fn.__module__}); "
+                                 "choose another name")
+            doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+            self._entries[name] = Entry(name, fn, tuple(heads), doc, dict(meta))
+            return fn
+
+        return wrap
+
+    def unknown(self, name: str) -> str:
+        return f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}; known: {', '.join(self.names())}"
+
+    def get(self, name: str) -> Entry:
+        if name not in self._entries:
+            raise ConfigError([self.unknown(name)])
+        return self._entries[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+
+FORMATS = Registry("task format")
+METRICS = Registry("metric")
+
+
+def _populate() -> None:
+    """Import the modules whose decorators fill the registries (light modules: no torch)."""
+    from domainlm.bench import metrics, readers  # noqa: F401
+
+
+# --------------------------------------------------------------------------------------------------
+# The task schema
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class TaskSpec:
+    """One benchmark task. Every key of a task YAML is a field here."""
+
+    version: int = opt(help="task version; bump it when data, prompt or scoring change")
+    format: str = opt(help="reader for the data files (see FORMATS: conll, pubtator, brat, jsonl, csv, ...)")
+    metric: str = opt(help="headline metric (entity_f1, micro_f1, macro_f1, accuracy, pearson, spearman, "
+                      "word_perplexity, token_perplexity, recovery_accuracy, precision_at_l5)")
+    head: Head = opt("sequence", "what is predicted: token tags, one label per sequence, several labels, a "
+                     "number, language-model likelihood (lm) or residue contacts")
+    mode: Mode = opt("probe", "probe: frozen features + scikit-learn; finetune: train a head for a fixed budget "
+                     "over several seeds; zeroshot: log-likelihood of answer choices (causal models); "
+                     "perplexity: held-out likelihood")
+    fallback_mode: Mode | None = opt(None, "mode used when the model cannot run `mode` (zero-shot needs a causal LM)")
+    files: dict[str, str] = opt(factory=dict, help="split -> data file or folder (train, dev, test), relative to "
+                                "the task file's folder, or to --data-root when it is set")
+    name: str | None = opt(None, "task name (default: the file name without .yaml)")
+    family: str | None = opt(None, "task family for the BLURB-style macro average (default: the task name)")
+    description: str = opt("", "what the task measures, one line")
+    labels: list[str] | None = opt(None, "the label set (entity types for NER); data with another label is an "
+                                   "error. Default: the labels seen in the train split")
+    negative_label: str | None = opt(None, "label left out of micro-F1 (ChemProt/DDI style: the 'no relation' "
+                                     "class)")
+    text_field: str = opt("text", "jsonl/csv field (column) holding the text")
+    text_b_field: str | None = opt(None, "jsonl/csv field holding the second text of a pair")
+    label_field: str | None = opt(None, "jsonl/csv field holding the label (default 'label', or 'labels' for "
+                                  "multilabel); fasta: 'key' reads key=value from the header, default the "
+                                  "number after the last '|'")
+    id_field: str = opt("id", "jsonl/csv field holding a record id (optional in the data)")
+    label_sep: str | None = opt(None, "csv multilabel: separator between labels in one cell")
+    prompt: str | None = opt(None, "zeroshot: prompt template with {question}, {context} and/or {text}")
+    choices: list[str] | None = opt(None, "zeroshot: the answer strings scored after the prompt (default: labels)")
+    max_length: int = opt(256, "tokens per example; longer inputs are truncated and counted")
+    batch_size: int = opt(32, "examples per forward pass")
+    pooling: Literal["mean", "cls", "last"] = opt("mean", "how token states become one sequence vector (probe)")
+    probe_c: float = opt(1.0, "inverse regularisation of the logistic-regression probe (ridge alpha = 1/C)")
+    probe_c_grid: list[float] | None = opt(None, "when a dev split exists, choose the probe's C from these by "
+                                           "the dev score")
+    finetune_steps: int = opt(100, "optimizer steps per seed in finetune mode (a fixed small budget)")
+    finetune_lr: float = opt(5e-5, "AdamW learning rate in finetune mode (BERT fine-tuning's usual range)")
+    finetune_batch_size: int = opt(16, "examples per step in finetune mode")
+    carve_train: float | None = opt(None, "no train file: move this fraction of the test file's records "
+                                    "(seeded, stratified) into a train split (real sets shipping only a test file)")
+    test_ids: str | None = opt(None, "file of record ids forming the test split; the test file's other records "
+                               "become train (PubMedQA's official split)")
+    split_seed: int = opt(0, "seed for carve_train")
+    role: Literal["domain", "general"] = opt("domain", "lm tasks: held-out domain text or the general-English "
+                                             "forgetting check")
+    window: int = opt(256, "lm: tokens per window (causal sliding window / masked scoring context)")
+    stride: int | None = opt(None, "lm: causal window step; tokens before it are context only (default window/2)")
+    max_tokens: int | None = opt(None, "lm: stop after this many scored tokens per model (pseudo-perplexity costs "
+                                 "one forward pass per token)")
+    contact_threshold: float = opt(8.0, "contacts: C-beta distance in angstrom below which residues touch")
+    min_separation: int = opt(24, "contacts: sequence separation counted as long range (Rao et al. 2020)")
+    train_separation: int = opt(6, "contacts: smallest separation of residue pairs the regression is fit on")
+
+    # Filled by the loader, not by users.
+    source: str | None = opt(None, "the task file (set by the loader)")
+
+    @property
+    def task_name(self) -> str:
+        return self.name or (Path(self.source).stem if self.source else "task")
+
+    @property
+    def task_family(self) -> str:
+        return self.family or self.task_name
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.source).parent if self.source else Path.cwd()
+
+    @property
+    def supervised(self) -> bool:
+        return self.head in ("token", "sequence", "multilabel", "regression")
+
+    def problems(self) -> list[str]:
+        """Impossible combinations, each naming the keys involved and a fix."""
+        _populate()
+        out: list[str] = []
+        if self.version < 1:
+            out.append(f"'version' must be 1 or more, got {self.version}")
+        if self.format not in FORMATS:
+            out.append(f"'format': {FORMATS.unknown(self.format)}")
+        elif self.head not in FORMATS.get(self.format).heads:
+            heads = ", ".join(FORMATS.get(self.format).heads)
+            out.append(f"format '{self.format}' cannot feed head '{self.head}'; it feeds: {heads}")
+        if self.metric not in METRICS:
+            out.append(f"'metric': {METRICS.unknown(self.metric)}")
+        elif self.head not in METRICS.get(self.metric).heads:
+            fits = [m for m in METRICS.names() if self.head in METRICS.get(m).heads]
+            out.append(f"metric '{self.metric}' does not apply to head '{self.head}'; use one of: {', '.join(fits)}")
+        if "test" not in self.files:
+            out.append("'files' needs a 'test' entry (the split that is scored)")
+        unknown_splits = set(self.files) - {"train", "dev", "test"}
+        if unknown_splits:
+            out.append(f"'files' has unknown splits {sorted(unknown_splits)}; use train, dev and test")
+        for mode_key in ("mode", "fallback_mode"):
+            mode = getattr(self, mode_key)
+            if mode is None:
+                continue
+            if self.head == "lm" and mode != "perplexity":
+                out.append(f"'{mode_key}: {mode}' does not apply to head 'lm'; use mode: perplexity")
+            if mode == "perplexity" and self.head != "lm":
+                out.append(f"'{mode_key}: perplexity' needs head: lm, got head '{self.head}'")
+            if self.head == "contacts" and mode != "probe":
+                out.append(f"head 'contacts' is scored by a probe over attention maps; set {mode_key}: probe")
+            if mode == "zeroshot" and self.head != "sequence":
+                out.append(f"'{mode_key}: zeroshot' scores answer choices, so it needs head: sequence")
+            if mode == "zeroshot" and not (self.choices or self.labels):
+                out.append("'mode: zeroshot' needs 'choices' (or 'labels') to score")
+            if mode == "zeroshot" and not self.prompt:
+                out.append("'mode: zeroshot' needs a 'prompt' template")
+        needs_train = self.mode in ("probe", "finetune") or self.fallback_mode in ("probe", "finetune")
+        if needs_train and "train" not in self.files and self.carve_train is None and not self.test_ids:
+            out.append(f"mode '{self.mode}' trains on a train split: add files.train, or carve_train / test_ids "
+                       "to make one from the test file")
+        if self.carve_train is not None and not 0 < self.carve_train < 1:
+            out.append(f"'carve_train' must be between 0 and 1, got {self.carve_train}")
+        if self.carve_train is not None and self.test_ids:
+            out.append("'carve_train' and 'test_ids' both make a train split; keep one")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            out.append("'labels' lists a label twice")
+        if self.labels is not None and self.head in ("regression", "lm", "contacts"):
+            out.append(f"'labels' does not apply to head '{self.head}'; remove it")
+        if self.negative_label is not None and self.labels is not None and self.negative_label not in self.labels:
+            out.append(f"'negative_label' {self.negative_label!r} is not in 'labels'")
+        for key in ("max_length", "batch_size", "finetune_steps", "finetune_batch_size"):
+            if getattr(self, key) < 1:
+                out.append(f"'{key}' must be at least 1, got {getattr(self, key)}")
+        if self.window < 8:
+            out.append(f"'window' must be at least 8, got {self.window}")
+        if self.stride is not None and not 1 <= self.stride <= self.window:
+            out.append(f"'stride' must be between 1 and window ({self.window}), got {self.stride}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            out.append(f"'max_tokens' must be at least 1, got {self.max_tokens}")
+        if self.probe_c <= 0 or any(c <= 0 for c in self.probe_c_grid or []):
+            out.append("'probe_c' and 'probe_c_grid' must be positive")
+        if self.finetune_lr <= 0:
+            out.append(f"'finetune_lr' must be positive, got {self.finetune_lr}")
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading tasks and suites
+# --------------------------------------------------------------------------------------------------
+
+def load_task(path: str | Path, overrides: dict[str, Any] | None = None) -> TaskSpec:
+    """Read and check one task YAML; ``overrides`` replace keys (``files`` entries are merged)."""
+    from domainlm import config as cfgmod
+
+    path = Path(path)
+    data = cfgmod.read_yaml(path)
+    data.pop("source", None)
+    overrides = dict(overrides or {})
+    files = overrides.pop("files", None)
+    if files:
+        merged = dict(data.get("files") or {})
+        for split, value in files.items():
+            if value in ("", None):
+                merged.pop(split, None)  # `task.dev=` removes a split the real data lacks
+            else:
+                merged[split] = value
+        data["files"] = merged
+    from_string = {k for k, v in overrides.items() if isinstance(v, str)}
+    data.update(overrides)
+    data["source"] = str(path)
+    return cfgmod.build(TaskSpec, data, source=str(path), from_string=from_string)
+
+
+def suite_folder(suite: str) -> Path:
+    """A shipped suite name or a folder of task YAMLs."""
+    from domainlm.resources import benchmarks_dir
+
+    path = Path(suite).expanduser()
+    if path.is_dir():
+        return path
+    shipped = benchmarks_dir() / suite
+    if suite in SUITES or shipped.is_dir():
+        return shipped
+    known = [p.name for p in sorted(benchmarks_dir().iterdir()) if p.is_dir()]
+    raise ConfigError([f"suite '{suite}' is neither a folder nor a shipped suite{did_you_mean(suite, known)}; "
+                       f"shipped suites: {', '.join(known)}"])
+
+
+def task_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.yaml") if not p.name.startswith("."))
+
+
+def parse_overrides(entries: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``["ner.train=path", "ner.labels=Disease", "@file"]`` -> {task: {key: value}}.
+
+    ``@FILE`` reads one override per line (``#`` comments). Split names (train/dev/test) set data
+    files; any other key sets a :class:`TaskSpec` field. An entry without ``=`` continues the previous
+    value after a comma, because the command line splits list flags at commas.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    lines: list[tuple[str, str]] = []
+    for entry in entries or []:
+        if entry.startswith("@"):
+            path = Path(entry[1:]).expanduser()
+            if not path.is_file():
+                raise ConfigError([f"override file not found: {path}"], "override")
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    lines.append((line, f"{path}:{n}"))
+        elif "=" not in entry and lines:
+            prev, where = lines[-1]
+            lines[-1] = (f"{prev},{entry}", where)
+        else:
+            lines.append((entry, "override"))
+    problems = []
+    for line, where in lines:
+        key, eq, value = line.partition("=")
+        task, dot, field = key.strip().partition(".")
+        if not eq or not dot or not task or not field:
+            problems.append(f"{where}: '{line}' is not TASK.KEY=VALUE (e.g. ner.test=ncbi_disease_conll/test.tsv)")
+            continue
+        value = value.strip()
+        field = field.strip()
+        slot = out.setdefault(task, {})
+        if field in ("train", "dev", "test"):
+            slot.setdefault("files", {})[field] = value
+        elif field not in {f.name for f in dataclasses.fields(TaskSpec)}:
+            names = [f.name for f in dataclasses.fields(TaskSpec)] + ["train", "dev", "test"]
+            problems.append(f"{where}: unknown task key '{field}'{did_you_mean(field, names)}")
+        else:
+            slot[field] = value
+    if problems:
+        raise ConfigError(problems, "override")
+    return out
+
+
+def load_suite(suite: str, tasks: list[str] | None = None,
+               overrides: dict[str, dict[str, Any]] | None = None) -> list[TaskSpec]:
+    """Load the tasks of one or more suites (``biomed`` or ``biomed,general``), all problems at once."""
+    specs: list[TaskSpec] = []
+    problems: list[str] = []
+    for part in [s.strip() for s in suite.split(",") if s.strip()]:
+        folder = suite_folder(part)
+        paths = task_files(folder)
+        if not paths:
+            problems.append(f"suite folder {folder} holds no task files (*.yaml)")
+        for path in paths:
+            try:
+                specs.append(load_task(path, (overrides or {}).get(path.stem)))
+            except ConfigError as exc:
+                problems.extend(f"{path}: {p}" for p in exc.problems)
+    names = [s.task_name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(f"task names appear twice across the suites: {', '.join(dupes)}")
+    for task in overrides or {}:
+        if task not in names:
+            problems.append(f"override names task '{task}', which is not in the suite{did_you_mean(task, names)}; "
+                            f"tasks: {', '.join(names)}")
+    if tasks:
+        for t in tasks:
+            if t not in names:
+                problems.append(f"--tasks names '{t}', which is not in the suite{did_you_mean(t, names)}; "
+                                f"tasks: {', '.join(names)}")
+        specs = [s for s in specs if s.task_name in tasks]
+    if problems:
+        raise ConfigError(problems, suite)
+    return specs
+
+
+def iter_shipped_tasks() -> Iterator[Path]:
+    """Every shipped task YAML (tests load and validate each one)."""
+    from domainlm.resources import benchmarks_dir
+
+    for suite in SUITES:
+        folder = benchmarks_dir() / suite
+        if folder.is_dir():
+            yield from task_files(folder)

@@ -1,0 +1,348 @@
+"""``domainlm compute``: what a training budget costs, here and on a named accelerator.
+
+Given a model and one of a token budget, a FLOPs budget or a number of hours, it prints the FLOPs
+(from :mod:`domainlm.flops`), the wall time on this machine from a short measured training probe,
+the wall time on a named accelerator at an assumed utilisation, the Chinchilla-optimal token count
+for the model, and where the budget sits on a log scale below the 10^23 FLOPs mark.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from domainlm.config import as_config, opt
+from domainlm.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Dense (no sparsity) peak tensor-core throughput in the training precision, from the vendors'
+# datasheets. Planning uses peak × utilisation, so these are ceilings, not promises.
+ACCELERATORS: dict[str, tuple[str, float]] = {
+    "h100": ("NVIDIA H100 SXM, BF16 dense", 989e12),
+    "h200": ("NVIDIA H200 SXM, BF16 dense (H100 compute, more memory)", 989e12),
+    "b200": ("NVIDIA B200, BF16 dense", 2250e12),
+    "a100": ("NVIDIA A100, BF16 dense", 312e12),
+    "l4": ("NVIDIA L4, BF16 dense", 121e12),
+    "a10": ("NVIDIA A10, BF16 dense", 125e12),
+    "v100": ("NVIDIA V100, FP16 tensor cores", 125e12),
+    "t4": ("NVIDIA T4, FP16 tensor cores", 65e12),
+    "mi300x": ("AMD Instinct MI300X, BF16 dense", 1307e12),
+    "mi250x": ("AMD Instinct MI250X, BF16 dense", 383e12),
+    "tpu-v5e": ("Google TPU v5e, BF16", 197e12),
+    "tpu-v4": ("Google TPU v4, BF16", 275e12),
+}
+
+Accelerator = Literal["h100", "h200", "b200", "a100", "l4", "a10", "v100", "t4", "mi300x", "mi250x", "tpu-v5e",
+                      "tpu-v4"]
+
+# Default training sequence lengths, the same as adapt's when it prepares a corpus card.
+_DEFAULT_SEQ_LEN = {"causal": 256, "masked": 128, "protein": 512}
+
+
+@dataclass
+class ComputeConfig:
+    model: str = opt("tiny-llama", "model whose config sets the FLOPs: local folder, packaged name (minilm, "
+                     "smollm2), tiny-* or a Hub id")
+    tokens: int | None = opt(None, "training-token budget D (e.g. 1e9); give exactly one of tokens, flops, hours")
+    flops: float | None = opt(None, "training FLOPs budget C (e.g. 1e18)")
+    hours: float | None = opt(None, "wall-clock budget in hours on this machine (uses the measured throughput)")
+    seq_len: int | None = opt(None, "tokens per training sequence (default: 256 causal, 128 masked, 512 protein, "
+                              "as adapt prepares corpora)")
+    objective: Literal["auto", "causal", "masked", "protein"] = opt("auto", "training objective; auto reads it "
+                                                                    "from the model")
+    accelerator: Accelerator = opt("h100", "named accelerator to estimate wall time on")
+    utilisation: float = opt(0.4, "model FLOPs utilisation assumed on the accelerator; well-tuned large runs reach "
+                             "0.4-0.5 (PaLM reported 0.46)")
+    head_fraction: float | None = opt(None, "fraction of positions where the output head runs (default: 1 for causal "
+                                      "LMs, 0.15 for masked LMs, whose head adapt computes at masked tokens only)")
+    trainable_fraction: float | None = opt(None, "fraction of parameters that get weight gradients (LoRA: about "
+                                           "0.01); default: all")
+    probe_seconds: float = opt(8.0, "seconds of real training steps used to measure throughput here (0: skip)")
+    batch_size: int = opt(8, "largest probe micro-batch (smaller when one step would take too long)")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to run the probe; auto picks a GPU when present")
+    out: str | None = opt(None, "also write the result as JSON to this file")
+    trust_remote_code: bool = opt(False, "allow model code from the model folder to run (custom architectures)")
+
+    def problems(self) -> list[str]:
+        out = []
+        given = [k for k in ("tokens", "flops", "hours") if getattr(self, k) is not None]
+        if len(given) != 1:
+            out.append("give exactly one budget: --tokens D, --flops C or --hours H"
+                       + (f" (got {', '.join(given)})" if given else ""))
+        for key in given:
+            if getattr(self, key) <= 0:
+                out.append(f"'{key}' must be positive, got {getattr(self, key)}")
+        if not 0 < self.utilisation <= 1:
+            out.append(f"'utilisation' must be in (0, 1], got {self.utilisation}")
+        if self.seq_len is not None and self.seq_len < 1:
+            out.append(f"'seq_len' must be at least 1, got {self.seq_len}")
+        if self.head_fraction is not None and not 0 <= self.head_fraction <= 1:
+            out.append(f"'head_fraction' must be in [0, 1], got {self.head_fraction}")
+        if self.trainable_fraction is not None and not 0 <= self.trainable_fraction <= 1:
+            out.append(f"'trainable_fraction' must be in [0, 1], got {self.trainable_fraction}")
+        if self.probe_seconds < 0:
+            out.append(f"'probe_seconds' must be 0 or more, got {self.probe_seconds}")
+        if self.hours is not None and self.probe_seconds == 0:
+            out.append("'hours' converts time to tokens with the measured throughput: set probe_seconds above 0")
+        if self.batch_size < 1:
+            out.append(f"'batch_size' must be at least 1, got {self.batch_size}")
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Throughput probe
+# --------------------------------------------------------------------------------------------------
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(["'device: cuda' but torch sees no GPU here; use --device cpu or auto"])
+    return device
+
+
+def probe_throughput(model_config: Any, objective: str, seq_len: int, *, seconds: float = 8.0,
+                     max_batch: int = 8, device: str = "cpu", trust_remote_code: bool = False) -> dict[str, Any]:
+    """Measure training tokens/s with real optimizer steps of a freshly initialised model.
+
+    Weights are random (built from the config): speed does not depend on their values, and this keeps
+    the probe from loading a checkpoint. The micro-batch is chosen from one timed warm-up step so that
+    one step stays short against ``seconds``, capped at ``max_batch``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from domainlm.flops import bf16_is_fast
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    auto = AutoModelForCausalLM if objective == "causal" else AutoModelForMaskedLM
+    torch.manual_seed(0)
+    model = auto.from_config(model_config, trust_remote_code=trust_remote_code).to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    use_bf16 = bf16_is_fast(device)
+    vocab = int(model_config.get_text_config().vocab_size)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(batch: int) -> None:
+        ids = torch.randint(0, vocab, (batch, seq_len), generator=gen).to(device)
+        labels = ids.clone()
+        if objective != "causal":
+            keep = torch.rand(batch, seq_len, generator=gen).to(device) >= 0.15
+            labels[keep] = -100
+        with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
+                            enabled=use_bf16):
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step(1)  # warm-up: allocations and kernel choice, never timed
+    sync()
+    # Small models on CPUs are overhead-bound, so throughput grows with the batch: double it while a
+    # step stays under a sixth of the probe, up to max_batch.
+    batch = 1
+    while batch < max_batch:
+        t0 = time.perf_counter()
+        step(batch)
+        sync()
+        if time.perf_counter() - t0 > seconds / 6:
+            break
+        batch = min(max_batch, batch * 2)
+    tokens, steps = 0, 0
+    start = time.perf_counter()
+    while True:
+        step(batch)
+        sync()
+        tokens += batch * seq_len
+        steps += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds or (steps >= 2 and elapsed + elapsed / steps > 1.5 * seconds):
+            break
+    del model, optimizer
+    return {"tokens_per_s": tokens / elapsed, "steps": steps, "micro_batch": batch, "seq_len": seq_len,
+            "seconds": elapsed, "device": device, "dtype": "bf16 autocast" if use_bf16 else "fp32",
+            "threads": torch.get_num_threads(), "tokens": tokens}
+
+
+# --------------------------------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------------------------------
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "n/a"
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def _count(n: float) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def log_scale_bar(marks: list[tuple[str, float]], *, width: int = 48) -> list[str]:
+    """One line per (label, FLOPs) with its position on a shared log10 axis (the axis is the first line)."""
+    logs = [math.log10(v) for _, v in marks if v > 0]
+    lo, hi = math.floor(min(logs)), math.ceil(max(logs))
+    hi = max(hi, lo + 1)
+    label_w = max(len(label) for label, _ in marks)
+    axis = [" "] * (width + 1)
+    ticks = list(range(lo, hi + 1))
+    step = max(1, len(ticks) // 8)
+    for t in ticks[::step]:
+        axis[round((t - lo) / (hi - lo) * width)] = "|"
+    lines = [f"{'':<{label_w}}  10^{lo} {''.join(axis)} 10^{hi}"]
+    for label, value in marks:
+        row = ["-"] * (width + 1)
+        row[round((math.log10(value) - lo) / (hi - lo) * width)] = "#"
+        lines.append(f"{label:<{label_w}}  {'':>{len(str(lo)) + 3}} {''.join(row)}  {value:.3g}")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# The verb
+# --------------------------------------------------------------------------------------------------
+
+def compute(config: ComputeConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
+    """FLOPs, wall time here and on an accelerator, and Chinchilla-optimal tokens for a training budget.
+
+    Give the model and exactly one budget: --tokens D, --flops C or --hours H (hours on this machine).
+    The wall time here comes from a few seconds of real training steps of the model at --seq-len.
+    Returns the numbers as a dict (and writes them as JSON with --out).
+    """
+    from domainlm.artifacts import atomic_write_json
+    from domainlm.flops import (
+        CHINCHILLA_TOKENS_PER_PARAM,
+        EMERGENCE_FLOPS,
+        chinchilla_optimal_tokens,
+        measure_matmul_peak,
+        mfu,
+        model_flops,
+    )
+    from domainlm.sources import materialise, resolve
+
+    cfg = as_config(ComputeConfig, config, overrides)
+    src = resolve(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    from transformers import AutoConfig
+
+    model_config = AutoConfig.from_pretrained(materialise(src).path, trust_remote_code=cfg.trust_remote_code)
+    kind = src.kind if cfg.objective == "auto" else cfg.objective
+    objective = "causal" if kind == "causal" else "masked"
+    seq_len = cfg.seq_len or _DEFAULT_SEQ_LEN[kind]
+    max_pos = getattr(model_config.get_text_config(), "max_position_embeddings", None)
+    if getattr(model_config, "model_type", "") in ("roberta",) and max_pos:
+        max_pos -= 2  # RoBERTa reserves two positions for padding offsets
+    if max_pos and seq_len > max_pos:
+        raise ConfigError([f"'seq_len' {seq_len} is longer than {cfg.model}'s {max_pos} positions; "
+                           f"use --seq-len {max_pos} or less"])
+    head_fraction = cfg.head_fraction if cfg.head_fraction is not None else (1.0 if objective == "causal" else 0.15)
+    fb = model_flops(model_config, seq_len, head_fraction=head_fraction, trainable_fraction=cfg.trainable_fraction)
+    acc_name, acc_peak = ACCELERATORS[cfg.accelerator]
+    acc_rate = acc_peak * cfg.utilisation
+
+    probe: dict[str, Any] | None = None
+    peak_here = None
+    if cfg.probe_seconds > 0:
+        device = _pick_device(cfg.device)
+        log.info("measuring training throughput of %s at seq_len %d on %s for ~%.0f s", src.name, seq_len, device,
+                 cfg.probe_seconds)
+        probe = probe_throughput(model_config, objective, seq_len, seconds=cfg.probe_seconds,
+                                 max_batch=cfg.batch_size, device=device, trust_remote_code=cfg.trust_remote_code)
+        peak_here = measure_matmul_peak("bf16" if probe["dtype"].startswith("bf16") else "fp32", seconds=0.5,
+                                        device=device)
+        probe["matmul_peak_flops"] = peak_here
+        probe["mfu"] = mfu(probe["tokens_per_s"], fb.training_flops_per_token, peak_here)
+        probe["flops"] = probe["tokens"] * fb.training_flops_per_token
+
+    per_token = fb.training_flops_per_token
+    if cfg.tokens is not None:
+        tokens = float(cfg.tokens)
+        flops = tokens * per_token
+    elif cfg.flops is not None:
+        flops = float(cfg.flops)
+        tokens = flops / per_token
+    else:
+        assert probe is not None  # problems() requires the probe for --hours
+        tokens = probe["tokens_per_s"] * cfg.hours * 3600
+        flops = tokens * per_token
+    here_s = tokens / probe["tokens_per_s"] if probe else float("nan")
+    acc_s = flops / acc_rate
+    optimal = chinchilla_optimal_tokens(fb.total_params)
+
+    result: dict[str, Any] = {
+        "model": src.name, "model_type": fb.model_type, "objective": objective, "seq_len": seq_len,
+        "params": fb.as_dict(), "tokens": tokens, "flops": flops, "flops_6nd_chinchilla": fb.chinchilla_6n * tokens,
+        "flops_6nd_kaplan": fb.kaplan_6n * tokens, "probe": probe, "wall_time_here_s": here_s,
+        "accelerator": {"name": cfg.accelerator, "description": acc_name, "peak_flops": acc_peak,
+                        "utilisation": cfg.utilisation, "wall_time_s": acc_s},
+        "chinchilla_optimal_tokens": optimal, "tokens_per_param": tokens / fb.total_params,
+        "log10_flops": math.log10(flops), "orders_below_1e23": math.log10(EMERGENCE_FLOPS) - math.log10(flops),
+    }
+    if probe:
+        lo = math.log10(probe["flops"])
+        result["log_position_probe_to_1e23"] = (math.log10(flops) - lo) / (math.log10(EMERGENCE_FLOPS) - lo)
+
+    # ---- the table -------------------------------------------------------------------------------
+    p = print
+    p(f"\nmodel          {src.name} ({fb.model_type}, {objective} LM), seq_len {seq_len}")
+    p(f"parameters     {_count(fb.total_params)} total = {_count(fb.non_embedding_params)} non-embedding "
+      f"(Kaplan's N) + {_count(fb.embedding_params)} embedding")
+    p(f"FLOPs/token    {per_token:.3g} training = {fb.training_flops_per_token / fb.forward_flops_per_token:.2f} x "
+      f"forward {fb.forward_flops_per_token:.3g} (2N {2 * fb.non_embedding_params:.3g} + attention "
+      f"{fb.attention_flops_per_token:.3g} + head {fb.head_flops_per_token:.3g})")
+    p(f"               for reference: 6N = {fb.kaplan_6n:.3g} (Kaplan, no embeddings), "
+      f"{fb.chinchilla_6n:.3g} (Chinchilla, all parameters)")
+    how = "given" if cfg.tokens else ("from --flops" if cfg.flops else f"{cfg.hours:g} h at the measured speed")
+    p(f"\nbudget         {_count(tokens)} tokens ({how}) = {flops:.3g} FLOPs  "
+      f"[6ND: {fb.chinchilla_6n * tokens:.3g} Chinchilla, {fb.kaplan_6n * tokens:.3g} Kaplan]")
+    if probe:
+        p(f"this machine   {probe['tokens_per_s']:.4g} tokens/s measured ({probe['steps']} steps of "
+          f"{probe['micro_batch']}x{seq_len} tokens, {probe['dtype']}, {probe['device']}, {probe['threads']} threads), "
+          f"MFU {probe['mfu']:.1%} of a measured {peak_here:.3g} FLOP/s matmul peak")
+        p(f"               wall time {_duration(here_s)}")
+    else:
+        p("this machine   not measured (probe_seconds: 0)")
+    p(f"{cfg.accelerator:<14} {_duration(acc_s)} at {cfg.utilisation:.0%} of {acc_peak:.3g} FLOP/s ({acc_name})"
+      + (f"; {cfg.hours:g} h there buys {acc_rate * cfg.hours * 3600 / per_token:.3g} tokens" if cfg.hours else ""))
+    ratio = tokens / optimal
+    p(f"\nChinchilla     {_count(optimal)} tokens is compute-optimal for {_count(fb.total_params)} parameters "
+      f"({CHINCHILLA_TOKENS_PER_PARAM:g} per parameter, Hoffmann et al. 2022); this budget is {ratio:.3g}x that "
+      f"({tokens / fb.total_params:.3g} tokens per parameter)")
+    if ratio < 1:
+        p("               continued pretraining usually sits far below it: it starts from a trained model, so "
+          "the optimum for training from scratch is an upper reference, not a target")
+    marks = []
+    if probe:
+        marks.append(("throughput probe (just now)", probe["flops"]))
+        marks.append(("1 hour on this machine", probe["tokens_per_s"] * 3600 * per_token))
+    marks.append(("this budget", flops))
+    marks.append((f"1 day on one {cfg.accelerator}", acc_rate * 86400))
+    marks.append(("1e23: emergent abilities", EMERGENCE_FLOPS))
+    p("\nlog scale (FLOPs); Wei et al. 2022 saw abilities emerge around 10^23 training FLOPs")
+    for line in log_scale_bar(marks):
+        p("  " + line)
+    gap = result["orders_below_1e23"]
+    if gap > 0:
+        p(f"10^23 FLOPs is {10 ** gap:.3g}x this budget ({gap:.1f} orders of magnitude)"
+          + (f"; from the probe, this budget is {result['log_position_probe_to_1e23']:.0%} of the way there on a "
+             "log scale" if probe else "")
+          + f"; it would take {_duration(EMERGENCE_FLOPS / acc_rate)} on one {cfg.accelerator}.")
+    else:
+        p(f"this budget is {10 ** -gap:.3g}x beyond 10^23 FLOPs.")
+    if cfg.out:
+        atomic_write_json(cfg.out, {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, **result})
+    return result
+
+
+__all__ = ["ACCELERATORS", "ComputeConfig", "compute", "log_scale_bar", "probe_throughput"]

@@ -1,0 +1,208 @@
+"""Language-model loss numerics shared by adapt, bench and vocab: one tested place for them.
+
+* Packed blocks carry a document id per token. Positions restart at each document and attention
+  never crosses a boundary: causal models get restarting ``position_ids`` and no 2-D mask, which
+  transformers' masking utilities turn into a block-diagonal causal mask (its packed-sequence
+  support); bidirectional models get an explicit 4-D block-diagonal boolean mask, which
+  ``create_bidirectional_mask`` passes through unchanged (SDPA attention).
+* Causal labels are next tokens, masked (-100) where the next token starts another document.
+* The output head runs only where a loss is needed: at masked positions for MLM, and for causal
+  models through :class:`FusedLinearCrossEntropy`, which never materialises the full
+  ``tokens x vocabulary`` logits (the cost that dominates small-model training on CPU).
+* Perplexity is ``exp(sum of token losses / number of target tokens)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+IGNORE = -100
+
+# Families whose causal-LM forward is exactly `logits = lm_head(final_hidden)` (no soft-capping or
+# logit scaling), so the fused head below computes the same loss as the model's own forward.
+FUSED_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "olmo", "olmo2", "phi3", "biogpt",
+                       "stablelm", "starcoder2", "smollm3"}
+
+
+def positions_from_doc_ids(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Position ids that restart at 0 wherever the document id changes (and at each block start)."""
+    b, n = doc_ids.shape
+    idx = torch.arange(n, device=doc_ids.device).expand(b, n)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    start_idx = torch.where(starts, idx, torch.zeros_like(idx))
+    start_idx = torch.cummax(start_idx, dim=1).values
+    return idx - start_idx
+
+
+def bidirectional_doc_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """[batch, 1, L, L] boolean mask: True where query and key belong to the same document."""
+    return (doc_ids[:, :, None] == doc_ids[:, None, :]).unsqueeze(1)
+
+
+def causal_labels(input_ids: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+    """Next-token labels aligned with positions (label[i] = token[i+1]); -100 across documents and at the end."""
+    labels = torch.full_like(input_ids, IGNORE)
+    labels[:, :-1] = input_ids[:, 1:]
+    if doc_ids is not None:
+        cross = doc_ids[:, 1:] != doc_ids[:, :-1]
+        labels[:, :-1][cross] = IGNORE
+    return labels
+
+
+@dataclass
+class HeadSplit:
+    """A model seen as body (hidden states) + position-wise head, so the head runs only where needed."""
+
+    body: torch.nn.Module
+    head: torch.nn.Module
+    fused_weight: torch.nn.Parameter | None  # causal: the output matrix for the fused loss
+    fused_bias: torch.nn.Parameter | None
+
+
+def split_head(model: Any, objective: str) -> HeadSplit | None:
+    """Find body and head of a HF ``*ForCausalLM``/``*ForMaskedLM`` (unwrapping peft), or None if unknown."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    prefix = getattr(inner, "base_model_prefix", None)
+    body = getattr(inner, prefix, None) if prefix else None
+    if body is None or body is inner:
+        return None
+    model_type = getattr(inner.config, "model_type", "")
+    if objective == "causal":
+        head = inner.get_output_embeddings()
+        if model_type not in FUSED_HEAD_FAMILIES or not isinstance(head, torch.nn.Linear):
+            return None
+        return HeadSplit(body, head, head.weight, head.bias)
+    for name in ("cls", "lm_head"):
+        head = getattr(inner, name, None)
+        if isinstance(head, torch.nn.Module):
+            return HeadSplit(body, head, None, None)
+    return None
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """Sum of cross-entropy of ``hidden @ weight.T + bias`` against ``labels``, times ``scale``.
+
+    Computes logits chunk by chunk and produces the gradients during the forward pass (as Liger's
+    fused linear cross-entropy does on GPU), so neither the full logits nor their softmax are kept.
+    Liger needs Triton; nothing maintained does this on CPU, hence this small function.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, scale, chunk_rows, compute_dtype):  # noqa: D401
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            n = hidden.shape[0]
+            w = weight.detach().to(compute_dtype)
+            need_w = weight.requires_grad
+            need_b = bias is not None and bias.requires_grad
+            need_h = hidden.requires_grad
+            grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+            grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for start in range(0, n, chunk_rows):
+                stop = min(start + chunk_rows, n)
+                h = hidden[start:stop].detach().to(compute_dtype)
+                lab = labels[start:stop]
+                logits = (h @ w.t()).float()
+                if bias is not None:
+                    logits = logits + bias.detach().float()
+                valid = lab != IGNORE
+                safe = torch.where(valid, lab, torch.zeros_like(lab))
+                lse = torch.logsumexp(logits, dim=-1)
+                picked = logits.gather(1, safe[:, None]).squeeze(1)
+                total += ((lse - picked) * valid).sum()
+                # d(loss)/d(logits) = softmax - onehot, for valid rows only, times the scale.
+                g = torch.exp(logits - lse[:, None])
+                g[torch.arange(stop - start, device=g.device), safe] -= 1.0
+                g *= (valid.float() * scale)[:, None]
+                gc = g.to(compute_dtype)
+                if need_h:
+                    grad_h[start:stop] = (gc @ w).float()
+                if need_w:
+                    grad_w += (gc.t() @ h).float()
+                if need_b:
+                    grad_b += g.sum(0)
+        ctx.save_for_backward(*(t if t is not None else torch.empty(0) for t in (grad_h, grad_w, grad_b)))
+        ctx.flags = (need_h, need_w, need_b, hidden.dtype, weight.dtype)
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        need_h, need_w, need_b, h_dtype, w_dtype = ctx.flags
+        return ((grad_h * grad_out).to(h_dtype) if need_h else None,
+                (grad_w * grad_out).to(w_dtype) if need_w else None,
+                (grad_b * grad_out) if need_b else None,
+                None, None, None, None)
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                               labels: torch.Tensor, scale: float, *, compute_dtype: torch.dtype = torch.float32,
+                               max_logit_elements: int = 1 << 24) -> torch.Tensor:
+    """``scale * sum(CE)`` over rows of ``hidden`` (flattened to [N, d]) without materialising all logits."""
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    labels = labels.reshape(-1)
+    chunk = max(1, max_logit_elements // weight.shape[0])
+    return FusedLinearCrossEntropy.apply(hidden, weight, bias, labels, float(scale), chunk, compute_dtype)
+
+
+def model_inputs(input_ids: torch.Tensor, doc_ids: torch.Tensor | None, objective: str,
+                 document_mask: bool = True) -> dict[str, torch.Tensor]:
+    """Forward kwargs for a packed batch: restarting positions and the document mask."""
+    if doc_ids is None or not document_mask:
+        return {"input_ids": input_ids, "use_cache": False} if objective == "causal" else {"input_ids": input_ids}
+    kwargs = {"input_ids": input_ids, "position_ids": positions_from_doc_ids(doc_ids)}
+    if objective == "causal":
+        # With a KV cache transformers skips packed-sequence detection: training never needs one.
+        kwargs["use_cache"] = False
+    else:
+        kwargs["attention_mask"] = bidirectional_doc_mask(doc_ids)
+    return kwargs
+
+
+def _esm_embeds(module: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """ESM's embedding layer multiplies by a 2-D padding mask; with a 4-D document mask we embed first."""
+    mask = kwargs.get("attention_mask")
+    inner = module.get_base_model() if hasattr(module, "get_base_model") else module
+    if mask is None or mask.dim() != 4 or getattr(inner.config, "model_type", "") != "esm":
+        return kwargs
+    emb = getattr(inner, "embeddings", None) or inner.esm.embeddings
+    out = dict(kwargs)
+    out["inputs_embeds"] = emb(input_ids=out.pop("input_ids"), position_ids=out.get("position_ids"))
+    return out
+
+
+def loss_sum(model: Any, objective: str, input_ids: torch.Tensor, labels: torch.Tensor,
+             doc_ids: torch.Tensor | None = None, *, document_mask: bool = True, scale: float = 1.0,
+             split: HeadSplit | None = None, fused: bool = True,
+             compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``scale * sum`` of token cross-entropies where ``labels != -100``.
+
+    ``labels`` are position-aligned targets: next tokens for causal models (see :func:`causal_labels`),
+    original tokens at masked positions for MLM. With ``split`` the head runs only on target rows.
+    """
+    kwargs = model_inputs(input_ids, doc_ids, objective, document_mask)
+    if split is not None and fused:
+        hidden = split.body(**_esm_embeds(split.body, kwargs)).last_hidden_state
+        if objective == "causal":
+            return fused_linear_cross_entropy(hidden, split.fused_weight, split.fused_bias, labels, scale,
+                                              compute_dtype=compute_dtype)
+        rows = labels != IGNORE
+        logits = split.head(hidden[rows]).float()
+        return torch.nn.functional.cross_entropy(logits, labels[rows], reduction="sum") * scale
+    logits = model(**_esm_embeds(model, kwargs)).logits.float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                             ignore_index=IGNORE, reduction="sum") * scale
+
+
+def perplexity(total_loss: float, count: int) -> float:
+    """exp of the mean token loss; inf when there is nothing to average or it overflows."""
+    if count <= 0:
+        return math.inf
+    mean = total_loss / count
+    return math.exp(mean) if mean < 700 else math.inf
