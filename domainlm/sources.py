@@ -353,10 +353,15 @@ def _materialise_gguf(src: ModelSource) -> ModelSource:
         log.info("dequantising %s once into %s", src.gguf_file, target)
         tokenizer = AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file)
         model = AutoModelForCausalLM.from_pretrained(src.path, gguf_file=src.gguf_file)
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        # transformers marks GGUF-loaded models as quantised and refuses to save them, although the weights
+        # are already dequantised: copy them into a plain model of the same config.
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config)
+        plain.load_state_dict(model.state_dict())
         with atomic_dir(target) as tmp:
-            model.save_pretrained(tmp)
+            plain.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / "domainlm_source.json").write_text(json.dumps({"gguf": str(Path(src.path) / src.gguf_file)}))
     return ModelSource(src.name, src.kind, src.origin, str(target), hub_id=src.hub_id, license=src.license,

@@ -37,6 +37,9 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: torch.optim
     final = run_dir / "checkpoints" / f"step-{step:08d}"
     with atomic_dir(final) as tmp:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        from domainlm.adapt.engine import fault_point
+
+        fault_point("ckpt", step)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(extra, indent=2, default=str))

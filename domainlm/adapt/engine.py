@@ -36,6 +36,16 @@ log = logging.getLogger(__name__)
 DEFAULT_BLOCK = {"masked": 128, "causal": 256, "protein": 512}
 
 
+def fault_point(kind: str, step: int) -> None:
+    """Fault injection for the kill-and-resume tests: ``DOMAINLM_FAULT=step:N`` (after optimizer step N) or
+    ``ckpt:N`` (halfway through writing checkpoint N) SIGKILLs this process, as a crash or OOM kill would."""
+    spec = os.environ.get("DOMAINLM_FAULT")
+    if spec and spec == f"{kind}:{step}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class LossModule(torch.nn.Module):
     """Wraps the model so DDP sees one forward that returns the scaled loss sum of a micro-batch."""
 
@@ -358,13 +368,14 @@ def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
                 with sync:
                     loss = train_module(ids, labels, docs, scale)
                     loss.backward()
-                loss_total += float(loss) / dist.world
+                loss_total += float(loss.detach()) / dist.world
             (loss_total,) = dist.sum([loss_total])
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
+            fault_point("step", done)
             tokens_done_session += tokens_per_step
             last["loss"] = loss_total
             now = time.perf_counter()

@@ -1,0 +1,164 @@
+"""adapt end to end on tiny models: learning, exact resume after SIGKILL, 2 processes, LoRA, bf16."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from domainlm.adapt import adapt
+from domainlm.adapt.checkpoint import complete_checkpoints
+from domainlm.errors import ConfigError
+
+FAST = dict(batch_size=4, eval_batches=2, log_every=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def llama_corpus(tmp_path_factory) -> Path:
+    from domainlm.corpora.cards import prepare_card
+
+    out = tmp_path_factory.mktemp("corpus") / "pubmed-tiny-llama"
+    prepare_card("pubmed-sample", "tiny-llama", out, block_size=64)
+    return out
+
+
+def _train_losses(run: Path) -> list[float]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["type"] == "train"]
+
+
+def test_adapt_learns_and_writes_a_complete_run(llama_corpus, tmp_path):
+    m = adapt(model="tiny-llama", corpus=str(llama_corpus), out=str(tmp_path / "run"), max_steps=25, lr=3e-3,
+              eval_every=0, save_every=10, **FAST)
+    init, fin = m["metrics"]["initial"], m["metrics"]["final"]
+    assert fin["domain_ppl"] < 0.8 * init["domain_ppl"]
+    run = tmp_path / "run"
+    for f in ("manifest.json", "metrics.jsonl", "curves.png", "final/model.safetensors", "final/probe.safetensors",
+              "final/tokenizer.json"):
+        assert (run / f).is_file(), f
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["tokens_trained"] == 25 * 4 * 64
+    assert manifest["flops"]["total"] == pytest.approx(manifest["flops"]["training_per_token"] * 25 * 4 * 64)
+    assert [p.name for p in complete_checkpoints(run)] == ["step-00000010", "step-00000020"]
+    with pytest.raises(ConfigError, match="exists and is not empty"):
+        adapt(model="tiny-llama", corpus=str(llama_corpus), out=str(run), max_steps=2)
+
+
+def _cli(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "domainlm", "adapt", *args], capture_output=True, text=True,
+                          env={**os.environ, "DOMAINLM_PROGRESS": "0", **(env or {})}, timeout=600)
+
+
+@pytest.mark.parametrize("fault", ["step:6", "ckpt:8"])
+def test_sigkill_then_resume_matches_uninterrupted_run(llama_corpus, tmp_path, fault):
+    args = ["--model", "tiny-llama", "--corpus", str(llama_corpus), "--max-steps", "10", "--save-every", "4",
+            "--eval-every", "0", "--batch-size", "2", "--eval-batches", "1", "--log-every", "1", "--lr", "0.003"]
+    ref = _cli(args + ["--out", str(tmp_path / "ref")])
+    assert ref.returncode == 0, ref.stderr
+    killed = _cli(args + ["--out", str(tmp_path / "cut")], env={"DOMAINLM_FAULT": fault})
+    assert killed.returncode == -9
+    cut = tmp_path / "cut"
+    assert not json.loads((cut / "manifest.json").read_text())["complete"]
+    # a partial checkpoint is never taken for a complete one
+    assert [p.name for p in complete_checkpoints(cut)] == ["step-00000004"]
+    resumed = _cli(args + ["--out", str(cut), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert _train_losses(cut) == _train_losses(tmp_path / "ref")
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "ref/final/model.safetensors")), load_file(str(cut / "final/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(os.cpu_count() is None, reason="needs a CPU count")
+def test_two_processes_match_one_process(llama_corpus, tmp_path):
+    common = ["--model", "tiny-llama", "--corpus", str(llama_corpus), "--max-steps", "3", "--eval-every", "0",
+              "--save-every", "0", "--eval-batches", "1", "--log-every", "1", "--bf16", "off"]
+    one = _cli(common + ["--out", str(tmp_path / "one"), "--batch-size", "4"])
+    assert one.returncode == 0, one.stderr
+    env = {**os.environ, "DOMAINLM_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "domainlm",
+                          "adapt", *common, "--out", str(tmp_path / "two"), "--batch-size", "2"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    m2 = json.loads((tmp_path / "two/manifest.json").read_text())
+    m1 = json.loads((tmp_path / "one/manifest.json").read_text())
+    assert m2["world_size"] == 2 and m2["global_batch"] == m1["global_batch"] == 4
+    assert _train_losses(tmp_path / "two") == pytest.approx(_train_losses(tmp_path / "one"), rel=1e-4)
+
+
+def test_lora_with_extended_vocab_saves_adapter_and_merges(llama_corpus, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from domainlm.sources import cache_dir
+
+    base_dir = cache_dir() / "tiny" / "tiny-llama"
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    tok.add_tokens(["phosphorylation", "cytokine"])
+    model.resize_token_embeddings(len(tok))
+    ext = tmp_path / "extended"
+    model.save_pretrained(ext)
+    tok.save_pretrained(ext)
+    # the corpus was tokenised with the base tokenizer: adapt must refuse the mismatch clearly
+    with pytest.raises(ConfigError, match="prepare the corpus with this model's tokenizer"):
+        adapt(model=str(ext), corpus=str(llama_corpus), out=str(tmp_path / "bad"), max_steps=1)
+    from domainlm.corpora.cards import prepare_card
+
+    corpus = tmp_path / "corpus-ext"
+    prepare_card("pubmed-sample", str(ext), corpus, block_size=64)
+    m = adapt(model=str(ext), corpus=str(corpus), out=str(tmp_path / "lora"), method="lora", train_embeddings=True,
+              max_steps=3, lr=1e-2, eval_every=0, save_every=2, **FAST)
+    final = tmp_path / "lora" / "final"
+    assert (final / "adapter_config.json").is_file() and m["parameters"]["trainable"] < m["parameters"]["total"]
+    base = AutoModelForCausalLM.from_pretrained(ext)
+    merged = PeftModel.from_pretrained(base, final).merge_and_unload()
+    assert merged.get_input_embeddings().weight.shape[0] == len(tok)
+    probe = load_file(str(final / "probe.safetensors"))
+    with torch.no_grad():
+        logits = merged(input_ids=probe["input_ids"]).logits
+    assert torch.allclose(logits, probe["logits"], atol=1e-4)
+    # the new rows were trained (they differ from the initial mean-of-pieces rows)
+    new_ids = tok.convert_tokens_to_ids(["phosphorylation", "cytokine"])
+    assert not torch.equal(merged.get_input_embeddings().weight[new_ids], model.get_input_embeddings().weight[new_ids])
+
+
+def test_bf16_on_and_off_agree(llama_corpus, tmp_path):
+    runs = {}
+    for setting in ("on", "off"):
+        runs[setting] = adapt(model="tiny-llama", corpus=str(llama_corpus), out=str(tmp_path / setting), max_steps=2,
+                              eval_every=0, save_every=0, bf16=setting, **FAST)
+    assert runs["on"]["bf16"] is True and runs["off"]["bf16"] is False
+    on, off = _train_losses(tmp_path / "on"), _train_losses(tmp_path / "off")
+    assert on == pytest.approx(off, rel=2e-2) and on != off
+
+
+def test_masked_and_protein_objectives(tmp_path):
+    from domainlm.corpora.cards import prepare_card
+
+    corpus = tmp_path / "prot"
+    prepare_card("uniprot-sample", "tiny-esm", corpus, block_size=128)
+    m = adapt(model="tiny-esm", corpus=str(corpus), out=str(tmp_path / "esm"), from_scratch=True, max_steps=15,
+              lr=3e-3, eval_every=0, save_every=0, **FAST)
+    assert m["objective"] == "protein" and m["metrics"]["final"]["domain_ppl"] < m["metrics"]["initial"]["domain_ppl"]
+    corpus = tmp_path / "mat"
+    prepare_card("arxiv-materials-sample", "tiny-bert", corpus, block_size=64)
+    m = adapt(model="tiny-bert", corpus=str(corpus), out=str(tmp_path / "bert"), whole_word_mask=True, max_steps=15,
+              lr=3e-3, eval_every=0, save_every=0, **FAST)
+    assert m["objective"] == "masked" and m["metrics"]["final"]["domain_ppl"] < m["metrics"]["initial"]["domain_ppl"]
+
+
+def test_replay_mix_is_recorded(llama_corpus, tmp_path):
+    m = adapt(model="tiny-llama", corpus=str(llama_corpus), out=str(tmp_path / "r"), max_steps=10, eval_every=0,
+              save_every=0, replay_corpus="general-english-sample", replay_fraction=0.25, **FAST)
+    s = m["stream"]
+    assert s["domain_sequences"] + s["replay_sequences"] == 40 and s["replay_sequences"] > 0
+    assert s["replay_fraction_actual"] == s["replay_sequences"] / 40
+    assert "general_ppl" in m["metrics"]["final"] and "general_ppl" in m["metrics"]["initial"]
