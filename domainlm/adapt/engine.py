@@ -131,7 +131,8 @@ class _Dist:
     def __init__(self):
         from accelerate import Accelerator
 
-        self.acc = Accelerator()
+        # On a machine without a GPU accelerate only sets up a gloo process group (MULTI_CPU) when told cpu=True.
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
         self.world = self.acc.num_processes
         self.rank = self.acc.process_index
         self.is_main = self.acc.is_main_process
