@@ -56,7 +56,8 @@ class ComputeConfig:
                                                                     "from the model")
     accelerator: Accelerator = opt("h100", "named accelerator to estimate wall time on")
     utilisation: float = opt(0.4, "model FLOPs utilisation assumed on the accelerator; well-tuned large runs reach "
-                             "0.4-0.5 (PaLM reported 0.46)")
+                             "0.4-0.5 (PaLM reported 0.46); a plain PyTorch loop on a 135M model measured 0.14 "
+                             "on an H200 (benchmarks/SCALING.md)")
     head_fraction: float | None = opt(None, "fraction of positions where the output head runs (default: 1 for causal "
                                       "LMs, 0.15 for masked LMs, whose head adapt computes at masked tokens only)")
     trainable_fraction: float | None = opt(None, "fraction of parameters that get weight gradients (LoRA: about "
@@ -143,12 +144,21 @@ def probe_throughput(model_config: Any, objective: str, seq_len: int, *, seconds
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step(1)  # warm-up: allocations and kernel choice, never timed
+    dtype = "bf16 autocast" if use_bf16 else "fp32"
+    t0 = time.perf_counter()
+    step(1)  # warm-up: allocations, optimizer state and kernel choice
     sync()
+    warm = time.perf_counter() - t0
+    if warm >= seconds:
+        # A model too big for this machine to step within the probe: the warm-up step is the only
+        # measurement we can afford, and it includes one-time costs, so the estimate is pessimistic.
+        return {"tokens_per_s": seq_len / warm, "steps": 1, "micro_batch": 1, "seq_len": seq_len, "seconds": warm,
+                "device": device, "dtype": dtype, "threads": torch.get_num_threads(), "tokens": seq_len,
+                "from_warmup": True}
     # Small models on CPUs are overhead-bound, so throughput grows with the batch: double it while a
     # step stays under a sixth of the probe, up to max_batch.
-    batch = 1
-    while batch < max_batch:
+    batch, began = 1, time.perf_counter()
+    while batch < max_batch and time.perf_counter() - began < seconds / 2:
         t0 = time.perf_counter()
         step(batch)
         sync()
@@ -165,10 +175,9 @@ def probe_throughput(model_config: Any, objective: str, seq_len: int, *, seconds
         elapsed = time.perf_counter() - start
         if elapsed >= seconds or (steps >= 2 and elapsed + elapsed / steps > 1.5 * seconds):
             break
-    del model, optimizer
     return {"tokens_per_s": tokens / elapsed, "steps": steps, "micro_batch": batch, "seq_len": seq_len,
-            "seconds": elapsed, "device": device, "dtype": "bf16 autocast" if use_bf16 else "fp32",
-            "threads": torch.get_num_threads(), "tokens": tokens}
+            "seconds": elapsed, "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
+            "tokens": tokens, "from_warmup": False}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,8 +268,10 @@ def compute(config: ComputeConfig | str | None = None, **overrides: Any) -> dict
                  cfg.probe_seconds)
         probe = probe_throughput(model_config, objective, seq_len, seconds=cfg.probe_seconds,
                                  max_batch=cfg.batch_size, device=device, trust_remote_code=cfg.trust_remote_code)
+        # 1024² products cannot fill a datacenter GPU (an H200 measured 114 TFLOP/s at 1024 and 669 at
+        # 8192 in bf16), and a peak measured too low makes the MFU exceed 100%.
         peak_here = measure_matmul_peak("bf16" if probe["dtype"].startswith("bf16") else "fp32", seconds=0.5,
-                                        device=device)
+                                        size=8192 if device.startswith("cuda") else 1024, device=device)
         probe["matmul_peak_flops"] = peak_here
         probe["mfu"] = mfu(probe["tokens_per_s"], fb.training_flops_per_token, peak_here)
         probe["flops"] = probe["tokens"] * fb.training_flops_per_token
@@ -310,7 +321,9 @@ def compute(config: ComputeConfig | str | None = None, **overrides: Any) -> dict
         p(f"this machine   {probe['tokens_per_s']:.4g} tokens/s measured ({probe['steps']} steps of "
           f"{probe['micro_batch']}x{seq_len} tokens, {probe['dtype']}, {probe['device']}, {probe['threads']} threads), "
           f"MFU {probe['mfu']:.1%} of a measured {peak_here:.3g} FLOP/s matmul peak")
-        p(f"               wall time {_duration(here_s)}")
+        p(f"               wall time {_duration(here_s)}"
+          + ("  (from one warm-up step, which includes one-time costs: an upper bound)" if probe["from_warmup"]
+             else ""))
     else:
         p("this machine   not measured (probe_seconds: 0)")
     p(f"{cfg.accelerator:<14} {_duration(acc_s)} at {cfg.utilisation:.0%} of {acc_peak:.3g} FLOP/s ({acc_name})"

@@ -337,12 +337,16 @@ def measure_matmul_peak(dtype: str = "bf16", seconds: float = 0.5, size: int = 1
 def bf16_is_fast(device: str = "cpu", margin: float = 1.3) -> bool:
     """True when bf16 matmuls run at least ``margin``× faster than fp32 here (measured once per process).
 
-    On CPUs without native bf16 (AMX/AVX512-BF16) bf16 is emulated and slower than fp32, so autocast
-    would cost time; on this project's CPU it measured about 920 vs 207 GFLOP/s on 2 cores.
+    Where the hardware has bf16 units (AMX or AVX512-BF16 CPUs, recent GPUs) bf16 can run several times
+    faster than fp32; where it has none, torch emulates it and bf16 is far slower (on this project's
+    AVX2-only AMD EPYC build machine: about 0.5 vs 26 GFLOP/s on 2 shared cores), so autocast must be
+    decided by measurement, not by whether the dtype is supported.
     """
+    # Small matrices on a CPU: emulated bf16 runs near 0.5 GFLOP/s, so a 1024² product would take seconds.
+    size = 2048 if device.startswith("cuda") else 256
     try:
-        fp32 = measure_matmul_peak("fp32", seconds=0.25, device=device)
-        bf16 = measure_matmul_peak("bf16", seconds=0.25, device=device)
+        fp32 = measure_matmul_peak("fp32", seconds=0.2, size=size, device=device)
+        bf16 = measure_matmul_peak("bf16", seconds=0.2, size=size, device=device)
     except (RuntimeError, TypeError) as exc:  # a build or device without bf16 matmul
         log.debug("bf16 matmul unavailable: %s", exc)
         return False

@@ -53,8 +53,8 @@ class Registry:
 
         def wrap(fn: Callable) -> Callable:
             if name in self._entries:
-                raise ValueError(f"{self.kind} '{name}' is already registered (by {self._entries[name].fn.__module__}); "
-                                 "choose another name")
+                owner = self._entries[name].fn.__module__
+                raise ValueError(f"{self.kind} '{name}' is already registered (by {owner}); choose another name")
             doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
             self._entries[name] = Entry(name, fn, tuple(heads), doc, dict(meta))
             return fn
@@ -110,6 +110,9 @@ class TaskSpec:
     description: str = opt("", "what the task measures, one line")
     labels: list[str] | None = opt(None, "the label set (entity types for NER); data with another label is an "
                                    "error. Default: the labels seen in the train split")
+    other_labels: Literal["error", "drop"] = opt("error", "data labels outside 'labels': an error naming the line, "
+                                                 "or drop them (entities become O, records are skipped; counted) "
+                                                 "for real sets with types the task does not score")
     negative_label: str | None = opt(None, "label left out of micro-F1 (ChemProt/DDI style: the 'no relation' "
                                      "class)")
     text_field: str = opt("text", "jsonl/csv field (column) holding the text")
@@ -124,6 +127,9 @@ class TaskSpec:
     max_length: int = opt(256, "tokens per example; longer inputs are truncated and counted")
     batch_size: int = opt(32, "examples per forward pass")
     pooling: Literal["mean", "cls", "last"] = opt("mean", "how token states become one sequence vector (probe)")
+    layers: list[int] = opt(factory=lambda: [-4, -3, -2, -1], help="hidden layers averaged into probe features "
+                            "(negative: from the top). The BERT paper found the last four layers the best frozen "
+                            "features for NER; averaging keeps the probe's size")
     probe_c: float = opt(1.0, "inverse regularisation of the logistic-regression probe (ridge alpha = 1/C)")
     probe_c_grid: list[float] | None = opt(None, "when a dev split exists, choose the probe's C from these by "
                                            "the dev score")
@@ -141,6 +147,10 @@ class TaskSpec:
     stride: int | None = opt(None, "lm: causal window step; tokens before it are context only (default window/2)")
     max_tokens: int | None = opt(None, "lm: stop after this many scored tokens per model (pseudo-perplexity costs "
                                  "one forward pass per token)")
+    masked_window: int | None = opt(None, "lm: tokens of context per masked position in pseudo-perplexity "
+                                    "(default: window); each scored token costs a forward pass of this length")
+    masked_max_tokens: int | None = opt(None, "lm: scored-token budget for masked models, whose pseudo-perplexity "
+                                        "costs one forward pass per token (default: max_tokens)")
     contact_threshold: float = opt(8.0, "contacts: C-beta distance in angstrom below which residues touch")
     min_separation: int = opt(24, "contacts: sequence separation counted as long range (Rao et al. 2020)")
     train_separation: int = opt(6, "contacts: smallest separation of residue pairs the regression is fit on")
@@ -218,12 +228,16 @@ class TaskSpec:
         for key in ("max_length", "batch_size", "finetune_steps", "finetune_batch_size"):
             if getattr(self, key) < 1:
                 out.append(f"'{key}' must be at least 1, got {getattr(self, key)}")
-        if self.window < 8:
-            out.append(f"'window' must be at least 8, got {self.window}")
+        for key in ("window", "masked_window"):
+            if getattr(self, key) is not None and getattr(self, key) < 8:
+                out.append(f"'{key}' must be at least 8, got {getattr(self, key)}")
         if self.stride is not None and not 1 <= self.stride <= self.window:
             out.append(f"'stride' must be between 1 and window ({self.window}), got {self.stride}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            out.append(f"'max_tokens' must be at least 1, got {self.max_tokens}")
+        for key in ("max_tokens", "masked_max_tokens"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                out.append(f"'{key}' must be at least 1, got {getattr(self, key)}")
+        if not self.layers:
+            out.append("'layers' must name at least one hidden layer (e.g. [-1])")
         if self.probe_c <= 0 or any(c <= 0 for c in self.probe_c_grid or []):
             out.append("'probe_c' and 'probe_c_grid' must be positive")
         if self.finetune_lr <= 0:

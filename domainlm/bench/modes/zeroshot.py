@@ -1,0 +1,93 @@
+"""Zero-shot multiple choice by log-likelihood, the way lm-evaluation-harness scores it.
+
+For each example the prompt template is filled in, every answer choice is appended after a space
+(lm-eval's ``target_delimiter``) and the summed log-probability of the choice's tokens is computed;
+the highest-scoring choice is the prediction. As in lm-eval, the continuation's tokens are those of
+``encode(prompt + " " + choice)`` beyond ``encode(prompt)``, so merges across the boundary are
+handled the same way, and long prompts lose tokens from the left.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from domainlm.bench.data import TaskData
+from domainlm.bench.features import autocast, ensure_pad
+from domainlm.bench.loading import LoadedModel
+from domainlm.bench.modes import ModeResult, RunContext, finish
+from domainlm.bench.perplexity import _prefix_token
+from domainlm.bench.tasks import TaskSpec
+from domainlm.errors import ConfigError
+
+
+def fill_prompt(template: str, ex) -> str:
+    values = {"question": ex.meta.get("question", ex.text or ""), "context": ex.meta.get("context", ex.text_b or ""),
+              "text": ex.text or "", "text_b": ex.text_b or ""}
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError) as exc:
+        raise ConfigError([f"prompt template uses {exc}, which is not one of {{question}}, {{context}}, {{text}}, "
+                           "{text_b}"]) from None
+
+
+def choice_requests(tokenizer, prompt: str, choices: list[str], max_length: int) -> list[tuple[list[int], int]]:
+    """(input ids, number of continuation tokens at the end) for each choice."""
+    prefix = _prefix_token(tokenizer)
+    ctx = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    out = []
+    for choice in choices:
+        whole = list(tokenizer(prompt + " " + choice, add_special_tokens=False)["input_ids"])
+        cut = len(ctx)
+        while cut > 0 and whole[:cut] != ctx[:cut]:
+            cut -= 1  # the boundary merged into one token: the continuation starts where they agree
+        cont = whole[cut:]
+        ids = ([prefix] if prefix is not None else []) + whole
+        ids = ids[-(max_length + 1):]
+        out.append((ids, min(len(cont), len(ids) - 1)))
+    return out
+
+
+def loglikelihoods(loaded: LoadedModel, requests: list[tuple[list[int], int]], *, batch_size: int, device: str,
+                   bf16: bool) -> list[float]:
+    """Summed log-probability of the last ``n`` tokens of each request."""
+    import torch
+
+    pad = ensure_pad(loaded.tokenizer)
+    out = [0.0] * len(requests)
+    order = sorted(range(len(requests)), key=lambda i: len(requests[i][0]))
+    with torch.inference_mode(), autocast(device, bf16):
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            width = max(len(requests[i][0]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                seq = requests[i][0]
+                ids[r, :len(seq)] = torch.tensor(seq)
+                mask[r, :len(seq)] = 1
+            logp = torch.log_softmax(
+                loaded.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), dim=-1)
+            for r, i in enumerate(idx):
+                seq, n = requests[i]
+                length = len(seq)
+                target = torch.tensor(seq[length - n:], device=logp.device)
+                out[i] = float(logp[r, length - n - 1:length - 1].gather(1, target[:, None]).sum())
+    return out
+
+
+def run_zeroshot(loaded: LoadedModel, spec: TaskSpec, data: TaskData, ctx: RunContext) -> ModeResult:
+    result = ModeResult(mode="zeroshot")
+    choices = list(spec.choices or data.labels or [])
+    requests: list[tuple[list[int], int]] = []
+    for ex in data.test:
+        requests.extend(choice_requests(loaded.tokenizer, fill_prompt(spec.prompt or "", ex), choices,
+                                        spec.max_length))
+    scores = loglikelihoods(loaded, requests, batch_size=spec.batch_size, device=ctx.device, bf16=ctx.bf16)
+    pred: list[Any] = []
+    k = len(choices)
+    for e in range(len(data.test)):
+        row = scores[e * k:(e + 1) * k]
+        pred.append(choices[max(range(k), key=row.__getitem__)])
+    result.n_examples = len(data.test)
+    result.notes.append(f"zero-shot over choices {choices}")
+    return finish(spec, data, [ex.label for ex in data.test], [pred], result)

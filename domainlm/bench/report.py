@@ -1,0 +1,292 @@
+"""The comparison report: base and adapted side by side, deltas with paired CIs, JSON/Markdown/PNG.
+
+The JSON schema is documented in :mod:`domainlm.bench` (publish and quickstart read it). Markdown
+and the chart are views of the same dict, so they never disagree with it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from domainlm.bench.data import TaskData
+from domainlm.bench.metrics import blurb_macro, bootstrap, mean_std
+from domainlm.bench.tasks import METRICS, TaskSpec
+
+
+def _clean(x: Any) -> Any:
+    """NaN/inf -> None so report.json is strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def _side(result, ci: list[float] | None) -> dict[str, Any]:
+    if result.skipped is not None:
+        return {"score": None, "ci": None, "seeds": [], "std": None, "extras": {}, "mode": None, "wall_s": 0.0,
+                "examples_per_s": None, "notes": result.notes, "skipped": result.skipped}
+    score, std = mean_std(result.seed_scores)
+    return {"score": score, "ci": ci, "seeds": result.seed_scores, "std": std, "extras": result.extras,
+            "mode": result.mode, "wall_s": result.wall_s,
+            "examples_per_s": (result.n_examples / result.wall_s) if result.wall_s > 0 else None,
+            "notes": result.notes, "skipped": None}
+
+
+def build_report(config, specs: list[TaskSpec], data: dict[str, TaskData], results: dict[str, dict[str, Any]],
+                 *, n_boot: int = 1000, device: str = "cpu", bf16: bool = False) -> dict[str, Any]:
+    """Assemble the report dict (see the schema in :mod:`domainlm.bench`)."""
+    import datetime as dt
+
+    from domainlm.config import to_dict
+
+    has_base = "baseline" in results
+    tasks = []
+    perplexity: dict[str, Any] = {}
+    for spec in specs:
+        name = spec.task_name
+        metric = METRICS.get(spec.metric)
+        m = results["model"][name]
+        b = results["baseline"][name] if has_base else None
+        both = m.skipped is None and b is not None and b.skipped is None
+        boot: dict[str, Any] = {}
+        if n_boot > 0 and m.skipped is None:
+            boot = bootstrap(m.rows, metric.fn.reduce, b.rows if both else None, n_boot=n_boot)
+        elif n_boot > 0 and b is not None and b.skipped is None:
+            boot = {"baseline_ci": bootstrap(b.rows, metric.fn.reduce, n_boot=n_boot)["ci"]}
+        model_side = _side(m, boot.get("ci"))
+        base_side = _side(b, boot.get("baseline_ci")) if b is not None else None
+        delta = (model_side["score"] - base_side["score"]) if both else None
+        tasks.append({
+            "name": name, "family": spec.task_family, "metric": spec.metric,
+            "higher_is_better": bool(metric.meta.get("higher_is_better", True)), "head": spec.head,
+            "version": spec.version, "mode": model_side["mode"], "model": model_side, "baseline": base_side,
+            "delta": delta, "delta_ci": boot.get("delta_ci") if both else None,
+            "wall_s": model_side["wall_s"], "examples_per_s": model_side["examples_per_s"],
+            "n_test": len(data[name].test), "files": data[name].files, "notes": data[name].notes,
+        })
+        if spec.head == "lm" and spec.metric != "recovery_accuracy" and spec.role not in perplexity:
+            perplexity[spec.role] = {"task": name, "model": m.perplexity,
+                                     "baseline": b.perplexity if b is not None else None}
+    agg = {}
+    for role in ("model", "baseline"):
+        pairs = [(t["family"], t[role]["score"]) for t in tasks
+                 if t["head"] != "lm" and t[role] is not None and t[role]["score"] is not None]
+        agg[role] = blurb_macro(pairs) if pairs else {"score": None, "families": {}}
+    macro = {"model": agg["model"]["score"], "baseline": agg["baseline"]["score"] if has_base else None,
+             "delta": None, "families": {}}
+    if macro["model"] is not None and macro["baseline"] is not None:
+        macro["delta"] = macro["model"] - macro["baseline"]
+    for fam in sorted(set(agg["model"]["families"]) | set(agg["baseline"]["families"])):
+        macro["families"][fam] = {"model": agg["model"]["families"].get(fam),
+                                  "baseline": agg["baseline"]["families"].get(fam) if has_base else None}
+    return _clean({
+        "model": config.model, "baseline": config.baseline, "suite": config.suite, "tasks": tasks,
+        "aggregate": {"blurb_style_macro": macro}, "perplexity": perplexity,
+        "config": to_dict(config), "device": device, "bf16": bf16, "bootstrap": n_boot,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+# --------------------------------------------------------------------------------------------------
+# Views: table, Markdown, chart
+# --------------------------------------------------------------------------------------------------
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 1e6:
+        return f"{x:.3g}"
+    if abs(x) >= 1000:
+        return f"{x:.0f}"
+    return f"{x:.{digits}f}"
+
+
+def _signed(x: float) -> str:
+    return ("+" if x >= 0 else "") + _fmt(x)
+
+
+def _ci(ci: list[float] | None) -> str:
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci and ci[0] is not None else ""
+
+
+def _score(side: dict[str, Any] | None) -> str:
+    if side is None:
+        return "-"
+    if side.get("skipped"):
+        return "skipped"
+    s = _fmt(side["score"])
+    if len(side.get("seeds") or []) > 1:
+        s += f" ±{_fmt(side['std'])}"
+    return f"{s} {_ci(side.get('ci'))}".strip()
+
+
+def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for t in report["tasks"]:
+        arrow = "" if t["higher_is_better"] else " (lower better)"
+        delta = "-" if t["delta"] is None else f"{_signed(t['delta'])} {_ci(t['delta_ci'])}".strip()
+        modes = [t["model"]["mode"]] + ([t["baseline"]["mode"]] if t["baseline"] else [])
+        mode = "/".join(dict.fromkeys(m for m in modes if m)) or "-"
+        rows.append([t["name"], t["metric"] + arrow, mode, _score(t["model"]), _score(t["baseline"]),
+                     delta, str(t["n_test"]), f"{t['wall_s']:.1f}",
+                     f"{t['examples_per_s']:.3g}" if t["examples_per_s"] else "-"])
+    return rows
+
+
+HEADER = ["task", "metric", "mode", "model [95% CI]", "baseline [95% CI]", "delta [95% CI]", "n_test", "wall_s",
+          "ex/s"]
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """A plain fixed-width table on stdout."""
+    rows = [HEADER] + table_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    print(f"\nbench: {report['model']}" + (f" vs {report['baseline']}" if report["baseline"] else "") +
+          f" on {report['suite']}")
+    for k, r in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+    macro = report["aggregate"]["blurb_style_macro"]
+    if macro["model"] is not None:
+        line = f"BLURB-style macro average: model {_fmt(macro['model'])}"
+        if macro["baseline"] is not None:
+            line += f", baseline {_fmt(macro['baseline'])}, delta {macro['delta']:+.3f}"
+        print(line)
+    for role, p in report["perplexity"].items():
+        m = p["model"] or {}
+        line = f"{role} perplexity ({p['task']}): model per-token {_fmt(m.get('per_token'))}, per-word " \
+               f"{_fmt(m.get('per_word'))}"
+        if p.get("baseline"):
+            line += f"; baseline per-token {_fmt(p['baseline'].get('per_token'))}, per-word " \
+                    f"{_fmt(p['baseline'].get('per_word'))}"
+        print(line)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Benchmark: {report['model']}" + (f" vs {report['baseline']}" if report["baseline"] else ""), "",
+             f"Suite `{report['suite']}`, device {report['device']}, {report['bootstrap']} bootstrap resamples "
+             f"(95% percentile CIs; deltas paired), created {report['created']}.", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
+    macro = report["aggregate"]["blurb_style_macro"]
+    if macro["model"] is not None:
+        lines += ["", "## BLURB-style macro average", "",
+                  "Mean over task families of the mean task score in each family (perplexity excluded).", "",
+                  "| family | model | baseline |", "|---|---|---|"]
+        lines += [f"| {f} | {_fmt(v['model'])} | {_fmt(v['baseline'])} |" for f, v in macro["families"].items()]
+        lines.append(f"| **macro** | **{_fmt(macro['model'])}** | **{_fmt(macro['baseline'])}** |")
+    if report["perplexity"]:
+        lines += ["", "## Held-out perplexity", "", "| text | model | per token | per char | per word | bits/char |",
+                  "|---|---|---|---|---|---|"]
+        for role, p in report["perplexity"].items():
+            for who in ("model", "baseline"):
+                v = p.get(who)
+                if v:
+                    lines.append(f"| {role} ({p['task']}) | {who} | {_fmt(v.get('per_token'))} | "
+                                 f"{_fmt(v.get('per_char'))} | {_fmt(v.get('per_word'))} | "
+                                 f"{_fmt(v.get('bits_per_char'))} |")
+    notes = [(t["name"], n) for t in report["tasks"] for n in
+             t["notes"] + t["model"]["notes"] + ((t["baseline"] or {}).get("notes") or [])]
+    skipped = [(t["name"], side, t[side]["skipped"]) for t in report["tasks"] for side in ("model", "baseline")
+               if t[side] and t[side].get("skipped")]
+    if notes or skipped:
+        lines += ["", "## Notes", ""]
+        lines += [f"- {name}: {note}" for name, note in dict.fromkeys(notes)]
+        lines += [f"- {name}: skipped for the {side}: {why}" for name, side, why in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    """Grouped bars (model vs baseline) with CI whiskers; perplexities on their own log axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [[t for t in report["tasks"] if t["higher_is_better"]],
+              [t for t in report["tasks"] if not t["higher_is_better"]]]
+    groups = [g for g in groups if g]
+    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(6 * max(1, len(groups)), 0.6 * max(
+        [len(g) for g in groups] or [1]) + 2.5), squeeze=False)
+    for ax, group in zip(axes[0], groups or [[]], strict=False):
+        names = [t["name"] for t in group]
+        y = list(range(len(group)))
+        for k, (who, color) in enumerate((("model", "tab:blue"), ("baseline", "tab:gray"))):
+            vals, errs = [], [[], []]
+            for t in group:
+                side = t[who] or {}
+                v = side.get("score")
+                vals.append(v if v is not None else 0.0)
+                ci = side.get("ci") or [v, v]
+                lo = ci[0] if ci and ci[0] is not None else v
+                hi = ci[1] if ci and ci[1] is not None else v
+                errs[0].append(max(0.0, (v or 0) - (lo or 0)))
+                errs[1].append(max(0.0, (hi or 0) - (v or 0)))
+            if who == "baseline" and not report["baseline"]:
+                continue
+            label = report[who] if who == "model" else f"baseline: {report['baseline']}"
+            ax.barh([i + (0.2 if k else -0.2) for i in y], vals, height=0.38, xerr=errs, color=color, label=label,
+                    capsize=3)
+        ax.set_yticks(y, names)
+        ax.invert_yaxis()
+        lower = group and not group[0]["higher_is_better"]
+        ax.set_xlabel("perplexity (lower is better)" if lower else "score (higher is better)")
+        if lower:
+            ax.set_xscale("log")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(f"{report['suite']}: {report['model']}" + (f" vs {report['baseline']}" if report["baseline"] else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _hash_input(path: str) -> dict[str, Any]:
+    """sha256 of a file, or of the sorted (name, sha256) list of a folder's files."""
+    import hashlib
+
+    from domainlm.artifacts import sha256_file
+
+    p = Path(path)
+    if p.is_file():
+        return {"path": path, "sha256": sha256_file(p), "bytes": p.stat().st_size}
+    h, size = hashlib.sha256(), 0
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        h.update(f"{f.relative_to(p)}\0{sha256_file(f)}\n".encode())
+        size += f.stat().st_size
+    return {"path": path, "sha256": h.hexdigest(), "bytes": size}
+
+
+def write_report(out: Path, report: dict[str, Any], config, specs: list[TaskSpec], data: dict[str, TaskData]) -> None:
+    """report.json, report.md, comparison.png and manifest.json, all or nothing."""
+    from domainlm.artifacts import (
+        atomic_dir,
+        atomic_write_json,
+        atomic_write_text,
+        sha256_file,
+        write_manifest,
+    )
+    from domainlm.config import to_dict
+
+    inputs = []
+    for spec in specs:
+        inputs.append({"task": spec.task_name, "split": "task", "path": spec.source,
+                       "sha256": sha256_file(spec.source)})
+        for split, path in data[spec.task_name].files.items():
+            inputs.append({"task": spec.task_name, "split": split, **_hash_input(path)})
+    with atomic_dir(out) as tmp:
+        atomic_write_json(tmp / "report.json", report)
+        atomic_write_text(tmp / "report.md", markdown(report))
+        chart(report, tmp / "comparison.png")
+        write_manifest(tmp, "bench", config=to_dict(config), inputs=inputs,
+                       counts={"tasks": len(specs), "test_examples": {t["name"]: t["n_test"] for t in report["tasks"]}},
+                       wall_time_s=report["wall_s"],
+                       metrics={t["name"]: {"metric": t["metric"], "model": t["model"]["score"],
+                                            "baseline": (t["baseline"] or {}).get("score"), "delta": t["delta"]}
+                                for t in report["tasks"]},
+                       notes="per-task notes, skips and settings are in report.json")

@@ -1,0 +1,38 @@
+"""Domain corpora: read, clean, deduplicate, tokenise and pack (``domainlm corpus prepare|stats|download``).
+
+Public API (imported lazily, so ``import domainlm.corpora`` stays cheap)::
+
+    from domainlm.corpora import prepare, load_prepared, read_corpus_manifest, register_reader, Document
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Document": "domainlm.corpora.readers:Document",
+    "register_reader": "domainlm.corpora.readers:register_reader",
+    "reader_names": "domainlm.corpora.readers:reader_names",
+    "get_reader": "domainlm.corpora.readers:get_reader",
+    "PrepareConfig": "domainlm.corpora.prepare:PrepareConfig",
+    "prepare": "domainlm.corpora.prepare:prepare",
+    "load_prepared": "domainlm.corpora.pack:load_prepared",
+    "load_documents": "domainlm.corpora.pack:load_documents",
+    "read_corpus_manifest": "domainlm.corpora.pack:read_corpus_manifest",
+    "load_card": "domainlm.corpora.cards:load_card",
+    "prepare_card": "domainlm.corpora.cards:prepare_card",
+    "list_cards": "domainlm.corpora.cards:list_cards",
+    "fragmentation": "domainlm.corpora.stats:fragmentation",
+    "stats": "domainlm.corpora.stats:stats",
+    "download": "domainlm.corpora.download:download",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module, _, attr = _EXPORTS[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'domainlm.corpora' has no attribute '{name}'")

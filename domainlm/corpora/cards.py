@@ -1,0 +1,112 @@
+"""Corpus cards: ``corpora/<name>.yaml`` says where a corpus comes from, its license and format, and how
+to prepare it (a ``prepare:`` mapping of :class:`~domainlm.corpora.prepare.PrepareConfig` fields).
+
+Input paths in a card are relative to the card's folder; ``{data}`` stands for the download folder
+(``$DOMAINLM_DATA``, default ``~/.cache/domainlm/data``), where ``domainlm corpus download`` puts
+the real sources, and ``~`` and ``$VARS`` are expanded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from domainlm.errors import ConfigError
+
+REQUIRED_KEYS = ("name", "description", "source", "license", "format", "prepare")
+
+
+def data_dir() -> Path:
+    """Where downloaded corpora live: ``$DOMAINLM_DATA``, else ``<domainlm cache>/data``."""
+    if os.environ.get("DOMAINLM_DATA"):
+        return Path(os.environ["DOMAINLM_DATA"]).expanduser()
+    from domainlm.sources import cache_dir
+
+    return cache_dir() / "data"
+
+
+def list_cards() -> dict[str, Path]:
+    """Shipped corpus cards by name."""
+    from domainlm.resources import corpora_dir
+
+    return {p.stem: p for p in sorted(corpora_dir().glob("*.yaml"))}
+
+
+def card_path(name: str | Path) -> Path:
+    path = Path(name).expanduser()
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    known = list_cards()
+    if str(name) in known:
+        return known[str(name)]
+    from domainlm.config import did_you_mean
+
+    raise ConfigError([f"unknown corpus card '{name}'{did_you_mean(str(name), known)}; shipped cards: "
+                       f"{', '.join(known)} (or pass a path to a card .yaml)"])
+
+
+def load_card(name: str | Path) -> dict[str, Any]:
+    """Read and check a corpus card; returns its mapping plus ``path`` (the card file).
+
+    Every problem (missing descriptive keys, unknown or mistyped ``prepare`` options) is reported at once.
+    """
+    from domainlm.config import build, read_yaml
+    from domainlm.corpora.prepare import PrepareConfig
+
+    path = card_path(name)
+    card = read_yaml(path)
+    problems = [f"missing key '{k}'" for k in REQUIRED_KEYS if k not in card]
+    prep = card.get("prepare")
+    if prep is not None and not isinstance(prep, dict):
+        problems.append("'prepare' must be a mapping of prepare options")
+    elif isinstance(prep, dict):
+        if "inputs" not in prep:
+            problems.append("'prepare' has no 'inputs'")
+        try:
+            build(PrepareConfig, {"model": "-", "out": "-", **prep}, source=str(path))
+        except ConfigError as exc:
+            problems.extend(f"prepare: {p}" for p in exc.problems)
+    if problems:
+        raise ConfigError(problems, str(path))
+    card = dict(card)
+    card["path"] = str(path)
+    return card
+
+
+def resolve_card_path(raw: str, base: Path) -> str:
+    text = str(raw).replace("{data}", str(data_dir()))
+    text = os.path.expanduser(os.path.expandvars(text))
+    p = Path(text)
+    return str(p if p.is_absolute() else (base / p))
+
+
+def card_prepare_values(name: str | Path) -> dict[str, Any]:
+    """The card's ``prepare:`` options with input paths made absolute."""
+    card = load_card(name)
+    base = Path(card["path"]).parent
+    values = dict(card["prepare"])
+    values["inputs"] = [resolve_card_path(p, base) for p in values.get("inputs", [])]
+    return values
+
+
+def heldout_inputs(name: str | Path) -> list[str]:
+    """Absolute paths of the card's held-out files (documents kept out of training), if it lists any."""
+    card = load_card(name)
+    base = Path(card["path"]).parent
+    return [resolve_card_path(p, base) for p in card.get("heldout", []) or []]
+
+
+def prepare_card(name: str, model: str, out: str | Path, block_size: int | None = None,
+                 **overrides: Any) -> dict[str, Any]:
+    """Prepare the corpus a card describes with ``model``'s tokenizer into ``out``; returns the manifest.
+
+    A complete folder at ``out`` prepared with the same settings, tokenizer and inputs is reused as is.
+    """
+    from domainlm.corpora.prepare import prepare
+
+    values: dict[str, Any] = {"card": name, "model": model, "out": str(out)}
+    if block_size is not None:
+        values["block_size"] = block_size
+    values.update(overrides)
+    return prepare(**values)

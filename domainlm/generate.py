@@ -1,0 +1,162 @@
+"""``domainlm generate``: sample text from a causal model, printed token by token as it is produced.
+
+``--model`` takes anything that loads as a causal model: a published folder, a run folder (a LoRA
+run is merged on the fly), a packaged model (smollm2), a tiny architecture or a Hub id. ``--compare
+BASE`` runs the same prompt with the same seed through a second model and prints its continuation
+after the first, each under its own heading, so the two can be read side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from domainlm.config import as_config, opt
+from domainlm.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateConfig:
+    model: str = opt(help="causal model: published folder, run folder, packaged name (smollm2), tiny-llama or a "
+                     "Hub id")
+    prompt: str = opt(help="text to continue")
+    max_new_tokens: int = opt(64, "tokens to generate after the prompt")
+    temperature: float = opt(0.8, "sampling temperature; 0 picks the most likely token every step (greedy)")
+    top_p: float = opt(0.95, "nucleus sampling: sample from the smallest set of tokens whose probability reaches "
+                       "this (1 disables)")
+    seed: int = opt(0, "random seed; the same seed is used for --compare, so both models draw the same noise")
+    compare: str | None = opt(None, "a second model (usually the base) whose continuation of the same prompt is "
+                              "printed after the first")
+    allow_pickle: bool = opt(False, "allow loading pickle (.bin) weights; pickle can execute code")
+    trust_remote_code: bool = opt(False, "allow model code from the model folder to run")
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.max_new_tokens < 1:
+            out.append(f"'max_new_tokens' must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            out.append(f"'temperature' must be 0 (greedy) or more, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            out.append(f"'top_p' must be in (0, 1], got {self.top_p}")
+        if not self.prompt:
+            out.append("'prompt' is empty: give the text to continue")
+        return out
+
+
+def _no_head(spec: str, what: str) -> ConfigError:
+    return ConfigError([f"'{spec}' is {what} with no generation head: `generate` needs a causal language model "
+                        "(e.g. smollm2, tiny-llama, or a published causal model). Score masked models with "
+                        "`domainlm bench` instead"])
+
+
+def _precheck(spec: str, *, allow_pickle: bool, trust_remote_code: bool) -> str | None:
+    """Why ``spec`` cannot generate (masked model, adapter alone), found without loading weights; else None."""
+    path = Path(spec).expanduser()
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        try:
+            kind = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            kind = {}
+        if kind.get("kind") == "run":
+            from domainlm.publish.export import read_run
+
+            info = read_run(path)
+            if info.objective != "causal":
+                return _no_head(spec, f"a run of a {info.objective} language model")
+            return None
+    if path.is_dir() and (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        return (f"'{spec}' holds a LoRA adapter alone; generate from a merged export (`domainlm publish` without "
+                "--no-merge) or from the run folder")
+    from domainlm.sources import resolve
+
+    src = resolve(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if src.kind != "causal":
+        arch = ""
+        if Path(src.path, "config.json").is_file():
+            archs = json.loads(Path(src.path, "config.json").read_text(encoding="utf-8")).get("architectures") or []
+            arch = f" ({', '.join(archs)})" if archs else ""
+        return _no_head(spec, f"a {src.kind} language model{arch}")
+    return None
+
+
+def _no_head(spec: str, what: str) -> str:
+    return (f"'{spec}' is {what} with no generation head: `generate` needs a causal language model (e.g. smollm2, "
+            "tiny-llama, or a published causal model); score masked models with `domainlm bench`")
+
+
+def load_causal(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = False):
+    """``(model, tokenizer)`` for a causal model named by ``spec``, in eval mode; refuses masked models."""
+    why = _precheck(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if why:
+        raise ConfigError([why])
+    path = Path(spec).expanduser()
+    if (path / "manifest.json").is_file() and json.loads((path / "manifest.json").read_text()).get("kind") == "run":
+        from domainlm.publish.export import load_run_model, load_tokenizer, read_run
+
+        info = read_run(path)
+        model = load_run_model(info, merge=True)
+        tokenizer = load_tokenizer(info)
+    else:
+        from domainlm.sources import load_model, load_tokenizer, resolve
+
+        src = resolve(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        model, _ = load_model(src, "causal", allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(src, trust_remote_code=trust_remote_code)
+    if not model.can_generate():
+        raise ConfigError([_no_head(spec, f"a {type(model).__name__}")])
+    model.config.use_cache = True  # adapt turns it off for training; generation is much slower without it
+    model.eval()
+    return model, tokenizer
+
+
+def _generate_one(model: Any, tokenizer: Any, cfg: GenerateConfig, label: str) -> dict[str, Any]:
+    import torch
+    from transformers import TextStreamer
+
+    inputs = tokenizer(cfg.prompt, return_tensors="pt")
+    kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens}
+    if cfg.temperature > 0:
+        kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
+    else:
+        kwargs.update(do_sample=False)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    print(f"=== {label} ===", flush=True)
+    print(cfg.prompt, end="", flush=True)
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(**inputs, streamer=streamer, pad_token_id=pad, **kwargs)
+    seconds = time.perf_counter() - t0
+    new = out[0, inputs["input_ids"].shape[1]:]
+    text = tokenizer.decode(new, skip_special_tokens=True)
+    print(f"[{len(new)} tokens, {len(new) / max(seconds, 1e-9):.1f} tokens/s]\n", flush=True)
+    return {"model": label, "continuation": text, "tokens": int(len(new)), "seconds": seconds}
+
+
+def generate(config: Any = None, **overrides: Any) -> dict[str, Any]:
+    """Generate a continuation of --prompt from a causal model, printing tokens as they come.
+
+    Example: domainlm generate --model published/my-model --prompt "The kinase" --compare smollm2
+    """
+    cfg = as_config(GenerateConfig, config, overrides)
+    flags = {"allow_pickle": cfg.allow_pickle, "trust_remote_code": cfg.trust_remote_code}
+    # Both models are checked before either is loaded, so a masked --compare fails before any generation.
+    problems = [f"'{key}': {why}" for key, spec in (("model", cfg.model), ("compare", cfg.compare)) if spec
+                for why in [_precheck(spec, **flags)] if why]
+    if problems:
+        raise ConfigError(problems)
+    model, tokenizer = load_causal(cfg.model, **flags)
+    result = _generate_one(model, tokenizer, cfg, cfg.model)
+    if cfg.compare:
+        del model
+        base, base_tok = load_causal(cfg.compare, **flags)
+        result["compare"] = _generate_one(base, base_tok, cfg, f"{cfg.compare} (for comparison)")
+    return result
