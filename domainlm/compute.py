@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from domainlm.config import as_config, opt
-from domainlm.errors import ConfigError
+from domainlm.errors import ConfigError, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,11 @@ def probe_throughput(model_config: Any, objective: str, seq_len: int, *, seconds
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     auto = AutoModelForCausalLM if objective == "causal" else AutoModelForMaskedLM
     torch.manual_seed(0)
-    model = auto.from_config(model_config, trust_remote_code=trust_remote_code).to(device)
+    try:
+        model = auto.from_config(model_config, trust_remote_code=trust_remote_code).to(device)
+    except ValueError as exc:
+        raise ConfigError([f"'objective: {objective}' does not fit a {model_config.model_type} model "
+                           f"({str(exc).splitlines()[0][:200]}); use --objective auto"]) from None
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     use_bf16 = bf16_is_fast(device)
@@ -245,7 +249,11 @@ def compute(config: ComputeConfig | str | None = None, **overrides: Any) -> dict
     src = resolve(cfg.model, trust_remote_code=cfg.trust_remote_code)
     from transformers import AutoConfig
 
-    model_config = AutoConfig.from_pretrained(materialise(src).path, trust_remote_code=cfg.trust_remote_code)
+    try:
+        model_config = AutoConfig.from_pretrained(materialise(src).path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"could not read the config of '{cfg.model}' ({src.path}): {str(exc).splitlines()[0]}"
+                          ) from None
     kind = src.kind if cfg.objective == "auto" else cfg.objective
     objective = "causal" if kind == "causal" else "masked"
     seq_len = cfg.seq_len or _DEFAULT_SEQ_LEN[kind]

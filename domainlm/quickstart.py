@@ -78,14 +78,15 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for t in report.get("tasks", []):
         model, base = t.get("model") or {}, t.get("baseline") or {}
-        if model.get("skipped"):
-            continue
+        if model.get("skipped") or t.get("mode") == "perplexity":
+            continue  # perplexities are listed once, below, per token and per word
         rows.append({"metric": f"{t['name']} ({t['metric']})", "base": base.get("score"), "adapted": model.get("score"),
                      "delta": t.get("delta"), "delta_ci": t.get("delta_ci"),
                      "higher_is_better": t.get("higher_is_better", True)})
     for kind, entry in (report.get("perplexity") or {}).items():
         m, b = entry.get("model") or {}, entry.get("baseline") or {}
-        for unit in ("per_token", "per_char"):
+        # per token is what training optimises; per word compares models with different tokenizers
+        for unit in ("per_token", "per_word"):
             if m.get(unit) is not None:
                 delta = (m[unit] - b[unit]) if b.get(unit) is not None else None
                 rows.append({"metric": f"{kind} perplexity ({unit.replace('_', ' ')})", "base": b.get(unit),

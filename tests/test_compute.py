@@ -88,3 +88,8 @@ def test_cli(capsys):
                  "--accelerator", "h200"]) == 0
     assert "h200" in capsys.readouterr().out
     assert main(["compute", "--model", "tiny-llama"]) == 2  # no budget: a config error, exit code 2
+
+
+def test_objective_that_does_not_fit_the_model_is_a_config_error():
+    with pytest.raises(ConfigError, match="objective: masked"):
+        compute(model="tiny-llama", tokens=1000, objective="masked", probe_seconds=0.1, seq_len=16)

@@ -251,7 +251,7 @@ def test_sweep_config_reports_every_problem():
 def test_real_sweep_on_the_shipped_sample_then_fit(tmp_path, capsys):
     """Tier 2: real adapt runs on the shipped biomedical sample, a table, a fit and a plot."""
     result = sweep(sizes=["1x16", "1x32", "2x32"], tokens=[4096, 8192, 16384], seq_len=64, batch_size=4,
-                   eval_batches=4, out=str(tmp_path / "sw"))
+                   eval_batches=4, out=str(tmp_path / "sw"), time_budget_s=3000)
     assert all(r["status"] == "ok" for r in result["rows"])
     assert all(0 < r["val_loss"] < 6 for r in result["rows"])  # byte-level: ln(260) = 5.56 at random
     fitted = fit(str(tmp_path / "sw"), bootstrap=20)

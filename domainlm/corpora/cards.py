@@ -46,6 +46,20 @@ def card_path(name: str | Path) -> Path:
                        f"{', '.join(known)} (or pass a path to a card .yaml)"])
 
 
+def is_card(name: str | Path) -> bool:
+    """True when ``name`` is a shipped card's name or a YAML file with a ``prepare:`` mapping (so the CLI can
+    accept ``domainlm corpus prepare CARD`` where it otherwise expects a recipe)."""
+    path = Path(name).expanduser()
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        try:
+            from domainlm.config import read_yaml
+
+            return isinstance(read_yaml(path).get("prepare"), dict)
+        except ConfigError:
+            return False
+    return str(name) in list_cards()
+
+
 def load_card(name: str | Path) -> dict[str, Any]:
     """Read and check a corpus card; returns its mapping plus ``path`` (the card file).
 

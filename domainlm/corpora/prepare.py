@@ -154,8 +154,11 @@ _W: dict[str, Any] = {}
 
 
 def _init_worker(plan, clean_opts, near_dup: bool, num_perm: int, single_process: bool) -> None:
-    # One tokenizer thread per worker process: N processes already use N cores, and the Rust thread pool
-    # on top oversubscribes them. A single in-process run lets the tokenizer use every core instead.
+    # TOKENIZERS_PARALLELISM is set deliberately: one tokenizer thread per worker process, since N
+    # processes already use N cores and a Rust thread pool in each would oversubscribe them. An
+    # in-process run (num_proc=1) leaves the variable as the user set it: unset, the Rust pool uses
+    # every core for batch encoding; it is not set here because the caller's later forks (DataLoader
+    # workers) would then inherit a used thread pool.
     if not single_process:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from domainlm.corpora.clean import MinHasher
@@ -491,8 +494,6 @@ class _Run:
         clean_opts = CleanOptions(c.unicode_form, c.min_chars, c.max_chars, c.min_length, c.max_length, c.near_dup,
                                   c.near_dup_num_perm, c.validation_fraction)
         num_proc = self._num_proc()
-        if num_proc == 1:
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
         log.info("preparing %d input file(s) -> %s with %s (%d process%s)", len(self.files), self.out, c.model,
                  num_proc, "es" if num_proc > 1 else "")
         runner = _Ordered(num_proc, (self.plan, clean_opts, c.near_dup, c.near_dup_num_perm))

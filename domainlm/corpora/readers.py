@@ -330,7 +330,11 @@ def resolve_inputs(inputs: list[str], fmt: str = "auto", *, base: Path | None = 
                         continue
                     undetected.append(str(path))
                     continue
-            elif fmt == "txt-folder" or (fmt == "text" and in_folder and _stem_suffix(path) == ".txt"):
+            elif fmt == "txt-folder":
+                if in_folder and _stem_suffix(path) != ".txt":
+                    if skips is not None:  # a folder of papers may hold PDFs or figures next to the text
+                        skips.skip("unsupported_file", str(path), "not a .txt file; not read")
+                    continue
                 detected = "txt-folder"
             else:
                 detected = fmt

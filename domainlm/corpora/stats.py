@@ -311,8 +311,17 @@ def stats(config: StatsConfig | str | None = None, **overrides: Any) -> dict[str
     model = config.model or src["model"]
     out = Path(config.out) if config.out else (src["folder"] / "stats" if src["kind"] == "prepared"
                                                else Path("corpus-stats"))
-    texts, kind = _read_texts(src["inputs"], src["format"], src["options"], config.max_documents) \
-        if src["inputs"] else ([], "text")
+    texts, kind = [], "text"
+    if src["inputs"]:
+        try:
+            texts, kind = _read_texts(src["inputs"], src["format"], src["options"], config.max_documents)
+        except ConfigError as exc:
+            if src["kind"] != "prepared":
+                raise
+            # The prepared folder outlived its inputs: sizes and lengths still come from the folder.
+            log.warning("the inputs of %s are gone (%s); terms and fragmentation are skipped", config.corpus, exc)
+    if src["kind"] == "prepared" and src["manifest"].get("content") == "protein":
+        kind = "protein"
     if not texts and src["kind"] != "prepared":
         raise ConfigError([f"'corpus': no documents could be read from {config.corpus}"])
     tokenizer = None

@@ -263,8 +263,9 @@ def _training_section(inp: CardInputs) -> str:
     stream = run.get("stream") or {}
     params = run.get("parameters") or {}
     lines = ["| | |", "|---|---|",
-             f"| corpus | {corpus.get('name') or 'n/a'}"
-             + (f" (license: {inp.corpus_license})" if inp.corpus_license else "") + " |"]
+             f"| corpus | {corpus.get('name') or 'n/a'} |"]
+    if inp.corpus_license:
+        lines.append(f"| corpus license | {inp.corpus_license} |")
     for key, value in counts.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             lines.append(f"| corpus {key.replace('_', ' ')} | {_num(value)} |")
@@ -290,7 +291,10 @@ def _training_section(inp: CardInputs) -> str:
         lines.append(f"| replay | {_num(stream.get('replay_fraction_actual'))} of sequences from "
                      f"{stream.get('replay_corpus')} (against forgetting) |")
     if params:
-        extra = " (with the LoRA matrices and trained copies of saved modules)" if inp.method == "lora" else ""
+        extra = ""
+        if inp.method == "lora":
+            extra = " (with the LoRA matrices" + (" and the trained copies of fully trained modules"
+                                                  if run.get("lora_modules_to_save") else "") + ")"
         lines.append(f"| parameters in training | {_num(params.get('total'))}{extra}, "
                      f"{_num(params.get('trainable'))} trained |")
     lines += [
@@ -398,7 +402,9 @@ def render(inp: CardInputs) -> str:
                   f"`domainlm publish` reloaded this folder in a fresh Python process with plain transformers "
                   f"and compared its logits with the trained model's on {v.get('tokens')} held-out tokens: "
                   f"max |difference| {_num(v.get('max_abs_diff'))} (allowed {_num(v.get('tolerance_abs'))} for "
-                  f"{inp.dtype}), top-1 agreement {_num(v.get('top1_agreement'))}.", ""]
+                  f"{inp.dtype}), the same top-1 token at "
+                  + (f"{v['top1_agreement']:.0%}" if isinstance(v.get("top1_agreement"), (int, float)) else "n/a")
+                  + " of positions.", ""]
     cfg = run.get("config") or {}
     parts += ["<details><summary>The <code>domainlm adapt</code> configuration of this run</summary>", "",
               "```json", json.dumps(cfg, indent=2, sort_keys=True, default=str), "```", "", "</details>", ""]

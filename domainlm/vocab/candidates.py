@@ -242,7 +242,8 @@ def select(tokenizer: Any, texts: list[str], n: int, *, domain_vocab_size: int, 
         if word in specials or word in base_vocab or counts.get(word, 0) < min_frequency:
             continue
         content = _content(word, family)
-        if not _is_word_form(word, content, family):
+        # ``content in base_vocab``: one of the base model's own added tokens already matches this text.
+        if content in base_vocab or not _is_word_form(word, content, family):
             continue
         toks = model.tokenize(word)
         if len(toks) < 2 and not (unk_id is not None and any(t.id == unk_id for t in toks)):

@@ -23,7 +23,8 @@ class ExtendConfig:
                                  "size of SciBERT's and PubMedBERT's domain vocabularies")
     min_frequency: int = opt(5, "a word must occur this often in the corpus to be added: rarer words get too few "
                              "gradient updates to learn a useful embedding")
-    max_documents: int | None = opt(None, "read at most this many corpus documents (null: all)")
+    max_documents: int | None = opt(None, "read at most this many corpus documents (null: all; the text is held "
+                                    "in memory, so cap it for corpora of many GB)")
     overwrite: bool = opt(False, "replace an existing output folder")
     allow_pickle: bool = opt(False, "allow loading pickle (.bin) weights; pickle can execute code")
     trust_remote_code: bool = opt(False, "allow model code from the model folder to run")

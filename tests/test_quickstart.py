@@ -1,0 +1,49 @@
+"""The quickstart chains prepare -> adapt -> bench -> publish; checked on a reduced budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from domainlm.quickstart import render_summary, summary_rows
+
+
+def test_summary_rows_are_the_bench_numbers():
+    report = {"tasks": [{"name": "ner", "metric": "entity_f1", "mode": "probe", "higher_is_better": True,
+                         "model": {"score": 0.5}, "baseline": {"score": 0.4}, "delta": 0.1, "delta_ci": [0.0, 0.2]},
+                        {"name": "perplexity", "metric": "word_perplexity", "mode": "perplexity",
+                         "model": {"score": 9.0}, "baseline": {"score": 10.0}, "delta": -1.0}],
+              "perplexity": {"domain": {"model": {"per_token": 20.0, "per_word": 90.0},
+                                        "baseline": {"per_token": 25.0, "per_word": 120.0}}}}
+    rows = summary_rows(report)
+    assert [r["metric"] for r in rows] == ["ner (entity_f1)", "domain perplexity (per token)",
+                                           "domain perplexity (per word)"]
+    assert rows[1]["delta"] == -5.0 and rows[0]["delta"] == 0.1
+    text = render_summary(rows, [("model card", "x/README.md")])
+    assert "yes" in text and "model card" in text
+
+
+@pytest.mark.slow
+def test_quickstart_reduced_budget_writes_every_output(tmp_path):
+    from domainlm.quickstart import quickstart
+
+    out = tmp_path / "qs"
+    summary = quickstart(domain="biomed", model="tiny-llama", max_steps=4, max_examples=20, out=str(out))
+    for rel in ("corpus/manifest.json", "run/manifest.json", "run/curves.png", "run/final/probe.safetensors",
+                "bench/report.json", "bench/report.md", "bench/comparison.png", "published/README.md",
+                "published/manifest.json", "published/model.safetensors", "summary.json", "summary.txt"):
+        assert (out / rel).is_file(), rel
+    report = json.loads((out / "bench/report.json").read_text())
+    by_name = {t["name"]: t for t in report["tasks"]}
+    for row in summary["rows"]:
+        name = row["metric"].split(" (")[0]
+        if name in by_name:
+            assert row["adapted"] == by_name[name]["model"]["score"]
+            assert row["base"] == by_name[name]["baseline"]["score"]
+    dom = report["perplexity"]["domain"]
+    assert dom["model"]["per_token"] < dom["baseline"]["per_token"]  # adapted beats base on held-out text
+    # re-running reuses every finished stage
+    again = quickstart(domain="biomed", model="tiny-llama", max_steps=4, max_examples=20, out=str(out))
+    assert again["rows"] == summary["rows"]
+    assert again["timings_s"]["adapt"] < 5 and again["timings_s"]["bench"] < 5
