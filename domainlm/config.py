@@ -149,7 +149,9 @@ def build(cls: type, values: dict[str, Any], *, source: str | None = None, from_
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in known:
-            problems.append(f"unknown key '{key}'{did_you_mean(key, known)}; known keys: {', '.join(sorted(known))}")
+            hint = did_you_mean(key, known)
+            problems.append(f"unknown key '{key}'{hint}" if hint else
+                            f"unknown key '{key}'; known keys: {', '.join(sorted(known))}")
             continue
         try:
             kwargs[key] = coerce(value, hints[key], from_string=key in from_string)

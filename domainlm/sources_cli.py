@@ -37,12 +37,23 @@ def _safetensors_params(folder: Path) -> int | None:
 
 
 def _gguf_params(path: Path) -> int | None:
+    """Parameter count of a GGUF file. GGUFReader maps every field (~10 s here), so the count is cached."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
+    cache = cache_dir() / "gguf_params.json"
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key in known:
+        return known[key]
     try:
         from gguf import GGUFReader
     except ImportError:
         return None
     reader = GGUFReader(str(path))
-    return int(sum(int(t.n_elements) for t in reader.tensors))
+    n = int(sum(int(t.n_elements) for t in reader.tensors))
+    from domainlm.artifacts import atomic_write_json
+
+    atomic_write_json(cache, {**known, key: n})
+    return n
 
 
 def parameter_count(src: ModelSource) -> int | None:

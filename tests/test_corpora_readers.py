@@ -292,6 +292,10 @@ def test_folder_skips_unrecognised_files(tmp_path):
     skips = SkipLog()
     files = resolve_inputs([str(tmp_path)], skips=skips)
     assert [f.path.name for f in files] == ["a.txt"] and skips.counts == {"unsupported_file": 1}
+    skips = SkipLog()
+    files = resolve_inputs([str(tmp_path)], "txt-folder", skips=skips)
+    assert [(f.path.name, f.format) for f in files] == [("a.txt", "txt-folder")]
+    assert skips.counts == {"unsupported_file": 1}
 
 
 # ---- the real files ----------------------------------------------------------------------------------

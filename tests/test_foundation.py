@@ -130,3 +130,72 @@ def test_models_lists_packaged_and_tiny(capsys):
     for name in ("minilm", "smollm2", "tiny-llama", "tiny-bert", "tiny-esm"):
         assert name in out
     assert "22.7M" in out  # MiniLM's real parameter count, read from its safetensors header
+
+
+def test_smollm2_packaged_perplexity_on_english_is_low():
+    import math
+
+    import torch
+
+    from domainlm.sources import load_model, load_tokenizer
+
+    tok = load_tokenizer("smollm2")
+    model, report = load_model("HuggingFaceTB/SmolLM2-135M-Instruct")  # the Hub id resolves to the package
+    assert not report.fresh_parameters
+    ids = tok("The weather was warm and sunny, so the children played in the park all afternoon.",
+              return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss
+    assert math.isfinite(float(loss)) and math.exp(float(loss)) < 100
+
+
+def test_minilm_embeddings_rank_paraphrase_above_unrelated(caplog):
+    import torch
+
+    from domainlm.sources import load_model, load_tokenizer
+
+    tok = load_tokenizer("minilm")
+    model, _ = load_model("minilm", "masked")
+    encoder = model.bert
+
+    def embed(text):
+        enc = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            h = encoder(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        return torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1)[0]
+
+    a = embed("The drug lowered blood pressure in elderly patients.")
+    para = embed("In older patients, the medication reduced their blood pressure.")
+    other = embed("The football match was postponed because of heavy snow.")
+    assert float(a @ para) > float(a @ other) + 0.2
+    # and the missing masked-LM head is announced plainly
+    with caplog.at_level("WARNING"):
+        _, report = load_model("minilm", "masked")
+    assert report.fresh_parameters and any("initialised fresh" in m for m in report.messages)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert", "tiny-esm"])
+def test_tiny_models_train_one_step_and_reload_identically(name, tmp_path):
+    import torch
+
+    from domainlm.sources import count_parameters, load_model, load_tokenizer
+
+    model, _ = load_model(name)
+    tok = load_tokenizer(name)
+    assert 100_000 < count_parameters(model) < 1_000_000
+    text = "MKTAYIAKQR" if name == "tiny-esm" else "kinase inhibitors"
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    labels = ids.clone()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    before = model(input_ids=ids, labels=labels).loss
+    before.backward()
+    opt.step()
+    model.eval()
+    with torch.no_grad():
+        after = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path / "m")
+    reloaded, _ = load_model(str(tmp_path / "m"), "causal" if name == "tiny-llama" else "masked")
+    reloaded.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, after)

@@ -9,8 +9,8 @@ every PubMed file is not a network access.
 Update files revise records (a PMID appears again) and delete them (``<DeleteCitation>``). When several
 PubMed XML files are given, the ones after the first are scanned once up front for the PMIDs they
 contain or delete; a record is then dropped as ``superseded`` or ``deleted`` when a later file has a
-newer version of it or deletes it. That index holds 9 bytes per PMID seen in a later file (about
-330 MB for the whole baseline plus updates); it is the only state here that grows with the input.
+newer version of it or deletes it. That index holds 13 bytes per PMID seen in a later file (about
+470 MB for the whole baseline plus updates); it is the only state here that grows with the input.
 """
 
 from __future__ import annotations

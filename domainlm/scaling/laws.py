@@ -290,7 +290,15 @@ def _fit_c_once(logc, logl) -> CLaw:
     slope = np.polyfit(logc, logl, 1)[0] if len(logc) > 1 else -0.05
     alpha0 = max(-slope, 1e-3)
     p0 = [alpha0, float(np.mean(logc + logl / alpha0))]
-    (alpha_c, log_cc), _ = curve_fit(line, logc, logl, p0=p0, maxfev=10000)
+    import warnings
+
+    from scipy.optimize import OptimizeWarning
+
+    with warnings.catch_warnings():
+        # Two frontier points determine the line exactly; curve_fit then warns that it has no
+        # covariance, which we never use (intervals come from the bootstrap).
+        warnings.simplefilter("ignore", OptimizeWarning)
+        (alpha_c, log_cc), _ = curve_fit(line, logc, logl, p0=p0, maxfev=10000)
     return CLaw(C_c=math.exp(log_cc), alpha_C=float(alpha_c))
 
 
