@@ -110,6 +110,11 @@ def run_verb(verb: Verb, argv: list[str]) -> Any:
     ns = vars(parser.parse_args(argv))
     fn = _load(verb.target)
     recipe = ns.pop("recipe", None) if verb.recipe else None
+    if recipe is not None and verb.name == "corpus prepare" and "card" not in ns:
+        from domainlm.corpora.cards import is_card
+
+        if is_card(recipe):  # `domainlm corpus prepare pubmed-sample ...` names a corpus card
+            ns["card"], recipe = recipe, None
     if cls is None:
         return fn()
     from_string = {k for k, v in ns.items() if isinstance(v, str)}
