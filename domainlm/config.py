@@ -16,7 +16,6 @@ from typing import Any, Literal, get_args, get_origin
 
 from domainlm.errors import ConfigError
 
-
 # Names users bring from other tools (HF Trainer, litgpt, axolotl) for our fields.
 _SYNONYMS = {"learning_rate": "lr", "gradient_accumulation_steps": "grad_accum", "per_device_train_batch_size":
              "batch_size", "micro_batch_size": "batch_size", "num_train_steps": "max_steps", "steps": "max_steps",

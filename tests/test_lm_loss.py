@@ -7,8 +7,16 @@ import math
 import pytest
 import torch
 
-from domainlm.lm_loss import (IGNORE, bidirectional_doc_mask, causal_labels, fused_linear_cross_entropy, loss_sum,
-                              perplexity, positions_from_doc_ids, split_head)
+from domainlm.lm_loss import (
+    IGNORE,
+    bidirectional_doc_mask,
+    causal_labels,
+    fused_linear_cross_entropy,
+    loss_sum,
+    perplexity,
+    positions_from_doc_ids,
+    split_head,
+)
 from domainlm.sources import load_model
 
 

@@ -11,7 +11,15 @@ import torch
 
 from domainlm.adapt.config import AdaptConfig
 from domainlm.errors import ConfigError
-from domainlm.sources import LoadReport, ModelSource, auto_class, load_model, load_tokenizer, materialise, resolve
+from domainlm.sources import (
+    LoadReport,
+    ModelSource,
+    auto_class,
+    load_model,
+    load_tokenizer,
+    materialise,
+    resolve,
+)
 
 log = logging.getLogger(__name__)
 
