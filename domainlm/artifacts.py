@@ -32,8 +32,55 @@ KNOWN_KEYS = {
 _VERSION_PACKAGES = ("domainlm", "torch", "transformers", "peft", "datasets", "accelerate", "tokenizers")
 
 
+# Free bytes below which a failed write is taken for a full disk (see _disk_full).
+_NEARLY_FULL = 1 << 20
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether ``exc`` (raised while writing into ``folder``) came from a full disk.
+
+    Writers that are not Python file objects do not raise ``OSError(ENOSPC)``: safetensors raises
+    ``SafetensorError("... No space left on device (os error 28)")`` and ``torch.save`` a ``RuntimeError``
+    about an unexpected stream position. So besides the errno, the message is checked and, for a
+    ``RuntimeError``, whether the disk is (nearly) full at the moment of the failure.
+    """
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left on device" in str(exc) or "os error 28" in str(exc):
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _NEARLY_FULL
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` (and the folders) to disk, so a power loss after the rename cannot
+    leave a complete-looking folder with empty files (SIGKILL alone does not need this)."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened and synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _disk_error(path: Path, exc: OSError) -> DomainLMError:
-    if exc.errno == errno.ENOSPC:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DomainLMError(f"no space left on the device while writing {path}; free some space and run the "
                              "command again (the previous complete files were left untouched)")
     return DomainLMError(f"could not write {path}: {exc.strerror or exc}")
@@ -54,6 +101,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -86,17 +134,28 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes owner-only folders
     try:
         yield tmp
+        _fsync_tree(tmp)
         old = None
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
         os.replace(tmp, final)
+        _fsync_dir(final.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _disk_error(final, exc) from None
+    except DomainLMError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as exc:
+        full = _disk_full(exc, tmp)  # before the clean-up frees the space again
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise _disk_error(final, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from exc
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

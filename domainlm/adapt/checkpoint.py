@@ -75,6 +75,9 @@ def prune(run_dir: Path, keep_last: int) -> None:
 
 
 def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    import pickle
+
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
@@ -91,6 +94,6 @@ def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer) ->
         rng = torch.load(path / "rng.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])
         return json.loads((path / "state.json").read_text())
-    except (OSError, RuntimeError, ValueError, json.JSONDecodeError) as exc:
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError, pickle.UnpicklingError) as exc:
         raise IncompleteArtifactError(f"checkpoint {path} cannot be read ({exc}); delete it to resume from the "
                                       "previous one") from None
