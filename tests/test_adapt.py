@@ -54,7 +54,7 @@ def _cli(args: list[str], env: dict | None = None) -> subprocess.CompletedProces
                           env={**os.environ, "DOMAINLM_PROGRESS": "0", **(env or {})}, timeout=600)
 
 
-@pytest.mark.parametrize("fault", ["step:6", "ckpt:8"])
+@pytest.mark.parametrize("fault", ["step:6", pytest.param("ckpt:8", marks=pytest.mark.slow)])
 def test_sigkill_then_resume_matches_uninterrupted_run(llama_corpus, tmp_path, fault):
     args = ["--model", "tiny-llama", "--corpus", str(llama_corpus), "--max-steps", "10", "--save-every", "4",
             "--eval-every", "0", "--batch-size", "2", "--eval-batches", "1", "--log-every", "1", "--lr", "0.003"]
