@@ -46,12 +46,16 @@ def ensure_pad(tokenizer) -> int:
     return tokenizer.pad_token_id
 
 
-def encode_sequences(loaded: LoadedModel, examples: list[Example], max_length: int) -> tuple[list[Encoded], int]:
-    """Tokenise texts (pairs as pairs for encoders, joined by a newline for causal models)."""
+def encode_sequences(loaded: LoadedModel, examples: list[Example], max_length: int,
+                     spaced: bool = False) -> tuple[list[Encoded], int]:
+    """Tokenise texts (pairs as pairs for encoders, joined by a newline for causal models).
+
+    ``spaced`` puts a space between characters first (residues for a text tokenizer, see TaskSpec.spaced).
+    """
     tok = loaded.tokenizer
     max_length = model_max_length(loaded, max_length)
     pairs = any(ex.text_b is not None for ex in examples)
-    texts = [ex.text or "" for ex in examples]
+    texts = [" ".join(ex.text or "") if spaced else (ex.text or "") for ex in examples]
     kwargs: dict[str, Any] = dict(truncation=True, max_length=max_length, return_special_tokens_mask=True)
     if pairs and not loaded.is_causal:
         enc = tok(texts, [ex.text_b or "" for ex in examples], **kwargs)
@@ -165,13 +169,19 @@ def pool(h, batch: dict[str, Any], how: str):
     return (h * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)
 
 
+def use_spacing(spec, loaded: LoadedModel) -> bool:
+    """TaskSpec.spaced, or its default: FASTA text for a model that is not a protein model."""
+    return spec.spaced if spec.spaced is not None else (spec.format == "fasta" and loaded.kind != "protein")
+
+
 def sequence_features(loaded: LoadedModel, examples: list[Example], *, max_length: int, batch_size: int,
-                      pooling: str, device: str, bf16: bool, layers: list[int] | None = None) -> tuple[Any, int]:
+                      pooling: str, device: str, bf16: bool, layers: list[int] | None = None,
+                      spaced: bool = False) -> tuple[Any, int]:
     """One float32 vector per example (numpy [n, dim]) and the number of truncated inputs."""
     import numpy as np
     import torch
 
-    encoded, truncated = encode_sequences(loaded, examples, max_length)
+    encoded, truncated = encode_sequences(loaded, examples, max_length, spaced)
     pad = ensure_pad(loaded.tokenizer)
     feats: list[Any] = [None] * len(examples)
     with torch.inference_mode(), autocast(device, bf16):

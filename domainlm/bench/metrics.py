@@ -274,7 +274,10 @@ class _PerplexityBase:
     @classmethod
     def reduce(cls, rows) -> float:
         s = rows.sum(axis=0)
-        return math.exp(s[0] / s[cls.column]) if s[cls.column] else float("nan")
+        if not s[cls.column]:
+            return float("nan")
+        x = s[0] / s[cls.column]
+        return math.exp(x) if x < 709.0 else float("inf")  # a random model's per-word value can overflow
 
     @classmethod
     def point(cls, gold, pred, ctx: Context) -> float:

@@ -37,13 +37,18 @@ class DocScore:
         return (self.nll, self.tokens, self.chars, self.words)
 
 
+def safe_exp(x: float) -> float:
+    """exp that returns inf instead of raising (a random model's per-word perplexity can exceed 1e308)."""
+    return math.exp(x) if x < 709.0 else float("inf")
+
+
 def summarise(scores: list[DocScore]) -> dict[str, float]:
     """Per-token, per-character and per-word perplexity and bits per character over documents."""
     nll = sum(s.nll for s in scores)
     tokens, chars, words = (sum(getattr(s, k) for s in scores) for k in ("tokens", "chars", "words"))
 
     def ppl(n: int) -> float:
-        return math.exp(nll / n) if n else float("nan")
+        return safe_exp(nll / n) if n else float("nan")
 
     return {"per_token": ppl(tokens), "per_char": ppl(chars), "per_word": ppl(words),
             "bits_per_char": (nll / chars / math.log(2)) if chars else float("nan"),

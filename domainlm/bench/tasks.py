@@ -124,6 +124,9 @@ class TaskSpec:
     label_sep: str | None = opt(None, "csv multilabel: separator between labels in one cell")
     prompt: str | None = opt(None, "zeroshot: prompt template with {question}, {context} and/or {text}")
     choices: list[str] | None = opt(None, "zeroshot: the answer strings scored after the prompt (default: labels)")
+    spaced: bool | None = opt(None, "put a space between characters before tokenising (ProtBert's convention for "
+                              "residues). Default: on for FASTA tasks when the model is not a protein model, whose "
+                              "word pieces would see one 300-letter word (BERT's WordPiece turns it into [UNK])")
     max_length: int = opt(256, "tokens per example; longer inputs are truncated and counted")
     batch_size: int = opt(32, "examples per forward pass")
     pooling: Literal["mean", "cls", "last"] = opt("mean", "how token states become one sequence vector (probe)")

@@ -48,17 +48,24 @@ def _eager(loaded: LoadedModel, spec: TaskSpec) -> None:
             pass
 
 
-def residue_positions(loaded: LoadedModel, seq: str, max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids and, per residue, the index of the token holding it (character-level tokenizers: 1:1)."""
+def residue_positions(loaded: LoadedModel, seq: str, max_length: int,
+                      spaced: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids and, per residue, the index of the token holding it (character-level tokenizers: 1:1).
+
+    ``spaced`` tokenises "M K V ..." (text tokenizers; see TaskSpec.spaced): residue r is character 2r.
+    """
     tok = loaded.tokenizer
     if getattr(tok, "is_fast", False):
-        enc = tok(seq, truncation=True, max_length=max_length, return_offsets_mapping=True,
+        text = " ".join(seq) if spaced else seq
+        step = 2 if spaced else 1
+        enc = tok(text, truncation=True, max_length=max_length, return_offsets_mapping=True,
                   return_special_tokens_mask=True)
         pos = [-1] * len(seq)
-        for t, ((a, b), sp) in enumerate(zip(enc["offset_mapping"], enc["special_tokens_mask"], strict=False)):
+        for t, ((a, b), sp) in enumerate(zip(enc["offset_mapping"], enc["special_tokens_mask"], strict=True)):
             if not sp:
                 for c in range(a, b):
-                    pos[c] = t
+                    if c % step == 0:
+                        pos[c // step] = t
         return list(enc["input_ids"]), pos
     enc = tok(seq, truncation=True, max_length=max_length, return_special_tokens_mask=True)
     content = [t for t, sp in enumerate(enc["special_tokens_mask"]) if not sp]
@@ -71,7 +78,8 @@ def attention_features(loaded: LoadedModel, spec: TaskSpec, seq: str, ctx: RunCo
     import numpy as np
     import torch
 
-    ids, pos = residue_positions(loaded, seq, model_max_length(loaded, spec.max_length))
+    spaced = spec.spaced if spec.spaced is not None else loaded.kind != "protein"  # as TaskSpec.spaced, for PDB
+    ids, pos = residue_positions(loaded, seq, model_max_length(loaded, spec.max_length), spaced=spaced)
     with torch.inference_mode(), autocast(ctx.device, ctx.bf16):
         out = loaded.model(input_ids=torch.tensor([ids], device=ctx.device), output_attentions=True)
     attn = getattr(out, "attentions", None)

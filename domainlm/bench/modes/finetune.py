@@ -24,6 +24,7 @@ from domainlm.bench.features import (
     ensure_pad,
     hidden,
     pool,
+    use_spacing,
 )
 from domainlm.bench.loading import LoadedModel
 from domainlm.bench.modes import ModeResult, RunContext, finish
@@ -41,7 +42,7 @@ def _label_space(spec: TaskSpec, data: TaskData) -> list[str]:
 def _encode(loaded: LoadedModel, spec: TaskSpec, examples):
     if spec.head == "token":
         return encode_words(loaded, examples, spec.max_length)[0]
-    return encode_sequences(loaded, examples, spec.max_length)[0]
+    return encode_sequences(loaded, examples, spec.max_length, use_spacing(spec, loaded))[0]
 
 
 def _outputs(spec: TaskSpec, model, head, batch, rows: list[Any]):

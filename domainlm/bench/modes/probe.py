@@ -14,7 +14,7 @@ import warnings
 from typing import Any
 
 from domainlm.bench.data import TaskData
-from domainlm.bench.features import sequence_features, word_features
+from domainlm.bench.features import sequence_features, use_spacing, word_features
 from domainlm.bench.loading import LoadedModel
 from domainlm.bench.modes import ModeResult, RunContext, finish
 from domainlm.bench.tasks import METRICS, TaskSpec
@@ -60,7 +60,8 @@ def _features(loaded: LoadedModel, spec: TaskSpec, examples, ctx: RunContext, no
         if cut:
             notes.append(f"{split}: {cut} words beyond max_length={spec.max_length} tokens were predicted O")
         return feats, masks
-    feats, truncated = sequence_features(loaded, examples, pooling=spec.pooling, **kw)
+    feats, truncated = sequence_features(loaded, examples, pooling=spec.pooling, spaced=use_spacing(spec, loaded),
+                                         **kw)
     if truncated:
         notes.append(f"{split}: {truncated} inputs truncated to max_length={spec.max_length} tokens")
     return feats, None
@@ -142,5 +143,7 @@ def run_probe(loaded: LoadedModel, spec: TaskSpec, data: TaskData, ctx: RunConte
     else:
         model = _fit(spec, x, y, c)
     pred = _predict(spec, data, model, test_x, test_m, test)
+    if spec.head == "regression" and len(set(pred)) == 1:
+        notes.append("every test prediction is the same number (the features do not vary), so correlations are 0")
     result.n_examples += len(data.train) + len(test)
     return finish(spec, data, gold, [pred], result)
