@@ -414,7 +414,7 @@ class AdaptTrials:
             if k:
                 got = resumed_step(proc.stderr)
                 want = before[-1] if before else 0
-                if got is not None and got != want:
+                if got is not None and got != want:  # None: killed before it said where it resumed
                     problems.append(f"attempt {k + 1} resumed from step {got}, not the newest complete one ({want})")
             if rc == 0:
                 notes.append(f"{how}: the run had finished")
@@ -431,6 +431,8 @@ class AdaptTrials:
             problems.append(f"the resumed run failed ({rc}): {_last_line(final.stderr)}")
         else:
             got = resumed_step(final.stderr)
+            if got is None and not (run / "checkpoints").is_dir():
+                got = 0  # the killed run had not written anything yet, so the resume started a fresh run
             want = before[-1] if before else 0
             if got != want:
                 problems.append(f"the last resume continued from step {got}, not from the newest complete "
@@ -1119,6 +1121,12 @@ KNOWN_BUGS = {
     "yaml-escape-range": ("ValueError|OverflowError", "read_yaml",
                           "a YAML double-quoted escape beyond U+10FFFF (e.g. \\U99999999): PyYAML's scanner raises "
                           "ValueError or OverflowError, which config.py read_yaml does not turn into a ConfigError"),
+    "yaml-non-string-key": ("TypeError", "did_you_mean",
+                            "a YAML key that is not a string (`1: x`, `null: 1`): config.py build passes it to "
+                            "did_you_mean, where difflib raises TypeError"),
+    "arxiv-versions-type": ("TypeError|KeyError", "read_arxiv",
+                            "an arXiv record whose 'versions' is a number or an object: versions[0] fails in "
+                            "corpora/readers.py read_arxiv"),
     "pubmed-pmid-overflow": ("OverflowError", "scan_pubmed_events",
                              "a PMID above 2^63-1 in a later PubMed XML file: numpy int64 overflow in "
                              "corpora/pubmed.py scan_pubmed_events"),
@@ -1223,7 +1231,8 @@ def check_case(target: FuzzTarget, folder: Path, stats: FuzzStats, describe: str
             return f"{type(exc).__name__} without the file's name: {msg[:300]!r} ({describe})"
         stats.refused += 1
         stats.refusals[type(exc).__name__] += 1
-        stats.refusal_example = stats.refusal_example or msg.splitlines()[0][:200]
+        if not stats.refusal_example:
+            stats.refusal_example = " ".join(msg.replace(f"{folder}{os.sep}", "").split())[:200]
         return None
     except _Hang as exc:
         return f"hang: {exc} ({describe})"
@@ -1554,6 +1563,7 @@ class Results:
     fuzz: list[FuzzStats] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # class -> why it did not run
     meta: dict[str, Any] = field(default_factory=dict)
+    work: str = ""
 
 
 def _seeds(trials: list[Trial]) -> str:
@@ -1640,6 +1650,12 @@ def _md_table(header: tuple[str, ...], rows: list[tuple]) -> str:
 
 
 def render(res: Results) -> str:
+    """The markdown report; scratch-folder paths in messages are shown as <work>."""
+    text = _render(res)
+    return text.replace(str(res.meta["work"]), "<work>") if res.meta.get("work") else text
+
+
+def _render(res: Results) -> str:
     m = res.meta
     bugs = [s for s in res.fuzz if s.bugs]
     known = Counter()
@@ -1763,7 +1779,7 @@ def run_all(args: argparse.Namespace) -> Results:
     work = Path(args.work or tempfile.mkdtemp(prefix="domainlm-reliability-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DOMAINLM_CACHE", str(work / "cache"))
-    res = Results()
+    res = Results(work=str(work))
     adapt = AdaptTrials(work, args.launcher)
     if only & {"adapt-kill", "disk-full"}:
         adapt.setup()
@@ -1842,6 +1858,7 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.set_verbosity_error()
     res = run_all(args)
     res.meta = _meta(args, started)
+    res.meta["work"] = res.work
     text = render(res)
     print("\n" + _md_table(("Class", "What was tried", "Count", "Seeds", "Outcome"), summary_rows(res)))
     if not args.no_report:

@@ -26,6 +26,8 @@ def run_lm(loaded: LoadedModel, spec: TaskSpec, data: TaskData, ctx: RunContext)
                              stride=spec.stride, max_tokens=budget, batch_size=spec.batch_size,
                              device=ctx.device, bf16=ctx.bf16)
         ctx.cache[key] = scores
+    else:
+        result.notes.append("scored in the pass of an earlier task on the same file (its wall time holds the cost)")
     result.perplexity = summarise(scores)
     result.perplexity["method"] = "causal sliding window" if loaded.is_causal else "masked pseudo-perplexity"
     if not loaded.is_causal:
