@@ -97,6 +97,8 @@ def _score(spec: str, texts: dict[str, list[str]], window: int) -> dict[str, Any
             # stride = window: every token is scored once; abstracts mostly fit in one window.
             scores = causal_scores(loaded.model, loaded.tokenizer, docs, window=window, stride=window, batch_size=4)
             out[name] = summarise(scores)
+            # Per-document sums, for paired bootstrap intervals over documents.
+            out[name]["docs"] = {"nll": [d.nll for d in scores], "chars": [d.chars for d in scores]}
     del loaded
     return out
 
@@ -128,6 +130,45 @@ def _table(results: dict[str, Any]) -> str:
                      f"{d['bits_per_char']:.4f} | {g['per_char']:.4f} | {g['per_word']:.2f} | "
                      f"{g['bits_per_char']:.4f} | {mon_s} | {run.get('replay_sequences', '')} | "
                      f"{wall} |")
+    return "\n".join(lines)
+
+
+def bootstrap_diff(results: dict[str, Any], key: str, ref: str, part: str, n: int = 2000,
+                   seed: int = 0) -> tuple[float, float, float] | None:
+    """Bits per character of ``key`` minus ``ref`` on ``part``, with a paired 95% bootstrap over documents.
+
+    Both models score the same documents, so documents are resampled together; the interval says how
+    much the difference depends on which held-out abstracts happened to be in the sample.
+    """
+    import numpy as np
+
+    ev = results.get("eval", {})
+    if key not in ev or ref not in ev or "docs" not in ev[key][part] or "docs" not in ev[ref][part]:
+        return None
+    x, r = ev[key][part]["docs"], ev[ref][part]["docs"]
+    nx, nr, ch = np.array(x["nll"]), np.array(r["nll"]), np.array(x["chars"], dtype=float)
+    if not np.array_equal(ch, np.array(r["chars"], dtype=float)):
+        return None  # not the same characters scored (should not happen without max_tokens)
+    ln2 = np.log(2)
+    diff = (nx.sum() - nr.sum()) / ch.sum() / ln2
+    idx = np.random.default_rng(seed).integers(0, len(ch), size=(n, len(ch)))
+    boot = (nx[idx].sum(1) - nr[idx].sum(1)) / ch[idx].sum(1) / ln2
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(diff), float(lo), float(hi)
+
+
+def _diff_table(results: dict[str, Any]) -> str:
+    lines = ["| comparison | domain bits/char difference [95% CI] | general bits/char difference [95% CI] |",
+             "|---|---|---|"]
+    pairs = [("vocab0", "base"), ("a", "base"), ("b", "a"), ("c", "a"), ("d", "a")]
+    names = {"base": "base", "vocab0": "vocab ext. (untrained)", **{k: f"({k})" for k in ARMS}}
+    for key, ref in pairs:
+        cells = []
+        for part in ("domain", "general"):
+            d = bootstrap_diff(results, key, ref, part)
+            cells.append("" if d is None else f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]")
+        if any(cells):
+            lines.append(f"| {names[key]} minus {names[ref]} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -250,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                      {k: round(results["eval"][key][k]["per_char"], 4) for k in texts})
         _save_json(results_path, results)
 
-    table = _table(results)
+    table = _table(results) + "\n\nPaired differences (negative: lower bits per character than the reference):\n\n"
+    table += _diff_table(results)
     (out / "results.md").write_text(table + "\n")
     _plot(results, out / "forgetting_vocab.png")
     print(table)

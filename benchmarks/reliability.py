@@ -233,9 +233,10 @@ def _no_traceback(text: str) -> bool:
     return "Traceback (most recent call last)" not in text
 
 
-def _last_line(text: str) -> str:
+def _last_line(text: str, limit: int | None = 240) -> str:
+    """The last non-empty line (the CLI's one-line error), cut to ``limit`` characters for display."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:240] if lines else ""
+    return (lines[-1][:limit] if limit else lines[-1]) if lines else ""
 
 
 # ====================================================================================================
@@ -425,13 +426,14 @@ class AdaptTrials:
             problems += bad
             notes.append(f"{how} -> {desc}")
         before = self.complete_steps(run)
+        fresh = not (run.is_dir() and any(run.iterdir()))  # killed before it wrote anything: nothing to resume
         final = self.launch(self.args(run, "--resume"), f"kill-{seed}-resume")
         rc = final.wait()
         if rc != 0:
             problems.append(f"the resumed run failed ({rc}): {_last_line(final.stderr)}")
         else:
             got = resumed_step(final.stderr)
-            if got is None and not (run / "checkpoints").is_dir():
+            if got is None and fresh:
                 got = 0  # the killed run had not written anything yet, so the resume started a fresh run
             want = before[-1] if before else 0
             if got != want:
@@ -648,7 +650,7 @@ def disk_full_checkpoint(bench: AdaptTrials, free_kib: int) -> Trial:
         err = proc.stderr
         msg = _last_line(err)
         notes.append(f"{free >> 10} KiB free when checkpoint {bench.ckpt_steps[1]} was written; exit {rc}: {msg!r}")
-        if rc != 1 or "no space left" not in msg or not _no_traceback(err):
+        if rc != 1 or "no space left" not in _last_line(err, None) or not _no_traceback(err):
             problems.append("expected exit 1 with a one-line 'no space left' message and no traceback")
         complete = bench.complete_steps(run)
         leftovers = [p.name for p in (run / "checkpoints").glob(".*")]
@@ -696,7 +698,7 @@ def disk_full_publish(bench: AdaptTrials, free_kib: int = 256) -> Trial:
         rc = again.wait()
         msg = _last_line(again.stderr)
         notes.append(f"publish --overwrite with {free >> 10} KiB free: exit {rc}: {msg!r}")
-        if rc != 1 or "no space left" not in msg or not _no_traceback(again.stderr):
+        if rc != 1 or "no space left" not in _last_line(again.stderr, None) or not _no_traceback(again.stderr):
             problems.append("expected exit 1 with a one-line 'no space left' message and no traceback")
         try:
             manifest = read_manifest(out, "published")
@@ -716,7 +718,7 @@ def disk_full_publish(bench: AdaptTrials, free_kib: int = 256) -> Trial:
         msg2 = _last_line(second.stderr)
         left = sorted(p.name for p in mnt.iterdir() if p.name not in ("published", "ballast"))
         notes.append(f"publish to a new folder: exit {rc2}: {msg2!r}; left on the disk: {left or 'nothing'}")
-        if rc2 != 1 or "no space left" not in msg2 or not _no_traceback(second.stderr):
+        if rc2 != 1 or "no space left" not in _last_line(second.stderr, None) or not _no_traceback(second.stderr):
             problems.append("publish to a new folder: expected exit 1 with a clear message")
         if left:
             problems.append(f"a failed publish left {left}")
@@ -1374,9 +1376,9 @@ def untrusted_trials(work: Path, launcher: str = "fork", *, cli: bool = True) ->
         p = Proc(["adapt", "--model", str(folder), "--corpus", str(root / "no-corpus"), "--out", str(root / "run"),
                   "--max-steps", "1"], work / "logs", f"untrusted-{folder.name}", launcher=launcher)
         rc = p.wait()
-        msg = _last_line(p.stderr)
-        ok = rc == 1 and _no_traceback(p.stderr) and all(n.lower() in msg.lower() for n in needles)
-        return ok, f"; `domainlm adapt --model` exits {rc}: {msg!r}"
+        full = _last_line(p.stderr, None)
+        ok = rc == 1 and _no_traceback(p.stderr) and all(n.lower() in full.lower() for n in needles)
+        return ok, f"; `domainlm adapt --model` exits {rc}: {_last_line(p.stderr)!r}"
 
     # 1. pickle-only weights whose unpickling would run code
     import torch
