@@ -86,6 +86,13 @@ def _disk_error(path: Path, exc: OSError) -> DomainLMError:
     return DomainLMError(f"could not write {path}: {exc.strerror or exc}")
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it, so it is restored at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
     path = Path(path)
@@ -97,9 +104,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         # mkstemp creates files readable by their owner only; give them the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as exc:
@@ -129,9 +134,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes owner-only folders
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes owner-only folders
     try:
         yield tmp
         _fsync_tree(tmp)

@@ -69,7 +69,7 @@ def _done(folder: Path) -> bool:
         return False
 
 
-def _fmt(value: Any, higher: bool | None = None) -> str:
+def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, float):

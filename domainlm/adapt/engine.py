@@ -266,7 +266,6 @@ def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
     peak = measure_matmul_peak("bf16" if bf16 else "fp32") if device.type == "cpu" else None
 
     start_step, elapsed_before = 0, 0.0
-    stream_meta = {"domain_sequences": 0, "replay_sequences": 0}
     history: dict[str, Any] = {}
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer)
