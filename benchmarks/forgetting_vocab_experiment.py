@@ -17,7 +17,7 @@ negative log-likelihood over characters or words of the same text) and bits per 
 ``domainlm.bench.perplexity``. adapt's own forgetting monitor (per-token, on its validation blocks)
 is reported next to them.
 
-Run (CPU, a couple of hours on 2 shared cores):
+Run (CPU: about 1.5 hours on 2 shared cores, one thread):
     .venv/bin/python benchmarks/forgetting_vocab_experiment.py --out runs/forgetting_vocab
 Smoke test in a minute:
     .venv/bin/python benchmarks/forgetting_vocab_experiment.py --model tiny-llama --steps 2 --out /tmp/fv

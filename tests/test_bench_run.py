@@ -218,3 +218,18 @@ def test_minilm_probe_on_real_ncbi_disease(tmp_path, realdata):
                    out=str(tmp_path / "ncbi"), bootstrap=200)
     ner = report["tasks"][0]
     assert ner["n_test"] == 940 and ner["model"]["score"] > 0.3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_bench_reads_an_adapt_run_folder(tmp_path, method):
+    """adapt -> bench: the run folder's final model (or merged LoRA adapter) beats its base on held-out PubMed."""
+    from domainlm.adapt import adapt
+
+    run = tmp_path / f"run-{method}"
+    adapt(model="tiny-llama", corpus="pubmed-sample", max_steps=5, eval_every=0, method=method, out=str(run))
+    report = bench(model=str(run), baseline="tiny-llama", suite="biomed", tasks=["perplexity"],
+                   out=str(tmp_path / "bench"), bootstrap=100)
+    ppl = report["perplexity"]["domain"]
+    assert ppl["model"]["per_token"] < ppl["baseline"]["per_token"]
+    assert report["tasks"][0]["delta_ci"][1] < 0  # the paired interval excludes "no improvement"

@@ -23,6 +23,8 @@ HELD_OUT = [
     "In isolated cardiomyocytes, kinase inhibitors lowered receptor phosphorylation.",
     "A phosphatase removes the phosphorylation that the kinase added.",
 ]
+# Four copies, numbered so they are not exact duplicates (which vocab extend drops); numbers are never chosen.
+CORPUS = [f"{t} [{k}]" for k in range(4) for t in DOMAIN]
 # Text none of whose words can be chosen from DOMAIN (checked in the tests that use it).
 PLAIN = "Quick brown foxes jump over lazy dogs."
 
@@ -35,7 +37,7 @@ def _jsonl(path: Path, texts: list[str]) -> Path:
 @pytest.fixture(scope="module")
 def corpus_files(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("vocab_corpus")
-    return _jsonl(d / "domain.jsonl", DOMAIN * 4), _jsonl(d / "held.jsonl", HELD_OUT)
+    return _jsonl(d / "domain.jsonl", CORPUS), _jsonl(d / "held.jsonl", HELD_OUT)
 
 
 def _wordpiece_tokenizer(with_unk: bool = True):
@@ -152,7 +154,7 @@ def test_uncased_wordpiece_adds_whole_lowercase_words():
     from domainlm.vocab.candidates import extended_tokenizer, select
 
     base = _wordpiece_tokenizer()
-    sel, _ = select(base, DOMAIN * 4, 3, domain_vocab_size=300, min_frequency=3, name="tiny-wordpiece")
+    sel, _ = select(base, CORPUS, 3, domain_vocab_size=300, min_frequency=3, name="tiny-wordpiece")
     words = [c.content for c in sel.chosen]
     assert "phosphorylation" in words and all(w == w.lower() for w in words)
     ext, ids = extended_tokenizer(base, sel.chosen, sel.family)
@@ -169,7 +171,7 @@ def test_too_many_words_requested_names_the_count():
     from domainlm.vocab.candidates import select
 
     with pytest.raises(ConfigError) as err:
-        select(load_tokenizer("tiny-llama"), DOMAIN * 4, 100_000, domain_vocab_size=400, min_frequency=3,
+        select(load_tokenizer("tiny-llama"), CORPUS, 100_000, domain_vocab_size=400, min_frequency=3,
                name="tiny-llama")
     msg = str(err.value)
     assert "asked to add 100000 words but only" in msg and "--add" in msg and "--min-frequency" in msg
@@ -251,7 +253,7 @@ def test_report_fragmentation_and_token_counts_fall(tiny_llama_extended):
         c = m["token_counts"][key]
         assert c["after"] < c["before"] and c["change"] == pytest.approx(c["after"] / c["before"] - 1)
     assert m["counts"]["added"] == 5 and m["counts"]["candidates"] >= 5
-    assert m["inputs"]["corpus"]["documents"] == len(DOMAIN) * 4
+    assert m["inputs"]["corpus"]["documents"] == len(CORPUS)
 
 
 def test_tied_wordpiece_model_shares_rows_and_says_so(wordpiece_bert, corpus_files, tmp_path, caplog):
@@ -288,8 +290,15 @@ def test_prepared_corpus_is_decoded_and_its_validation_split_is_held_out(corpus_
     held = read_held_out(None, train)
     assert train.source["kind"] == "prepared" and held.source["split"] == "validation"
     # Whole documents come back (they span several 32-token blocks); only a split's last one may be cut.
-    assert set(train.texts[:-1]) <= set(DOMAIN) and set(held.texts[:-1]) <= set(DOMAIN)
-    assert len(train.texts) + len(held.texts) >= len(DOMAIN) * 4 - 2
+    assert set(train.texts[:-1]) <= set(CORPUS) and set(held.texts[:-1]) <= set(CORPUS)
+    assert len(train.texts) + len(held.texts) >= len(CORPUS) - 2
+
+
+def test_raw_inputs_drop_exact_duplicates(tmp_path):
+    from domainlm.vocab.texts import read_texts
+
+    texts = read_texts(str(_jsonl(tmp_path / "dup.jsonl", DOMAIN + DOMAIN[:2])))
+    assert texts.texts == DOMAIN and texts.source["skipped"] == {"exact_duplicate": 2}
 
 
 def test_card_corpus_uses_the_cards_held_out_sample(tmp_path):
@@ -300,6 +309,13 @@ def test_card_corpus_uses_the_cards_held_out_sample(tmp_path):
     held = m["inputs"]["held_out"]
     assert held["split"] == "held_out" and held["files"][0]["path"].endswith("pubmed_heldout_sample.xml")
     assert m["token_counts"]["held_out"]["after"] < m["token_counts"]["held_out"]["before"]
+
+
+def test_held_out_given_as_a_card_name_reads_its_held_out_files(corpus_files):
+    from domainlm.vocab.texts import read_held_out, read_texts
+
+    held = read_held_out("pubmed-sample", read_texts(str(corpus_files[0])))
+    assert held.source["split"] == "held_out" and len(held.texts) == 30
 
 
 def test_unknown_corpus_name_gets_a_hint(tmp_path):

@@ -40,21 +40,32 @@ class Texts:
 
 def _read_files(inputs: list[str], fmt: str, text_field: str, max_documents: int | None, *, label: str,
                 categories: list[str] | None = None, keep_title_only: bool = False, min_chars: int = 0) -> Texts:
-    from domainlm.corpora.clean import clean_text
+    from domainlm.corpora.clean import clean_text, exact_key
+    from domainlm.corpora.pubmed import scan_pubmed_events
     from domainlm.corpora.readers import ReaderOptions, SkipLog, iter_documents, resolve_inputs
 
     skips = SkipLog()
     files = resolve_inputs(inputs, fmt, skips=skips)
     options = ReaderOptions(text_field=text_field, categories=categories, keep_title_only=keep_title_only)
     texts: list[str] = []
-    for doc, kind, _ in iter_documents(files, options, skips):
+    seen: set[int] = set()
+    # PubMed update files revise and delete baseline records, as in `corpus prepare`; exact duplicates are
+    # dropped so they do not inflate word counts (near-duplicates are left: they change counts little).
+    events = scan_pubmed_events(files)
+    for doc, kind, _ in iter_documents(files, options, skips, pubmed_events=events):
         if kind == "protein":
             raise DataError(f"{label} holds protein sequences ({doc.metadata.get('source', doc.id)}); vocab extend "
                             "adds words to text tokenizers")
         text = clean_text(doc.text)
+        where = str(doc.metadata.get("source", doc.id))
         if len(text.strip()) < max(min_chars, 1):
-            skips.skip("too_short", str(doc.metadata.get("source", doc.id)), "shorter than min_chars")
+            skips.skip("too_short", where, "shorter than min_chars")
             continue
+        key = exact_key(text)
+        if key in seen:
+            skips.skip("exact_duplicate", where, "same text as an earlier document")
+            continue
+        seen.add(key)
         texts.append(text)
         if max_documents is not None and len(texts) >= max_documents:
             break
@@ -147,7 +158,7 @@ def read_texts(spec: str, *, fmt: str = "auto", text_field: str = "text", max_do
         try:
             texts, held = _read_card(spec, max_documents)
         except ConfigError as exc:
-            if not str(exc).count("unknown corpus card"):
+            if "unknown corpus card" not in str(exc):
                 raise
             raise ConfigError([f"corpus '{spec}' is not a file, folder, glob or prepared corpus, and "
                                + "; ".join(exc.problems)]) from None
@@ -161,8 +172,14 @@ def read_held_out(spec: str | None, corpus: Texts, *, fmt: str = "auto", text_fi
     """Held-out domain text for the before/after report: ``spec``, else the corpus's own held-out part."""
     if spec is not None:
         path = Path(spec).expanduser()
-        return _read_prepared(path, "validation", None) if _is_prepared(path) else read_texts(
-            spec, fmt=fmt, text_field=text_field)
+        if _is_prepared(path):
+            return _read_prepared(path, "validation", None)
+        if path.exists() or glob.has_magic(spec):
+            return read_texts(spec, fmt=fmt, text_field=text_field)
+        _, held = _read_card(spec, 1)  # a card name: its held-out files
+        if held is None or not held.texts:
+            raise ConfigError([f"'held_out': corpus card '{spec}' lists no held-out files; pass a file or folder"])
+        return held
     if corpus.held_out is not None and corpus.held_out.texts:
         return corpus.held_out
     if corpus.held_out_spec:

@@ -1,8 +1,10 @@
 """Frozen-feature linear probe: hidden states -> scikit-learn, fast enough to compare many checkpoints.
 
-Token tasks fit one multinomial logistic regression over word vectors (each word's BIO tag);
-sequence tasks over pooled vectors; multi-label tasks one logistic regression per label; regression
-a ridge. Features are standardised first (lbfgs converges far faster on unit-scale inputs). With a
+Features are the mean of the last four hidden layers (``layers`` in the task; the BERT paper's
+best frozen features for NER, measured here too: 0.42 vs 0.33 entity F1 for the last layer alone on
+NCBI-disease with MiniLM). Token tasks fit one multinomial logistic regression over word vectors
+(each word's BIO tag); sequence tasks over pooled vectors; multi-label tasks one logistic regression
+per label; regression a ridge. Features are standardised first (lbfgs converges far faster on unit-scale inputs). With a
 dev split and ``probe_c_grid``, C is chosen by the dev score. The probe is deterministic, so it
 runs once whatever the number of seeds.
 """
@@ -58,7 +60,8 @@ def _features(loaded: LoadedModel, spec: TaskSpec, examples, ctx: RunContext, no
     if spec.head == "token":
         feats, masks, cut = word_features(loaded, examples, **kw)
         if cut:
-            notes.append(f"{split}: {cut} words beyond max_length={spec.max_length} tokens were predicted O")
+            notes.append(f"{split}: {cut} words got no token (beyond max_length={spec.max_length}, or dropped by "
+                         "the tokenizer) and were predicted O")
         return feats, masks
     feats, truncated = sequence_features(loaded, examples, pooling=spec.pooling, spaced=use_spacing(spec, loaded),
                                          **kw)
