@@ -398,3 +398,12 @@ def test_run_without_probe_is_verified_against_the_run_model(lora_run: Path, tmp
     (run / "final" / "probe.safetensors").unlink()
     m = publish(run_dir=str(run), out=str(tmp_path / "out"))
     assert m["verification"]["passed"] and m["verification"]["reference"].startswith("the run's model")
+
+
+def test_relative_paths_are_verified_from_the_fresh_process(full_run: Path, tmp_path: Path, monkeypatch):
+    """The verifying process runs in an empty folder: run and out given relative to cwd must still work."""
+    from domainlm.publish import publish
+
+    monkeypatch.chdir(tmp_path)
+    publish(run_dir=os.path.relpath(full_run, tmp_path), out="rel-out")
+    assert (tmp_path / "rel-out" / "model.safetensors").is_file()

@@ -102,9 +102,13 @@ def verify_folder(folder: Path, *, probe: Path, objective: str, dtype: str, refe
     cannot load the folder at all. ``secrets`` are scrubbed from any error text.
     """
     rel_tol = tolerance if tolerance is not None else DEFAULT_TOLERANCE[dtype]
-    args = {"folder": str(folder), "probe": str(probe), "auto_class": auto_class_name(objective),
-            "adapter": adapter, "base_path": base_path, "dtype": dtype,
-            "reference_tokenizer": str(reference_tokenizer), "check_generation": objective == "causal"}
+    # The fresh process runs in an empty folder, so every local path it gets must be absolute.
+    if base_path is not None and Path(base_path).exists():
+        base_path = str(Path(base_path).resolve())
+    args = {"folder": str(Path(folder).resolve()), "probe": str(Path(probe).resolve()),
+            "auto_class": auto_class_name(objective), "adapter": adapter, "base_path": base_path, "dtype": dtype,
+            "reference_tokenizer": str(Path(reference_tokenizer).resolve()),
+            "check_generation": objective == "causal"}
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
     # The fresh process must never reach the network (the folder and base are local) nor print progress bars.
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1",
