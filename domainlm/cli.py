@@ -88,7 +88,8 @@ def build_parser(verb: Verb) -> tuple[argparse.ArgumentParser, type | None]:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         tp, _ = _strip_optional(hints[name])
         help_text = f.metadata.get("help", "")
-        help_text = f"{help_text} [{type_name(hints[name])}; default: {default!r}]"
+        # argparse %-formats help strings: a literal '%' ("15% masked") must be doubled.
+        help_text = f"{help_text} [{type_name(hints[name])}; default: {default!r}]".replace("%", "%%")
         if name in verb.positional:
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
             parser.add_argument(name, nargs=None if required else "?", default=argparse.SUPPRESS, help=help_text)
@@ -171,6 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"domainlm {verb.name}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A write that no artifact helper wrapped (a log, a plot, a library's own file): still one line.
+        import errno
+
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(f"domainlm {verb.name}: error: no space left on the device{where}; free some space and run the "
+              "command again (complete checkpoints and outputs written before were left untouched)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -147,6 +147,9 @@ def build(cls: type, values: dict[str, Any], *, source: str | None = None, from_
     problems: list[str] = []
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
+        if not isinstance(key, str):  # YAML `1: x` or `null: 1`
+            problems.append(f"key {key!r} is not an option name; known keys: {', '.join(sorted(known))}")
+            continue
         if key not in known:
             hint = did_you_mean(key, known)
             problems.append(f"unknown key '{key}'{hint}" if hint else
@@ -190,6 +193,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], str(path)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"not UTF-8 text: {exc}"], str(path)) from None
+    except (ValueError, OverflowError) as exc:
+        # PyYAML's scanner lets these escape for a double-quoted escape beyond U+10FFFF ("\U99999999").
+        raise ConfigError([f"not valid YAML: {exc} (check the escapes in double-quoted strings)"], str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

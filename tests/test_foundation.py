@@ -71,6 +71,17 @@ def test_help_is_fast_and_lists_verbs():
     assert elapsed < 10
 
 
+def test_every_verb_prints_its_help(capsys):
+    """argparse %-formats help text: an option help with a literal '%' must not break --help."""
+    from domainlm.cli import VERBS
+
+    for verb in VERBS:
+        with pytest.raises(SystemExit) as done:
+            main([*verb.name.split(), "--help"])
+        assert done.value.code == 0, verb.name
+        assert "--" in capsys.readouterr().out
+
+
 def test_unknown_verb_suggests(capsys):
     assert main(["adpat"]) == 2
     assert "did you mean 'adapt'" in capsys.readouterr().err
@@ -107,6 +118,25 @@ def test_cli_error_has_no_traceback(capsys):
     assert main(["compute", "--model", "some-org/nothing-here", "--tokens", "1000"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and "offline" in err.lower()
+
+
+def test_full_disk_outside_the_artifact_helpers_is_one_line(monkeypatch, capsys):
+    """An ENOSPC from a write no helper wrapped (a log, a plot) still ends in one line, not a traceback."""
+    import errno
+
+    from domainlm import cli
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/metrics.jsonl")
+
+    monkeypatch.setattr(cli, "run_verb", full)
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no space left" in err and "runs/x/metrics.jsonl" in err
+
+    monkeypatch.setattr(cli, "run_verb", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(PermissionError):  # other OS errors are not disguised as a full disk
+        main(["models"])
 
 
 def test_pickle_and_remote_code_refused(tmp_path):

@@ -126,9 +126,6 @@ def test_full_disk_during_publish_keeps_the_earlier_publication(adapt_bench):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="adapt/engine.py decides bf16 'auto' by timing matmuls at every start and does "
-                   "not keep the decision in the checkpoint, so a resume on a busier (or idler) machine can switch "
-                   "between bf16 and fp32 mid-run and leave the uninterrupted trajectory")
 def test_resume_keeps_the_bf16_decision_of_the_interrupted_run(adapt_bench, tmp_path, monkeypatch):
     from domainlm import flops
     from domainlm.adapt import adapt

@@ -1,8 +1,8 @@
 """Hypothesis-mutated input files for every reader: read (bad records counted), or refused naming the file.
 
 Targets and mutations live in benchmarks/reliability.py, which writes the same numbers at full size into
-benchmarks/RELIABILITY.md. Bugs found in modules owned elsewhere are pinned by the xfail tests at the end
-(and counted as known by the fuzz tests, so a new bug still fails them).
+benchmarks/RELIABILITY.md. Bugs that earlier fuzzing runs found (and that are fixed) are pinned by the
+regression tests at the end.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_mutations_are_reproducible_and_cover_gzip_and_fields():
 
 
 # --------------------------------------------------------------------------------------------------
-# Bugs the fuzzing found in readers owned by other modules (reported; see KNOWN_BUGS in the harness)
+# Regression tests for bugs the fuzzing found (now fixed; see KNOWN_BUGS in the harness)
 # --------------------------------------------------------------------------------------------------
 
 def _read_or_refuse(target: str, files: dict[str, bytes], tmp_path: Path) -> bool:
@@ -72,55 +72,41 @@ def _read_or_refuse(target: str, files: dict[str, bytes], tmp_path: Path) -> boo
         return any(Path(name).name in str(exc) for name in files)
 
 
-@pytest.mark.xfail(strict=False, reason="corpora/pubmed.py scan_pubmed_events: a PMID >= 2^63 in a later PubMed XML "
-                   "file raises OverflowError (np.asarray(pmids, dtype=np.int64)) instead of a skip or DataError")
 def test_huge_pmid_in_an_update_file(tmp_path):
     update = rel.PUBMED_UPDATE.replace(b'<PMID Version="3">1003</PMID>', b'<PMID Version="3">99999999999999999999</PMID>')
     assert _read_or_refuse("PubMed XML (baseline + update)", {"update.xml": update}, tmp_path)
 
 
-@pytest.mark.xfail(strict=False, reason="corpora/pubmed.py read_medline: a record whose first line is a continuation "
-                   "line makes Bio.Medline.parse raise KeyError(''), which escapes as a traceback")
 def test_medline_record_starting_with_a_continuation_line(tmp_path):
     lines = rel.MEDLINE.split(b"\n")
     lines[0], lines[5] = lines[5], lines[0]  # '      two-state mechanism ...' becomes the first line
     assert _read_or_refuse("MEDLINE", {"records.medline": b"\n".join(lines)}, tmp_path)
 
 
-@pytest.mark.xfail(strict=False, reason="bench/readers.py read_pubmedqa keeps a non-string final_decision; "
-                   "bench/data.py _apply_label_list then raises TypeError: unhashable type: 'list'")
 def test_pubmedqa_decision_that_is_a_list(tmp_path):
     data = json.loads(rel.PUBMEDQA)
     data["1002"]["final_decision"] = ["yes"]
     assert _read_or_refuse("PubMedQA JSON", {"pubmedqa.json": json.dumps(data).encode()}, tmp_path)
 
 
-@pytest.mark.xfail(strict=False, reason="bench/readers.py read_pubmedqa: ' '.join(CONTEXTS) raises TypeError when an "
-                   "item is not a string (null, number, list)")
 def test_pubmedqa_context_that_is_not_text(tmp_path):
     data = json.loads(rel.PUBMEDQA)
     data["1002"]["CONTEXTS"] = ["Yeast grew.", None]
     assert _read_or_refuse("PubMedQA JSON", {"pubmedqa.json": json.dumps(data).encode()}, tmp_path)
 
 
-@pytest.mark.xfail(strict=False, reason="config.py read_yaml catches yaml.YAMLError only; a double-quoted escape beyond "
-                   "U+10FFFF (\\U99999999) makes PyYAML's scanner raise OverflowError/ValueError, a traceback")
 @pytest.mark.parametrize("escape", ["\\U99999999", "\\U00110000"])
 def test_yaml_escape_beyond_unicode(escape, tmp_path):
     recipe = TARGETS["YAML recipe (adapt)"].files["recipe.yaml"] + f'description_note: "{escape}"\n'.encode()
     assert _read_or_refuse("YAML recipe (adapt)", {"recipe.yaml": recipe}, tmp_path)
 
 
-@pytest.mark.xfail(strict=False, reason="config.py build: a YAML key that is not a string (`1: x`, `null: 1`) reaches "
-                   "did_you_mean, where difflib raises TypeError instead of an 'unknown key' ConfigError")
 @pytest.mark.parametrize("line", ["1: x", "null: 1"])
 def test_yaml_key_that_is_not_a_string(line, tmp_path):
     recipe = TARGETS["YAML recipe (adapt)"].files["recipe.yaml"] + f"{line}\n".encode()
     assert _read_or_refuse("YAML recipe (adapt)", {"recipe.yaml": recipe}, tmp_path)
 
 
-@pytest.mark.xfail(strict=False, reason="corpora/readers.py read_arxiv: 'versions' that is a number or an object makes "
-                   "versions[0] raise TypeError/KeyError instead of being ignored or skipped")
 @pytest.mark.parametrize("versions", [5, {"v1": "x"}])
 def test_arxiv_versions_that_are_not_a_list(versions, tmp_path):
     line = json.dumps({"id": "2101.09999", "title": "Films", "abstract": "Thin films of an oxide were grown on glass.",

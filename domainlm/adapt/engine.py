@@ -150,9 +150,24 @@ class _Dist:
         return t.tolist()
 
 
-def _bf16_enabled(setting: str, device: torch.device) -> bool:
+def _resumed_bf16(resume_from: Path | None) -> bool | None:
+    """The bf16 decision stored in the checkpoint being resumed (None: fresh run or older checkpoint)."""
+    if resume_from is None:
+        return None
+    try:
+        value = json.loads((resume_from / "state.json").read_text()).get("bf16")
+    except (OSError, ValueError, AttributeError):
+        return None  # load_checkpoint reports an unreadable checkpoint with its own message
+    return value if isinstance(value, bool) else None
+
+
+def _bf16_enabled(setting: str, device: torch.device, resumed: bool | None = None) -> bool:
     if setting == "off":
         return False
+    if setting == "auto" and resumed is not None:
+        # 'auto' times matmuls at start-up; a resume on a busier or idler machine must not switch precision
+        # mid-run, or it leaves the uninterrupted trajectory.
+        return resumed
     if device.type == "cuda":
         ok = torch.cuda.is_bf16_supported()
     else:
@@ -238,7 +253,7 @@ def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
     model = prepared.model
     device = dist.device
     model.to(device)
-    bf16 = _bf16_enabled(cfg.bf16, device)
+    bf16 = _bf16_enabled(cfg.bf16, device, _resumed_bf16(resume_from))
     loss_module = LossModule(model, objective, cfg.document_mask, cfg.chunked_head, bf16, device.type)
     train_module = dist.acc.prepare_model(loss_module) if dist.world > 1 else loss_module
     params = [p for p in model.parameters() if p.requires_grad]
@@ -263,7 +278,10 @@ def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
     head_fraction = cfg.mlm_probability if (objective != "causal" and cfg.chunked_head) else 1.0
     fl = model_flops(inner, block, head_fraction=head_fraction,
                      trainable_fraction=(n_trainable / n_total) if cfg.method == "lora" else None)
-    peak = measure_matmul_peak("bf16" if bf16 else "fp32") if device.type == "cpu" else None
+    # MFU is against a measured matmul peak; a GPU needs large products to approach its peak.
+    peak = measure_matmul_peak("bf16" if bf16 else "fp32", **(
+        {"device": str(device), "size": 8192} if device.type == "cuda" else {})) if device.type in (
+        "cpu", "cuda") else None
 
     start_step, elapsed_before = 0, 0.0
     history: dict[str, Any] = {}
@@ -391,7 +409,8 @@ def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
             if cfg.eval_every and done % cfg.eval_every == 0 and done != total_steps:
                 eval_record(done)
             if cfg.save_every and done % cfg.save_every == 0 and done != total_steps:
-                _save(run_dir, done, model, optimizer, stream, elapsed_before + now - t_start, history, cfg, dist)
+                _save(run_dir, done, model, optimizer, stream, elapsed_before + now - t_start, history, cfg, dist,
+                      bf16)
     finally:
         if pbar is not None:
             pbar.close()
@@ -444,10 +463,11 @@ def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
     return result
 
 
-def _save(run_dir, step, model, optimizer, stream, elapsed, history, cfg, dist) -> None:
+def _save(run_dir, step, model, optimizer, stream, elapsed, history, cfg, dist, bf16: bool) -> None:
     if dist.is_main:
         save_checkpoint(run_dir, step, model, optimizer,
-                        {"step": step, "stream": stream.state_dict(), "elapsed": elapsed, "history": history},
+                        {"step": step, "stream": stream.state_dict(), "elapsed": elapsed, "history": history,
+                         "bf16": bf16},
                         cfg.keep_last)
     dist.barrier()
 

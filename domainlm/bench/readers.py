@@ -360,9 +360,19 @@ def read_pubmedqa(path: Path, spec: TaskSpec, split: str) -> list[Example]:
         if missing:
             raise _fail(where, f"record {pmid} lacks {', '.join(missing)}", "add the PubMedQA fields")
         contexts = rec["CONTEXTS"]
-        context = " ".join(contexts) if isinstance(contexts, list) else str(contexts)
-        out.append(Example(str(pmid), where, text=str(rec["QUESTION"]), text_b=context,
-                           label=rec.get("final_decision"),
+        if isinstance(contexts, str):
+            contexts = [contexts]
+        if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
+            raise _fail(where, f"record {pmid}: CONTEXTS must be a list of strings, got {json.dumps(contexts)[:80]}",
+                        "give the abstract's passages as strings")
+        if not isinstance(rec["QUESTION"], str):
+            raise _fail(where, f"record {pmid}: QUESTION must be a string", "give the question as text")
+        label = rec.get("final_decision")
+        if label is not None and not isinstance(label, str):
+            raise _fail(where, f"record {pmid}: final_decision must be one of yes/no/maybe, got {json.dumps(label)[:80]}",
+                        "give the decision as a string")
+        context = " ".join(contexts)
+        out.append(Example(str(pmid), where, text=rec["QUESTION"], text_b=context, label=label,
                            meta={"question": str(rec["QUESTION"]), "context": context}))
     return out
 

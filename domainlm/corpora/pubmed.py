@@ -198,8 +198,21 @@ def read_medline(path: Path, ctx: ReadContext) -> Iterator[Document]:
     from Bio import Medline
 
     with open_text(path) as fh:
-        for n, rec in enumerate(Medline.parse(fh), 1):
+        records = Medline.parse(fh)
+        n = 0
+        while True:
+            n += 1
             where = f"{path} record {n}"
+            try:
+                rec = next(records)
+            except StopIteration:
+                break
+            except (KeyError, ValueError, IndexError) as exc:
+                # Bio.Medline raises KeyError('') on a continuation line (6 spaces) before any tag, and
+                # stops there: the rest of the file cannot be re-synchronised, so refuse the file.
+                raise DataError(f"{where}: not MEDLINE tagged text ({type(exc).__name__}: {exc!r} from Bio.Medline; "
+                                "a record must start with a 'TAG - ' line, not a continuation line). Fix or remove "
+                                "that record") from None
             aids = rec.get("AID") or []
             doi = next((a.split(" ")[0] for a in aids if a.endswith("[doi]")), None)
             year = None
@@ -242,6 +255,11 @@ _EVENT = re.compile(rb"<MedlineCitation\b[^>]*>\s*<PMID\b[^>]*>\s*(\d+)\s*</PMID
                     rb"|<PMID\b[^>]*>\s*(\d+)\s*</PMID>")
 
 
+# Real PMIDs have at most 9 digits; anything beyond int64 cannot be indexed and cannot match a record
+# that the events could revise, so the scan ignores it (the record itself is still read and checked).
+MAX_PMID = 2**63 - 1
+
+
 class PubmedEvents:
     """For each PMID seen in a later file: the last file that has it, and whether that file deletes it."""
 
@@ -261,6 +279,8 @@ class PubmedEvents:
 
     def fate(self, pmid: int, file_index: int) -> str | None:
         """'deleted' or 'superseded' when a file after ``file_index`` deletes or revises ``pmid``."""
+        if not 0 <= pmid <= MAX_PMID:
+            return None
         i = int(self._np.searchsorted(self.pmids, pmid))
         if i < len(self.pmids) and self.pmids[i] == pmid and self.files[i] > file_index:
             return "deleted" if self.deleted[i] else "superseded"
@@ -288,10 +308,11 @@ def scan_pubmed_events(files: list[InputFile]) -> PubmedEvents | None:
                     end = 0
                     for m in _EVENT.finditer(buf):
                         if m.group(1) is not None:
-                            pmids.append(int(m.group(1)))
-                            deleted.append(False)
+                            if int(m.group(1)) <= MAX_PMID:
+                                pmids.append(int(m.group(1)))
+                                deleted.append(False)
                         elif m.group(3) is not None:
-                            if in_delete:
+                            if in_delete and int(m.group(3)) <= MAX_PMID:
                                 pmids.append(int(m.group(3)))
                                 deleted.append(True)
                         else:

@@ -568,7 +568,8 @@ def read_arxiv(path: Path, ctx: ReadContext) -> Iterator[Document]:
             text = f"{title}\n\n{abstract}" if title else abstract
             if not ctx.check_text(text, where):
                 continue
-            versions = obj.get("versions") or []
+            versions = obj.get("versions")
+            versions = versions if isinstance(versions, list) else []  # metadata only: a wrong type is ignored
             meta = {"source": where, "categories": cats, "doi": obj.get("doi"), "title": title,
                     "update_date": obj.get("update_date"), "license": obj.get("license"),
                     "created": versions[0].get("created") if versions and isinstance(versions[0], dict) else None}
