@@ -48,6 +48,7 @@ ARMS = {
     "b": "LoRA + replay",
     "c": "LoRA + vocab extension + trainable embeddings",
     "d": "full training",
+    "e": "LoRA + vocab extension + only the new embedding rows",
 }
 
 
@@ -64,7 +65,9 @@ def _arm_config(arm: str, args: argparse.Namespace, vocab_dir: Path, run_dir: Pa
             cfg["replay_fraction"] = args.replay_fraction
         return cfg
     if arm == "c":
-        return {**common, "model": str(vocab_dir), "method": "lora", "train_embeddings": True}
+        return {**common, "model": str(vocab_dir), "method": "lora", "train_embeddings": True, "embedding_rows": "all"}
+    if arm == "e":  # peft trainable_token_indices: the added rows train, the base's 49k rows stay as they were
+        return {**common, "model": str(vocab_dir), "method": "lora", "train_embeddings": True, "embedding_rows": "new"}
     if arm == "d":
         return {**common, "model": args.model, "method": "full", "lr": args.full_lr}
     raise ValueError(arm)
@@ -160,7 +163,7 @@ def bootstrap_diff(results: dict[str, Any], key: str, ref: str, part: str, n: in
 def _diff_table(results: dict[str, Any]) -> str:
     lines = ["| comparison | domain bits/char difference [95% CI] | general bits/char difference [95% CI] |",
              "|---|---|---|"]
-    pairs = [("vocab0", "base"), ("a", "base"), ("b", "a"), ("c", "a"), ("d", "a")]
+    pairs = [("vocab0", "base"), ("a", "base"), ("b", "a"), ("c", "a"), ("d", "a"), ("e", "a"), ("e", "c")]
     names = {"base": "base", "vocab0": "vocab ext. (untrained)", **{k: f"({k})" for k in ARMS}}
     for key, ref in pairs:
         cells = []
@@ -178,14 +181,14 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("base", "vocab0", "a", "b", "c", "d") if k in results.get("eval", {})]
+    keys = [k for k in ("base", "vocab0", "a", "b", "c", "e", "d") if k in results.get("eval", {})]
     labels = {"base": "base", "vocab0": "vocab ext.\n(untrained)", "a": "(a) LoRA", "b": "(b) LoRA\n+replay",
-              "c": "(c) LoRA+vocab\n+emb", "d": "(d) full"}
+              "c": "(c) LoRA+vocab\n+all emb rows", "e": "(e) LoRA+vocab\n+new rows", "d": "(d) full"}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, part, title in ((axes[0], "domain", "held-out PubMed"), (axes[1], "general", "held-out general English")):
         vals = [results["eval"][k][part]["bits_per_char"] for k in keys]
         bars = ax.bar(range(len(keys)), vals, color=["#888888", "#bbbbbb", "#1f77b4", "#2ca02c", "#ff7f0e",
-                                                     "#d62728"][:len(keys)])
+                                                     "#9467bd", "#d62728"][:len(keys)])
         base = results["eval"]["base"][part]["bits_per_char"] if "base" in results["eval"] else None
         if base is not None:
             ax.axhline(base, color="black", lw=0.8, ls="--", label="base")
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replay-fraction", type=float, default=None, help="arm b; default: adapt's (0.05)")
     p.add_argument("--full-lr", type=float, default=5e-5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--arms", default="abcd")
+    p.add_argument("--arms", default="abcde")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads; on a shared, oversubscribed CPU one thread was 3.6x faster than two "
                         "for a SmolLM2 training step (OpenMP threads wait on each other)")

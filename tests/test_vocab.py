@@ -355,8 +355,9 @@ def test_protein_model_is_refused(tmp_path):
 # save -> reload -> LoRA adapt with trainable embeddings -> merge keeps the new rows
 # --------------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
-def test_lora_adapt_and_merge_keep_the_new_rows(tiny_llama_extended, corpus_files, tmp_path, monkeypatch):
+@pytest.mark.parametrize("rows", ["new", "all"])
+def test_lora_adapt_and_merge_keep_the_new_rows(rows, tiny_llama_extended, corpus_files, tmp_path, monkeypatch):
+    """'new' trains only the added rows (peft trainable_token_indices); 'all' the whole matrices."""
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -370,19 +371,37 @@ def test_lora_adapt_and_merge_keep_the_new_rows(tiny_llama_extended, corpus_file
     prepare(inputs=[str(corpus_files[0])], model=str(out), out=str(tmp_path / "corpus"), block_size=32,
             validation_fraction=0.2, near_dup=False, dedup=False, num_proc=1)
     run = tmp_path / "run"
-    adapt(model=str(out), corpus=str(tmp_path / "corpus"), out=str(run), method="lora", train_embeddings=True,
-          max_steps=2, batch_size=2, eval_every=0, save_every=0, lr=1e-2)
+    adapt(model=str(out), corpus=str(tmp_path / "corpus"), out=str(run), method="lora",
+          train_embeddings=True, embedding_rows=rows, max_steps=2, batch_size=2, eval_every=0,
+          save_every=0, lr=1e-2)
     base = AutoModelForCausalLM.from_pretrained(out)
-    init_in = base.get_input_embeddings().weight[new_ids].detach().clone()
-    init_out = base.get_output_embeddings().weight[new_ids].detach().clone()
+    init_in = base.get_input_embeddings().weight.detach().clone()
+    init_out = base.get_output_embeddings().weight.detach().clone()
     adapter = load_file(str(run / "final" / "adapter_model.safetensors"))
     merged = PeftModel.from_pretrained(base, run / "final").merge_and_unload()
-    emb, head = merged.get_input_embeddings().weight, merged.get_output_embeddings().weight
+    emb, head = merged.get_input_embeddings().weight.detach(), merged.get_output_embeddings().weight.detach()
     assert emb.shape[0] == head.shape[0] == 265
-    trained_in = next(v for k, v in adapter.items() if k.endswith("embed_tokens.modules_to_save.weight"))
-    trained_out = next(v for k, v in adapter.items() if k.endswith("lm_head.modules_to_save.weight"))
-    torch.testing.assert_close(emb.detach(), trained_in)
-    torch.testing.assert_close(head.detach(), trained_out)
+    old = [i for i in range(265) if i not in new_ids]
     # The new rows were trained (they moved from their mean-of-pieces start) and survived the merge.
-    assert (emb[new_ids].detach() - init_in).abs().max() > 0
-    assert (head[new_ids].detach() - init_out).abs().max() > 0
+    assert (emb[new_ids] - init_in[new_ids]).abs().max() > 0
+    assert (head[new_ids] - init_out[new_ids]).abs().max() > 0
+    if rows == "new":
+        assert any("trainable_tokens" in k for k in adapter) and not any("modules_to_save" in k for k in adapter)
+        torch.testing.assert_close(emb[old], init_in[old], rtol=0, atol=0)  # the base's rows are untouched
+        torch.testing.assert_close(head[old], init_out[old], rtol=0, atol=0)
+    else:
+        trained_in = next(v for k, v in adapter.items() if k.endswith("embed_tokens.modules_to_save.weight"))
+        trained_out = next(v for k, v in adapter.items() if k.endswith("lm_head.modules_to_save.weight"))
+        torch.testing.assert_close(emb, trained_in)
+        torch.testing.assert_close(head, trained_out)
+        assert (emb[old] - init_in[old]).abs().max() > 0  # every row of the matrices trained
+
+
+def test_lora_on_a_vocab_model_without_train_embeddings_warns(tiny_llama_extended, corpus_files, tmp_path, caplog):
+    from domainlm.adapt.config import AdaptConfig
+    from domainlm.adapt.setup import prepare_model
+
+    out, manifest = tiny_llama_extended
+    with caplog.at_level("WARNING"):
+        prepare_model(AdaptConfig(model=str(out), corpus="x", method="lora"))
+    assert "5 added tokens" in caplog.text and "train_embeddings: true" in caplog.text

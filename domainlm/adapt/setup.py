@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from domainlm.adapt.config import AdaptConfig
-from domainlm.errors import ConfigError
+from domainlm.artifacts import read_manifest
+from domainlm.errors import ConfigError, DomainLMError
 from domainlm.sources import (
     LoadReport,
     ModelSource,
@@ -62,6 +64,38 @@ def _embedding_module_names(model: Any) -> list[str]:
     return names
 
 
+def _added_token_ids(src: ModelSource) -> list[int]:
+    """The token ids `vocab extend` added, when the base model is one of its output folders (else [])."""
+    path = Path(src.path)
+    if src.origin == "hub" or not (path / "manifest.json").is_file():
+        return []
+    try:
+        manifest = read_manifest(path)
+    except DomainLMError:
+        return []
+    if manifest.get("kind") != "vocab":
+        return []
+    return sorted(int(a["id"]) for a in manifest.get("added", []) if isinstance(a, dict) and "id" in a)
+
+
+def _new_row_targets(model: Any, added: list[int], tied: bool, modules_to_save: list[str]) -> dict[str, list[int]]:
+    """peft ``trainable_token_indices`` for the added rows: the input embedding, and the output layer when untied.
+
+    Training only these rows (a sparse delta) leaves every row the base model already had untouched, so
+    text without new words is scored exactly as before; training whole matrices moves all 50k rows.
+    An untied output layer with a bias is trained fully instead (peft's token wrapper drops the bias).
+    """
+    by_id = {id(m): n for n, m in model.named_modules()}
+    rows = {by_id[id(model.get_input_embeddings())]: list(added)}
+    out = model.get_output_embeddings()
+    if not tied and out is not None and id(out) in by_id:
+        if isinstance(out, torch.nn.Linear) and out.bias is None:
+            rows[by_id[id(out)]] = list(added)
+        elif by_id[id(out)] not in modules_to_save:
+            modules_to_save.append(by_id[id(out)])
+    return rows
+
+
 def prepare_model(cfg: AdaptConfig) -> Prepared:
     src = resolve(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     objective = resolve_objective(cfg, src)
@@ -103,12 +137,23 @@ def prepare_model(cfg: AdaptConfig) -> Prepared:
 
         fresh_top = sorted({p.split(".")[0] for p in report.fresh_parameters})
         modules_to_save = list(fresh_top)
-        if cfg.train_embeddings:
-            modules_to_save += [n for n in _embedding_module_names(model) if n not in modules_to_save]
-        targets: Any = cfg.lora_target_modules or _linear_targets(model, modules_to_save)
         tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        added = _added_token_ids(src)
+        token_rows: dict[str, list[int]] | None = None
+        if added and not cfg.train_embeddings:
+            log.warning("%s is a `vocab extend` output with %d added tokens, but LoRA without train_embeddings "
+                        "leaves their rows at the mean-of-pieces initialisation; set train_embeddings: true",
+                        cfg.model, len(added))
+        if cfg.train_embeddings and added and cfg.embedding_rows == "new":
+            token_rows = _new_row_targets(model, added, tied, modules_to_save)
+            log.info("training only the %d added embedding rows (%s) under LoRA", len(added), ", ".join(token_rows))
+        elif cfg.train_embeddings:
+            modules_to_save += [n for n in _embedding_module_names(model) if n not in modules_to_save]
+        targets: Any = cfg.lora_target_modules or _linear_targets(
+            model, modules_to_save + list(token_rows or {}))
         lora_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                               target_modules=targets, modules_to_save=modules_to_save or None, bias="none",
+                              trainable_token_indices=token_rows,
                               ensure_weight_tying=tied and cfg.train_embeddings)
         try:
             model = get_peft_model(model, lora_cfg)
