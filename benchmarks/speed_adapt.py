@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -26,14 +27,35 @@ CASES = {
     "minilm-mlm": ("minilm", "masked", "full", 128, 16),
     "smollm2-lora": ("smollm2", "causal", "lora", 512, 4),
     "tiny-llama": ("tiny-llama", "causal", "full", 256, 16),
+    # GPU case: SmolLM2-135M's architecture and tokenizer with fresh weights (folder given by --arch-from),
+    # full training at sequence length 1024. Not in the default CPU run (minutes per step there).
+    "smollm2-arch-full": ("@smollm2-arch", "causal", "full", 1024, 16),
 }
+DEFAULT_CASES = "minilm-mlm,smollm2-lora,tiny-llama"
+
+
+def _model(name: str, root: Path) -> str:
+    """A model name, or for '@NAME' a folder of fresh weights built from ARCH_FROM's config and tokenizer."""
+    if not name.startswith("@"):
+        return name
+    out = root / name[1:]
+    if not (out / "model.safetensors").is_file():
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        src = os.environ["ARCH_FROM"]
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(src))
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return str(out)
 
 
 def _corpus(model: str, block: int, root: Path) -> Path:
     from domainlm.corpora.cards import prepare_card
 
-    out = root / f"corpus-{model}-{block}"
-    prepare_card("pubmed-sample", model, out, block_size=block)
+    out = root / f"corpus-{model.lstrip('@')}-{block}"
+    prepare_card("pubmed-sample", _model(model, root), out, block_size=block)
     return out
 
 
@@ -42,23 +64,29 @@ def worker_ours(case: str, steps: int, root: Path) -> dict:
 
     model, objective, method, block, batch = CASES[case]
     corpus = _corpus(model, block, root)
+    model = _model(model, root)
     os.environ["DOMAINLM_PROGRESS"] = "0"
     m = adapt(model=model, corpus=str(corpus), out=str(root / f"run-{case}"), objective=objective, method=method,
               batch_size=batch, max_steps=steps, eval_every=0, eval_batches=2, save_every=0, lr=2e-4,
               warmup_ratio=0.1, overwrite=True, log_every=1)
     rows = [json.loads(x) for x in (root / f"run-{case}" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["type"] == "train"]
-    # steady-state throughput: skip the first step (allocations, warm-up)
-    t_steps = [r for r in train if r["step"] > 1]
-    return {"tokens_per_s": m["tokens_per_s"], "mfu": m["mfu"], "final_loss": train[-1]["loss"],
-            "steady_tokens_per_s": t_steps[-1]["tokens_per_s"] if t_steps else None, "bf16": m["bf16"],
-            "flops_per_token": m["flops"]["training_per_token"]}
+    # Steady state, as for the Trainer: from the end of step 1 (allocations, warm-up) to the end of the last.
+    # Each record's tokens_per_s is cumulative since the loop started, so its time is tokens / tokens_per_s.
+    first, last = train[0], train[-1]
+    t1, tn = first["tokens"] / first["tokens_per_s"], last["tokens"] / last["tokens_per_s"]
+    steady = (last["tokens"] - first["tokens"]) / (tn - t1)
+    peak = m["peak_flops"]
+    return {"tokens_per_s": steady, "whole_run_tokens_per_s": m["tokens_per_s"],
+            "mfu": steady * m["flops"]["training_per_token"] / peak if peak else None,
+            "final_loss": last["loss"], "bf16": m["bf16"], "flops_per_token": m["flops"]["training_per_token"],
+            "peak_flops": peak}
 
 
 def worker_trainer(case: str, steps: int, root: Path) -> dict:
     """The baseline: transformers Trainer configured as the run_mlm/run_clm examples do."""
     import torch
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
     from domainlm.corpora import load_prepared
     from domainlm.flops import bf16_is_fast, measure_matmul_peak, mfu, model_flops
@@ -66,6 +94,8 @@ def worker_trainer(case: str, steps: int, root: Path) -> dict:
 
     model_name, objective, method, block, batch = CASES[case]
     corpus = _corpus(model_name, block, root)
+    model_name = _model(model_name, root)
+    cuda = torch.cuda.is_available()
     tok = load_tokenizer(model_name)
     model, _ = load_model(model_name, "causal" if objective == "causal" else "masked")
     if method == "lora":
@@ -78,26 +108,36 @@ def worker_trainer(case: str, steps: int, root: Path) -> dict:
         collator = None
     else:
         collator = DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=0.15)
-    bf16 = bf16_is_fast()
+    bf16 = torch.cuda.is_bf16_supported() if cuda else bf16_is_fast()
     args = TrainingArguments(output_dir=str(root / f"trainer-{case}"), per_device_train_batch_size=batch,
-                             max_steps=steps, learning_rate=2e-4, warmup_ratio=0.1, lr_scheduler_type="cosine",
-                             logging_steps=1, save_strategy="no", report_to=[], bf16=bf16, use_cpu=True,
+                             max_steps=steps, learning_rate=2e-4, warmup_steps=math.ceil(0.1 * steps), lr_scheduler_type="cosine",
+                             logging_steps=1, save_strategy="no", report_to=[], bf16=bf16, use_cpu=not cuda,
                              dataloader_num_workers=0, seed=0, disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator)
+    class StepTimes(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter())
+
+    timer = StepTimes()
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=[timer])
     t0 = time.perf_counter()
     out = trainer.train()
     wall = time.perf_counter() - t0
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    tps = steps * batch * block / wall
+    # steady state: from the end of step 1 to the end of the last step (the same window as ours)
+    tps = (len(timer.times) - 1) * batch * block / (timer.times[-1] - timer.times[0])
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     n_tr = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     fl = model_flops(inner, block, trainable_fraction=n_tr / n_all if method == "lora" else None)
-    peak = measure_matmul_peak("bf16" if bf16 else "fp32")
+    peak = measure_matmul_peak("bf16" if bf16 else "fp32", **({"device": "cuda", "size": 8192} if cuda else {}))
     del out
     torch.set_num_threads(torch.get_num_threads())
-    return {"tokens_per_s": tps, "mfu": mfu(tps, fl.training_flops_per_token, peak), "final_loss": losses[-1],
-            "bf16": bf16, "flops_per_token": fl.training_flops_per_token}
+    return {"tokens_per_s": tps, "whole_run_tokens_per_s": steps * batch * block / wall,
+            "mfu": mfu(tps, fl.training_flops_per_token, peak), "final_loss": losses[-1],
+            "bf16": bf16, "flops_per_token": fl.training_flops_per_token, "peak_flops": peak}
 
 
 def run_case(case: str, impl: str, steps: int, root: Path) -> dict:
@@ -113,12 +153,16 @@ def run_case(case: str, impl: str, steps: int, root: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--cases", default=DEFAULT_CASES)
+    ap.add_argument("--report", default=str(HERE / "SPEED_ADAPT.md"), help="where to write the table (.md, .json beside)")
+    ap.add_argument("--arch-from", default=None, help="folder with config.json + tokenizer for '@' cases")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--root", default=None)
     ap.add_argument("--worker", choices=["ours", "trainer"])
     args = ap.parse_args()
     root = Path(args.root or tempfile.mkdtemp(prefix="domainlm-speed-"))
+    if args.arch_from:
+        os.environ["ARCH_FROM"] = str(Path(args.arch_from).resolve())
     if args.worker:
         fn = worker_ours if args.worker == "ours" else worker_trainer
         res = fn(args.cases, args.steps, root)
@@ -137,17 +181,58 @@ def main() -> None:
                      "speedup": ours["tokens_per_s"] / base["tokens_per_s"]})
         print(f"{case}: trainer {base['tokens_per_s']:.0f} tok/s, domainlm {ours['tokens_per_s']:.0f} tok/s "
               f"({rows[-1]['speedup']:.2f}x)", flush=True)
-    lines = ["| case | steps | Trainer tok/s | domainlm tok/s | ratio | Trainer MFU | domainlm MFU | Trainer final loss "
-             "| domainlm final loss | Trainer peak RSS | domainlm peak RSS |", "|" + "---|" * 11]
+    write_report(rows, args)
+
+
+def write_report(rows: list[dict], args) -> None:
+    import platform
+
+    import torch
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    lines = ["| case | model, objective, method | seq len x batch | Trainer tok/s | domainlm tok/s | ratio | "
+             "Trainer MFU | domainlm MFU | Trainer final loss | domainlm final loss | Trainer peak RSS | "
+             "domainlm peak RSS |", "|" + "---|" * 12]
     for r in rows:
         b, o = r["trainer"], r["domainlm"]
-        lines.append(f"| {r['case']} | {r['steps']} | {b['tokens_per_s']:.0f} | {o['tokens_per_s']:.0f} | "
-                     f"{r['speedup']:.2f}x | {b['mfu']:.1%} | {o['mfu']:.1%} | {b['final_loss']:.3f} | "
-                     f"{o['final_loss']:.3f} | {b['peak_rss_gb']:.2f} GB | {o['peak_rss_gb']:.2f} GB |")
+        model, objective, method, block, batch = CASES[r["case"]]
+        lines.append(f"| {r['case']} | {model}, {objective}, {method} | {block} x {batch} | {b['tokens_per_s']:.0f} | "
+                     f"{o['tokens_per_s']:.0f} | **{r['speedup']:.2f}x** | {b['mfu']:.1%} | {o['mfu']:.1%} | "
+                     f"{b['final_loss']:.3f} | {o['final_loss']:.3f} | {b['peak_rss_gb']:.2f} GB | "
+                     f"{o['peak_rss_gb']:.2f} GB |")
     table = "\n".join(lines)
     print(table)
-    (HERE / "SPEED_ADAPT.json").write_text(json.dumps(rows, indent=2))
-    print(f"\nwrote {HERE / 'SPEED_ADAPT.json'}")
+    peak = rows[0]["domainlm"].get("peak_flops") if rows else None
+    bf16 = rows[0]["domainlm"].get("bf16") if rows else None
+    md = [
+        "# Adapt speed: domainlm vs a Hugging Face Trainer (run_mlm / run_clm set-up)",
+        "",
+        "Generated by `python benchmarks/speed_adapt.py"
+        + (f" --cases {args.cases}" if args.cases != DEFAULT_CASES else "")
+        + (f" --steps {args.steps}" if args.steps != 12 else "") + "` on "
+        + time.strftime("%Y-%m-%d") + "; both sides in the same run, each case in its own process.",
+        "",
+        (f"Machine: {torch.cuda.get_device_name()}, torch {torch.__version__}. bf16 autocast on for both "
+         "(fp32 master weights)." if torch.cuda.is_available() else
+         f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}. bf16 autocast: "
+         f"{'on' if bf16 else 'off'} for both (chosen by `domainlm.flops.bf16_is_fast`, which times bf16 "
+         "against fp32 matmuls; on an AVX2-only CPU bf16 has no fast path, so both run fp32).")
+        + " MFU is against the matmul peak measured at start-up"
+        + (f" ({peak / 1e12:.3g} TFLOP/s)" if peak else "")
+        + ", FLOPs per token counted as 6N plus attention (LoRA: frozen weights cost 4N, trainable 6N).",
+        "",
+        "tokens/s is steady state: from the end of step 1 to the end of the last step, for both. "
+        "Same model, packed blocks of the same prepared corpus (pubmed-sample), sequence length, batch, learning rate, "
+        "schedule and number of steps. Loss is the last step's training loss (one batch, so noisy).",
+        "",
+        table,
+        "",
+    ]
+    report = Path(args.report)
+    report.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    report.write_text("\n".join(md))
+    print(f"\nwrote {report} and {report.with_suffix('.json').name}")
 
 
 if __name__ == "__main__":

@@ -87,27 +87,49 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"metric": f"{t['name']} ({t['metric']})", "base": base.get("score"), "adapted": model.get("score"),
                      "delta": t.get("delta"), "delta_ci": t.get("delta_ci"),
                      "higher_is_better": t.get("higher_is_better", True)})
+    task_ci = {t["name"]: t.get("delta_ci") for t in report.get("tasks", []) if t.get("metric") == "word_perplexity"}
     for kind, entry in (report.get("perplexity") or {}).items():
         m, b = entry.get("model") or {}, entry.get("baseline") or {}
-        # per token is what training optimises; per word compares models with different tokenizers
+        # per token is what training optimises; per word compares models with different tokenizers (and is
+        # the perplexity task's metric, so it carries that task's bootstrap interval)
         for unit in ("per_token", "per_word"):
             if m.get(unit) is not None:
                 delta = (m[unit] - b[unit]) if b.get(unit) is not None else None
                 rows.append({"metric": f"{kind} perplexity ({unit.replace('_', ' ')})", "base": b.get(unit),
-                             "adapted": m.get(unit), "delta": delta, "delta_ci": None, "higher_is_better": False})
+                             "adapted": m.get(unit), "delta": delta,
+                             "delta_ci": task_ci.get(entry.get("task")) if unit == "per_word" else None,
+                             "higher_is_better": False})
     return rows
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "-" if not ci else f"[{ci[0]:+.3g}, {ci[1]:+.3g}]"
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """'better'/'worse' only when the paired bootstrap interval excludes 0; else 'within noise'.
+
+    Rows without an interval (per-token perplexity) say only the direction.
+    """
+    delta, ci = row["delta"], row.get("delta_ci")
+    if delta is None or delta == 0:
+        return "-"
+    good = (delta > 0) == row["higher_is_better"]
+    if not ci:
+        return "lower" if delta < 0 else "higher"
+    if ci[0] <= 0 <= ci[1]:
+        return "within noise"
+    return "better" if good else "worse"
 
 
 def render_summary(rows: list[dict[str, Any]], facts: list[tuple[str, str]]) -> str:
     width = max([len(r["metric"]) for r in rows] + [24])
-    lines = [f"{'metric':<{width}}  {'base':>9}  {'adapted':>9}  {'delta':>9}  better?",
-             "-" * (width + 45)]
+    lines = [f"{'metric':<{width}}  {'base':>9}  {'adapted':>9}  {'delta':>9}  {'delta 95% CI':>18}  verdict",
+             "-" * (width + 75)]
     for r in rows:
-        better = "-"
-        if r["delta"] is not None and r["delta"] != 0:
-            better = "yes" if (r["delta"] > 0) == r["higher_is_better"] else "no"
-        delta = "-" if r["delta"] is None else f"{r['delta']:+.3g}"
-        lines.append(f"{r['metric']:<{width}}  {_fmt(r['base']):>9}  {_fmt(r['adapted']):>9}  {delta:>9}  {better}")
+        lines.append(f"{r['metric']:<{width}}  {_fmt(r['base']):>9}  {_fmt(r['adapted']):>9}  "
+                     f"{'-' if r['delta'] is None else format(r['delta'], '+.3g'):>9}  "
+                     f"{_ci(r.get('delta_ci')):>18}  {verdict(r)}")
     lines.append("")
     lines += [f"{k:<18} {v}" for k, v in facts]
     return "\n".join(lines)

@@ -13,15 +13,21 @@ def test_summary_rows_are_the_bench_numbers():
     report = {"tasks": [{"name": "ner", "metric": "entity_f1", "mode": "probe", "higher_is_better": True,
                          "model": {"score": 0.5}, "baseline": {"score": 0.4}, "delta": 0.1, "delta_ci": [0.0, 0.2]},
                         {"name": "perplexity", "metric": "word_perplexity", "mode": "perplexity",
-                         "model": {"score": 9.0}, "baseline": {"score": 10.0}, "delta": -1.0}],
-              "perplexity": {"domain": {"model": {"per_token": 20.0, "per_word": 90.0},
+                         "model": {"score": 90.0}, "baseline": {"score": 120.0}, "delta": -30.0,
+                         "delta_ci": [-40.0, -20.0]},
+                        {"name": "relation", "metric": "micro_f1", "mode": "probe", "higher_is_better": True,
+                         "model": {"score": 0.7}, "baseline": {"score": 0.8}, "delta": -0.1, "delta_ci": [-0.2, -0.01]}],
+              "perplexity": {"domain": {"task": "perplexity", "model": {"per_token": 20.0, "per_word": 90.0},
                                         "baseline": {"per_token": 25.0, "per_word": 120.0}}}}
     rows = summary_rows(report)
-    assert [r["metric"] for r in rows] == ["ner (entity_f1)", "domain perplexity (per token)",
+    assert [r["metric"] for r in rows] == ["ner (entity_f1)", "relation (micro_f1)", "domain perplexity (per token)",
                                            "domain perplexity (per word)"]
-    assert rows[1]["delta"] == -5.0 and rows[0]["delta"] == 0.1
+    assert rows[2]["delta"] == -5.0 and rows[0]["delta"] == 0.1
+    assert rows[3]["delta_ci"] == [-40.0, -20.0] and rows[2]["delta_ci"] is None
     text = render_summary(rows, [("model card", "x/README.md")])
-    assert "yes" in text and "model card" in text
+    verdicts = [line.rsplit("  ", 1)[-1] for line in text.splitlines()[2:6]]
+    # ner's interval touches 0: within noise; relation is significantly worse; per-word perplexity better
+    assert verdicts == ["within noise", "worse", "lower", "better"] and "model card" in text
 
 
 @pytest.mark.slow

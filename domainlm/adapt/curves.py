@@ -63,7 +63,8 @@ def plot_curves(metrics_path: Path, out_png: Path, title: str) -> Path:
     evals = [r for r in records if r.get("type") == "eval"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     if train:
-        ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", color="#1f77b4")
+        ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", color="#1f77b4",
+                 marker="o" if len(train) <= 40 else None, markersize=3)  # sparse logs: show the points
     ax1.set_xlabel("step")
     ax1.set_ylabel("loss (nats/token)")
     ax1.set_title("training loss")
