@@ -233,3 +233,25 @@ def test_bench_reads_an_adapt_run_folder(tmp_path, method):
     ppl = report["perplexity"]["domain"]
     assert ppl["model"]["per_token"] < ppl["baseline"]["per_token"]
     assert report["tasks"][0]["delta_ci"][1] < 0  # the paired interval excludes "no improvement"
+
+
+def test_zeroshot_shared_context_scores_equal_one_pass_per_choice():
+    """Choices that share a context are scored from one forward pass; the sums equal one pass per choice."""
+    import torch
+
+    from domainlm.bench.loading import load_for_eval
+    from domainlm.bench.modes.zeroshot import choice_requests, loglikelihoods
+
+    loaded = load_for_eval("tiny-llama", "causal")
+    requests = []
+    for prompt in ["Question: does the kinase bind? Answer:", "Is it so?", "A much longer context " * 5 + "Answer:"]:
+        requests += choice_requests(loaded.tokenizer, prompt, ["yes", "no", "maybe"], 64)  # several tokens each
+        ctx = list(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        requests += [(ctx + [t], 1) for t in (40, 41, 42)]  # one-token choices after the same context
+    assert {n for _, n in requests} > {1}
+    got = loglikelihoods(loaded, requests, batch_size=3, device="cpu", bf16=False)
+    with torch.inference_mode():
+        for (seq, n), value in zip(requests, got, strict=True):
+            logp = torch.log_softmax(loaded.model(input_ids=torch.tensor([seq])).logits[0].float(), -1)
+            want = float(sum(logp[len(seq) - n - 1 + k, seq[len(seq) - n + k]] for k in range(n)))
+            assert value == pytest.approx(want, abs=1e-4)

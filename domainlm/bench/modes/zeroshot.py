@@ -49,29 +49,37 @@ def choice_requests(tokenizer, prompt: str, choices: list[str], max_length: int)
 
 def loglikelihoods(loaded: LoadedModel, requests: list[tuple[list[int], int]], *, batch_size: int, device: str,
                    bf16: bool) -> list[float]:
-    """Summed log-probability of the last ``n`` tokens of each request."""
+    """Summed log-probability of the last ``n`` tokens of each request.
+
+    Requests that differ only in a one-token continuation (yes / no / maybe after the same prompt) share
+    one forward pass of their common context: the choices of an example cost one pass, not one each.
+    lm-evaluation-harness runs a pass per choice; the numbers are the same (the tests check it).
+    """
     import torch
 
     pad = ensure_pad(loaded.tokenizer)
     out = [0.0] * len(requests)
-    order = sorted(range(len(requests)), key=lambda i: len(requests[i][0]))
+    # Each forward item: (sequence to run, [(request index, first scored position, target ids)]).
+    items: dict[tuple[int, ...], list[tuple[int, int, list[int]]]] = {}
+    for i, (seq, n) in enumerate(requests):
+        run = tuple(seq[:-1]) if n == 1 else tuple(seq)
+        items.setdefault(run, []).append((i, len(seq) - n - 1, list(seq[len(seq) - n:])))
+    runs = sorted(items, key=len)
     with torch.inference_mode(), autocast(device, bf16):
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            width = max(len(requests[i][0]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                seq = requests[i][0]
+        for start in range(0, len(runs), batch_size):
+            batch = runs[start:start + batch_size]
+            width = max(len(r) for r in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, seq in enumerate(batch):
                 ids[r, :len(seq)] = torch.tensor(seq)
                 mask[r, :len(seq)] = 1
-            logp = torch.log_softmax(
-                loaded.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), dim=-1)
-            for r, i in enumerate(idx):
-                seq, n = requests[i]
-                length = len(seq)
-                target = torch.tensor(seq[length - n:], device=logp.device)
-                out[i] = float(logp[r, length - n - 1:length - 1].gather(1, target[:, None]).sum())
+            logits = loaded.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            for r, seq in enumerate(batch):
+                for i, first, target in items[seq]:
+                    # log-softmax only over the positions that are scored, not the whole (batch, width, vocab)
+                    logp = torch.log_softmax(logits[r, first:first + len(target)].float(), dim=-1)
+                    out[i] = float(logp.gather(1, torch.tensor(target, device=logp.device)[:, None]).sum())
     return out
 
 
