@@ -30,9 +30,10 @@ class AdaptConfig:
                                                 "transformer blocks (QLoRA found all-linear beats attention-only)")
     train_embeddings: bool = opt(False, "under LoRA also train the input embeddings and output layer fully "
                                  "(needed after `vocab extend`)")
-    embedding_rows: Literal["new", "all"] = opt("new", "with train_embeddings on a `vocab extend` output: 'new' "
-                                                "trains only the added rows (peft trainable_token_indices; the "
-                                                "base rows stay as they were), 'all' the whole matrices")
+    embedding_rows: Literal["all", "new"] = opt("all", "with train_embeddings on a `vocab extend` output: 'all' "
+                                                "trains the whole embedding matrices, 'new' only the added rows "
+                                                "(peft trainable_token_indices; the base's rows stay as they were). "
+                                                "benchmarks/FORGETTING_VOCAB.md compares them")
     # --- objective details ------------------------------------------------------------------------
     mlm_probability: float = opt(0.15, "fraction of tokens masked (BERT, RoBERTa and ESM all use 15%)")
     whole_word_mask: bool = opt(False, "mask whole words rather than pieces (MatSciBERT, PubMedBERT)")
