@@ -182,9 +182,9 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = [k for k in ("base", "vocab0", "a", "b", "c", "e", "d") if k in results.get("eval", {})]
-    labels = {"base": "base", "vocab0": "vocab ext.\n(untrained)", "a": "(a) LoRA", "b": "(b) LoRA\n+replay",
-              "c": "(c) LoRA+vocab\n+all emb rows", "e": "(e) LoRA+vocab\n+new rows", "d": "(d) full"}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    labels = {"base": "base", "vocab0": "vocab\next.", "a": "(a)\nLoRA", "b": "(b)\n+replay",
+              "c": "(c) vocab\nall rows", "e": "(e) vocab\nnew rows", "d": "(d)\nfull"}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     for ax, part, title in ((axes[0], "domain", "held-out PubMed"), (axes[1], "general", "held-out general English")):
         vals = [results["eval"][k][part]["bits_per_char"] for k in keys]
         bars = ax.bar(range(len(keys)), vals, color=["#888888", "#bbbbbb", "#1f77b4", "#2ca02c", "#ff7f0e",
