@@ -448,10 +448,8 @@ def _json_key_hint(key: str, keys: list[str]) -> str:
     return f"{did_you_mean(key, keys)}; keys in the record: {', '.join(keys) or '(none)'}"
 
 
-def read_jsonl(path: Path, ctx: ReadContext) -> Iterator[Document]:
-    """JSON lines: the text is in ``--text-field``; the id in ``--id-field`` (default ``id`` if present)."""
-    field_name = ctx.options.text_field
-    first = True
+def _json_objects(path: Path, ctx: ReadContext) -> Iterator[tuple[str, dict]]:
+    """(``path:line``, object) for each JSON-object line; blank lines pass, bad lines are counted skips."""
     with open_text(path) as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -465,25 +463,33 @@ def read_jsonl(path: Path, ctx: ReadContext) -> Iterator[Document]:
             if not isinstance(obj, dict):
                 ctx.skip("invalid_json", where, f"a JSON {type(obj).__name__}, expected an object")
                 continue
-            text = obj.get(field_name)
-            if text is None:
-                if first:
-                    # The first record lacking the field means the wrong column was named, not a bad record.
-                    raise DataError(f"{where}: the record has no '{field_name}' field"
-                                    f"{_json_key_hint(field_name, list(obj))}. Pass --text-field with the key "
-                                    "that holds the text")
-                ctx.skip("missing_field", where, f"no '{field_name}' field")
-                continue
-            first = False
-            if not isinstance(text, str):
-                ctx.skip("missing_field", where, f"'{field_name}' is a {type(text).__name__}, not text")
-                continue
-            if not ctx.check_text(text, where):
-                continue
-            id_key = ctx.options.id_field or ("id" if "id" in obj else None)
-            doc_id = obj.get(id_key) if id_key else None
-            meta = {"source": where}
-            yield Document(str(doc_id) if doc_id not in (None, "") else content_id(text), text, meta)
+            yield where, obj
+
+
+def read_jsonl(path: Path, ctx: ReadContext) -> Iterator[Document]:
+    """JSON lines: the text is in ``--text-field``; the id in ``--id-field`` (default ``id`` if present)."""
+    field_name = ctx.options.text_field
+    first = True
+    for where, obj in _json_objects(path, ctx):
+        text = obj.get(field_name)
+        if text is None:
+            if first:
+                # The first record lacking the field means the wrong column was named, not a bad record.
+                raise DataError(f"{where}: the record has no '{field_name}' field"
+                                f"{_json_key_hint(field_name, list(obj))}. Pass --text-field with the key "
+                                "that holds the text")
+            ctx.skip("missing_field", where, f"no '{field_name}' field")
+            continue
+        first = False
+        if not isinstance(text, str):
+            ctx.skip("missing_field", where, f"'{field_name}' is a {type(text).__name__}, not text")
+            continue
+        if not ctx.check_text(text, where):
+            continue
+        id_key = ctx.options.id_field or ("id" if "id" in obj else None)
+        doc_id = obj.get(id_key) if id_key else None
+        meta = {"source": where}
+        yield Document(str(doc_id) if doc_id not in (None, "") else content_id(text), text, meta)
 
 
 def read_csv(path: Path, ctx: ReadContext) -> Iterator[Document]:
@@ -543,37 +549,28 @@ def read_arxiv(path: Path, ctx: ReadContext) -> Iterator[Document]:
     ``cond-mat.*``); the rest are counted as ``not_in_categories``.
     """
     wanted = ctx.options.categories
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                ctx.skip("invalid_json", where, f"not valid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            if not isinstance(obj, dict) or "id" not in obj:
-                ctx.skip("invalid_json", where, "not an arXiv metadata record (no 'id')")
-                continue
-            cats = str(obj.get("categories") or "").split()
-            if wanted and not _category_match(cats, wanted):
-                ctx.skip("not_in_categories", where, f"arXiv {obj['id']} ({' '.join(cats)})")
-                continue
-            abstract = _collapse(str(obj.get("abstract") or ""))
-            title = _collapse(str(obj.get("title") or ""))
-            if not abstract:
-                ctx.skip("no_abstract", where, f"arXiv {obj['id']} has no abstract")
-                continue
-            text = f"{title}\n\n{abstract}" if title else abstract
-            if not ctx.check_text(text, where):
-                continue
-            versions = obj.get("versions")
-            versions = versions if isinstance(versions, list) else []  # metadata only: a wrong type is ignored
-            meta = {"source": where, "categories": cats, "doi": obj.get("doi"), "title": title,
-                    "update_date": obj.get("update_date"), "license": obj.get("license"),
-                    "created": versions[0].get("created") if versions and isinstance(versions[0], dict) else None}
-            yield Document(str(obj["id"]), text, meta)
+    for where, obj in _json_objects(path, ctx):
+        if "id" not in obj:
+            ctx.skip("invalid_json", where, "not an arXiv metadata record (no 'id')")
+            continue
+        cats = str(obj.get("categories") or "").split()
+        if wanted and not _category_match(cats, wanted):
+            ctx.skip("not_in_categories", where, f"arXiv {obj['id']} ({' '.join(cats)})")
+            continue
+        abstract = _collapse(str(obj.get("abstract") or ""))
+        title = _collapse(str(obj.get("title") or ""))
+        if not abstract:
+            ctx.skip("no_abstract", where, f"arXiv {obj['id']} has no abstract")
+            continue
+        text = f"{title}\n\n{abstract}" if title else abstract
+        if not ctx.check_text(text, where):
+            continue
+        versions = obj.get("versions")
+        versions = versions if isinstance(versions, list) else []  # metadata only: a wrong type is ignored
+        meta = {"source": where, "categories": cats, "doi": obj.get("doi"), "title": title,
+                "update_date": obj.get("update_date"), "license": obj.get("license"),
+                "created": versions[0].get("created") if versions and isinstance(versions[0], dict) else None}
+        yield Document(str(obj["id"]), text, meta)
 
 
 def _sniff_arxiv(head: bytes, path: Path) -> bool:
