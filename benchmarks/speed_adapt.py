@@ -6,6 +6,7 @@ its own. Prints a table and writes benchmarks/SPEED_ADAPT.md (and .json).
 
     python benchmarks/speed_adapt.py                 # all cases
     python benchmarks/speed_adapt.py --cases tiny-llama --steps 10
+    SPEED_OURS_KW='{"chunked_head": false}' python benchmarks/speed_adapt.py ...   # extra adapt options for ours
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def worker_ours(case: str, steps: int, root: Path) -> dict:
     os.environ["DOMAINLM_PROGRESS"] = "0"
     m = adapt(model=model, corpus=str(corpus), out=str(root / f"run-{case}"), objective=objective, method=method,
               batch_size=batch, max_steps=steps, eval_every=0, eval_batches=2, save_every=0, lr=2e-4,
-              warmup_ratio=0.1, overwrite=True, log_every=1)
+              warmup_ratio=0.1, overwrite=True, log_every=1, **json.loads(os.environ.get("SPEED_OURS_KW", "{}")))
     rows = [json.loads(x) for x in (root / f"run-{case}" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["type"] == "train"]
     # Steady state, as for the Trainer: from the end of step 1 (allocations, warm-up) to the end of the last.
