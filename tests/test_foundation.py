@@ -229,3 +229,13 @@ def test_tiny_models_train_one_step_and_reload_identically(name, tmp_path):
     reloaded.eval()
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=ids).logits, after)
+
+
+def test_verbs_import_as_functions_and_corpora_submodules_stay_modules():
+    """`from domainlm import prepare` is the verb; `domainlm.corpora.prepare` is always the submodule."""
+    code = ("import types\nfrom domainlm.corpora import prepare as a\nimport domainlm.corpora.prepare\n"
+            "from domainlm.corpora import prepare as b\nfrom domainlm import prepare, stats, download\n"
+            "assert isinstance(a, types.ModuleType) and a is b\n"
+            "assert all(callable(f) and not isinstance(f, types.ModuleType) for f in (prepare, stats, download))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1500:]

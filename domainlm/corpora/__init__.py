@@ -2,7 +2,12 @@
 
 Public API (imported lazily, so ``import domainlm.corpora`` stays cheap)::
 
-    from domainlm.corpora import prepare, load_prepared, read_corpus_manifest, register_reader, Document
+    from domainlm.corpora import load_prepared, read_corpus_manifest, register_reader, Document
+    from domainlm import prepare, stats, download      # the verbs
+
+The verbs are not re-exported here: ``domainlm.corpora.prepare``, ``.stats`` and ``.download`` are the
+submodules (Python binds a submodule's name on its package when it is imported, so a function of the
+same name here would silently turn into the module).
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ _EXPORTS = {
     "reader_names": "domainlm.corpora.readers:reader_names",
     "get_reader": "domainlm.corpora.readers:get_reader",
     "PrepareConfig": "domainlm.corpora.prepare:PrepareConfig",
-    "prepare": "domainlm.corpora.prepare:prepare",
     "load_prepared": "domainlm.corpora.pack:load_prepared",
     "load_documents": "domainlm.corpora.pack:load_documents",
     "read_corpus_manifest": "domainlm.corpora.pack:read_corpus_manifest",
@@ -24,8 +28,6 @@ _EXPORTS = {
     "prepare_card": "domainlm.corpora.cards:prepare_card",
     "list_cards": "domainlm.corpora.cards:list_cards",
     "fragmentation": "domainlm.corpora.stats:fragmentation",
-    "stats": "domainlm.corpora.stats:stats",
-    "download": "domainlm.corpora.download:download",
 }
 
 __all__ = sorted(_EXPORTS)
