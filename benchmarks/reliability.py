@@ -1722,12 +1722,9 @@ def _render(res: Results) -> str:
 def _meta(args: argparse.Namespace, started: datetime.datetime) -> dict[str, Any]:
     from importlib.metadata import version
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    from domainlm.flops import cpu_name
+
+    cpu = cpu_name()
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],

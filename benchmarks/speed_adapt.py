@@ -133,7 +133,7 @@ def worker_trainer(case: str, steps: int, root: Path) -> dict:
     n_tr = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     fl = model_flops(inner, block, trainable_fraction=n_tr / n_all if method == "lora" else None)
-    peak = measure_matmul_peak("bf16" if bf16 else "fp32", **({"device": "cuda", "size": 8192} if cuda else {}))
+    peak = measure_matmul_peak("bf16" if bf16 else "fp32", device="cuda" if cuda else "cpu")
     del out
     torch.set_num_threads(torch.get_num_threads())
     return {"tokens_per_s": tps, "whole_run_tokens_per_s": steps * batch * block / wall,
@@ -186,12 +186,11 @@ def main() -> None:
 
 
 def write_report(rows: list[dict], args) -> None:
-    import platform
-
     import torch
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    from domainlm.flops import cpu_name
+
+    cpu = cpu_name()
     lines = ["| case | model, objective, method | seq len x batch | Trainer tok/s | domainlm tok/s | ratio | "
              "Trainer MFU | domainlm MFU | Trainer final loss | domainlm final loss | Trainer peak RSS | "
              "domainlm peak RSS |", "|" + "---|" * 12]

@@ -303,15 +303,31 @@ _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float
            "fp32": "float32", "float32": "float32"}
 
 
-def measure_matmul_peak(dtype: str = "bf16", seconds: float = 0.5, size: int = 1024, *,
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one), for reports and manifests."""
+    import contextlib
+    import platform
+    from pathlib import Path
+
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def measure_matmul_peak(dtype: str = "bf16", seconds: float = 0.5, size: int | None = None, *,
                         device: str = "cpu") -> float:
     """Measured matmul throughput in FLOP/s: ``torch.matmul`` on square ``size`` matrices.
 
     One warm-up product first (allocations, kernel selection), then as many products as fit in
     ``seconds``; torch's current thread count is used as is. Each product is ``2·size³`` FLOPs.
+    ``size`` defaults to 1024 on a CPU and 8192 on a GPU, which needs large products to near its peak.
     """
     import torch
 
+    if size is None:
+        size = 8192 if device.startswith("cuda") else 1024
     if dtype not in _DTYPES:
         raise DomainLMError(f"unknown dtype '{dtype}'; use one of {', '.join(sorted(_DTYPES))}")
     tdtype = getattr(torch, _DTYPES[dtype])

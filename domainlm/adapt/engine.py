@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -204,13 +203,9 @@ def _prepare_run_dir(cfg: AdaptConfig, is_main: bool) -> tuple[Path, Path | None
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    from domainlm.flops import cpu_name
+
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
@@ -278,10 +273,8 @@ def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
     head_fraction = cfg.mlm_probability if (objective != "causal" and cfg.chunked_head) else 1.0
     fl = model_flops(inner, block, head_fraction=head_fraction,
                      trainable_fraction=(n_trainable / n_total) if cfg.method == "lora" else None)
-    # MFU is against a measured matmul peak; a GPU needs large products to approach its peak.
-    peak = measure_matmul_peak("bf16" if bf16 else "fp32", **(
-        {"device": str(device), "size": 8192} if device.type == "cuda" else {})) if device.type in (
-        "cpu", "cuda") else None
+    peak = (measure_matmul_peak("bf16" if bf16 else "fp32", device=str(device))
+            if device.type in ("cpu", "cuda") else None)
 
     start_step, elapsed_before = 0, 0.0
     history: dict[str, Any] = {}

@@ -373,7 +373,7 @@ def read_pubmedqa(path: Path, spec: TaskSpec, split: str) -> list[Example]:
                         "give the decision as a string")
         context = " ".join(contexts)
         out.append(Example(str(pmid), where, text=rec["QUESTION"], text_b=context, label=label,
-                           meta={"question": str(rec["QUESTION"]), "context": context}))
+                           meta={"question": rec["QUESTION"], "context": context}))
     return out
 
 

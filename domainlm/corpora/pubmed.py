@@ -307,16 +307,14 @@ def scan_pubmed_events(files: list[InputFile]) -> PubmedEvents | None:
                     buf = tail + chunk
                     end = 0
                     for m in _EVENT.finditer(buf):
-                        if m.group(1) is not None:
-                            if int(m.group(1)) <= MAX_PMID:
-                                pmids.append(int(m.group(1)))
-                                deleted.append(False)
-                        elif m.group(3) is not None:
-                            if in_delete and int(m.group(3)) <= MAX_PMID:
-                                pmids.append(int(m.group(3)))
-                                deleted.append(True)
-                        else:
+                        if m.group(2) is not None:  # <DeleteCitation> opens ("") or closes ("/")
                             in_delete = m.group(2) == b""
+                        else:
+                            is_delete = m.group(1) is None  # a bare <PMID> counts only inside DeleteCitation
+                            pmid = int(m.group(1) or m.group(3))
+                            if (in_delete or not is_delete) and pmid <= MAX_PMID:
+                                pmids.append(pmid)
+                                deleted.append(is_delete)
                         end = m.end()
                     if not chunk:
                         break
