@@ -22,7 +22,8 @@ class AdaptConfig:
     block_size: int | None = opt(None, "tokens per training sequence when adapt prepares a corpus card "
                                  "(default: 128 for masked, 256 for causal, 512 for protein)")
     # --- full training or LoRA --------------------------------------------------------------------
-    method: Literal["full", "lora"] = opt("full", "train every weight, or LoRA adapters (peft)")
+    method: Literal["full", "lora", "qlora"] = opt("full", "train every weight, LoRA adapters (peft), or QLoRA: LoRA "
+                                                   "over a 4-bit NF4 base (bitsandbytes, extra domainlm[qlora])")
     lora_r: int = opt(16, "LoRA rank; 16 is peft's and LLaMA-Factory's common default for 100M-class models")
     lora_alpha: int = opt(32, "LoRA scaling numerator (alpha/r = 2, the usual choice)")
     lora_dropout: float = opt(0.05, "dropout on the LoRA path")
@@ -56,6 +57,13 @@ class AdaptConfig:
     seed: int = opt(0, "seed for weights of fresh heads, masking, data order and dropout")
     bf16: Literal["auto", "on", "off"] = opt("auto", "bf16 autocast with fp32 master weights; auto turns it on when "
                                              "the CPU/GPU runs bf16 matmuls fast")
+    # --- scale: sharding, memory and speed (issues 14, 15) ----------------------------------------
+    strategy: Literal["auto", "ddp", "fsdp"] = opt(
+        "auto", "how several processes share the work: ddp (full copy per process), fsdp (FSDP2 fully_shard: "
+        "weights, gradients and optimizer state sharded); auto picks ddp when the training state fits one device")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (activation "
+                                       "checkpointing): about a third more compute for far less activation memory")
+    compile: bool = opt(False, "torch.compile the model's forward (compile time is reported separately)")
     # --- replay and forgetting --------------------------------------------------------------------
     replay_corpus: str | None = opt(None, "general corpus (prepared folder or card) mixed into training "
                                     "against forgetting")
