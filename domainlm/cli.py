@@ -16,8 +16,11 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from domainlm.config import _strip_optional, fields_of, resolved_hints, type_name
-from domainlm.errors import ConfigError, DomainLMError
+from domainlm.config import _strip_optional, fields_of, load, resolved_hints, type_name
+from domainlm.errors import ConfigError, DomainLMError, did_you_mean
+
+VERBOSE_HELP = ("show debug logs and third-party loading reports (transformers' UNEXPECTED/MISSING weights table); "
+                "also accepted before the verb: domainlm --verbose VERB")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ def build_parser(verb: Verb) -> tuple[argparse.ArgumentParser, type | None]:
     if verb.recipe:
         parser.add_argument("recipe", nargs="?", default=None,
                             help="YAML recipe (path or shipped name) whose keys are the options below")
+    parser.add_argument("--verbose", "-v", dest="_verbose", action="store_true", default=False, help=VERBOSE_HELP)
     if cls is None:
         return parser, None
     hints = resolved_hints(cls)
@@ -97,6 +101,11 @@ def build_parser(verb: Verb) -> tuple[argparse.ArgumentParser, type | None]:
         if tp is bool:
             parser.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
+        elif typing.get_origin(tp) in (list, tuple):
+            # argparse's list convention: `--inputs a b c` (also what an unquoted shell glob expands to), the
+            # flag repeated, and commas inside a word (see _split_lists) all add items; none replaces another.
+            parser.add_argument(_flag(name), dest=name, nargs="+", action="extend", default=argparse.SUPPRESS,
+                                help=help_text, metavar=name.upper())
         else:
             choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
             parser.add_argument(_flag(name), dest=name, default=argparse.SUPPRESS, choices=choices, help=help_text,
@@ -104,31 +113,56 @@ def build_parser(verb: Verb) -> tuple[argparse.ArgumentParser, type | None]:
     return parser, cls
 
 
-def run_verb(verb: Verb, argv: list[str]) -> Any:
-    from domainlm import config as cfgmod
+def _split_lists(cls: type, ns: dict[str, Any]) -> None:
+    """Split each word of a list flag at its field's ``sep`` (``--tasks ner,qa``); ``sep=None`` keeps words whole
+    (``--override ner.labels=A,B,C`` is one item, whose value the task parses)."""
+    for name, f in fields_of(cls).items():
+        sep = f.metadata.get("sep", ",")
+        if isinstance(ns.get(name), list) and sep:
+            ns[name] = [part for word in ns[name] for part in word.split(sep) if part != ""]
 
+
+def parse_config(verb: Verb, argv: list[str]) -> Any:
+    """The verb's config dataclass built from ``argv`` (recipe, then flags), or None for verbs without options."""
     parser, cls = build_parser(verb)
     ns = vars(parser.parse_args(argv))
-    fn = _load(verb.target)
+    if ns.pop("_verbose"):
+        set_verbose()
     recipe = ns.pop("recipe", None) if verb.recipe else None
     if recipe is not None and verb.name == "corpus prepare" and "card" not in ns:
-        from domainlm.corpora.cards import is_card
+        from domainlm.corpora.cards import is_card  # function-local: `domainlm --help` stays free of corpora
 
         if is_card(recipe):  # `domainlm corpus prepare pubmed-sample ...` names a corpus card
             ns["card"], recipe = recipe, None
     if cls is None:
-        return fn()
-    from_string = {k for k, v in ns.items() if isinstance(v, str)}
-    config = cfgmod.load(cls, recipe, ns, from_string=from_string)
-    return fn(config)
+        return None
+    _split_lists(cls, ns)
+    # Every value here came from the command line as text (lists as lists of words, flags as bools).
+    return load(cls, recipe, ns, from_string=set(ns))
+
+
+def run_verb(verb: Verb, argv: list[str]) -> Any:
+    config = parse_config(verb, argv)
+    fn = _load(verb.target)
+    return fn() if config is None else fn(config)
+
+
+def verb_named(name: str) -> Verb:
+    return next(v for v in VERBS if v.name == name)
 
 
 def _usage() -> str:
     width = max(len(v.name) for v in VERBS)
-    lines = ["usage: domainlm VERB [options]    (domainlm VERB --help for its options)", "",
+    lines = ["usage: domainlm [--verbose] VERB [options]    (domainlm VERB --help for its options)", "",
              "Adapt general language models to a scientific field.", "", "verbs:"]
     lines += [f"  {v.name:<{width}}  {v.summary}" for v in VERBS]
     return "\n".join(lines)
+
+
+def set_verbose() -> None:
+    """``--verbose``: domainlm's debug logs, which also lets transformers' weight-loading report through
+    (:func:`domainlm.sources.load_model` hides it otherwise, after its own clearer warning)."""
+    logging.getLogger("domainlm").setLevel(logging.DEBUG)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("DOMAINLM_LOG", "INFO"), format="%(levelname)s %(message)s")
     for name in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    while argv and argv[0] in ("--verbose", "-v"):
+        set_verbose()
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -151,8 +188,6 @@ def main(argv: list[str] | None = None) -> int:
             verb, argv = v, argv[len(words):]
             break
     if verb is None:
-        from domainlm.config import did_you_mean
-
         groups = {v.name.split()[0] for v in VERBS}
         if argv[0] in groups:
             subs = [v.name for v in VERBS if v.name.split()[0] == argv[0]]

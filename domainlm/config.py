@@ -8,29 +8,13 @@ habit), before any weights or data are loaded.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from domainlm.errors import ConfigError
-
-# Names users bring from other tools (HF Trainer, litgpt, axolotl) for our fields.
-_SYNONYMS = {"learning_rate": "lr", "gradient_accumulation_steps": "grad_accum", "per_device_train_batch_size":
-             "batch_size", "micro_batch_size": "batch_size", "num_train_steps": "max_steps", "steps": "max_steps",
-             "warmup": "warmup_ratio", "lr_scheduler_type": "schedule", "model_name_or_path": "model",
-             "output_dir": "out", "seq_len": "block_size", "max_seq_length": "block_size", "sequence_len": "block_size",
-             "lora_rank": "lora_r", "lora_target_linear": "lora_target_modules", "dataset": "corpus"}
-
-
-def did_you_mean(name: str, known: typing.Iterable[str]) -> str:
-    """Return a ' (did you mean X?)' hint for a misspelt ``name``, or an empty string."""
-    known = list(known)
-    if _SYNONYMS.get(name) in known:
-        return f" (did you mean '{_SYNONYMS[name]}'?)"
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+from domainlm.errors import ConfigError, did_you_mean  # noqa: F401  (did_you_mean: re-exported)
+from domainlm.resources import recipe_path
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
@@ -212,8 +196,6 @@ def load(cls: type, recipe: str | Path | None = None, overrides: dict[str, Any] 
     values: dict[str, Any] = {}
     source = None
     if recipe is not None:
-        from domainlm.resources import recipe_path
-
         path = recipe_path(recipe)
         source = str(path)
         values.update(read_yaml(path))
@@ -226,12 +208,23 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, choices_doc: str = "") -> Any:
-    """A dataclass field with help text (shown by --help and ``validate``)."""
-    meta = {"help": help}
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, sep: str | None = ",") -> Any:
+    """A dataclass field with help text (shown by --help and ``validate``).
+
+    ``sep`` matters for list fields on the command line: each word of ``--flag a b,c`` is split at
+    ``sep`` (None keeps words whole, for items that may contain commas themselves, like KEY=VALUE).
+    """
+    meta = {"help": help, "sep": sep}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def at_least(obj: Any, **minimums: float) -> list[str]:
+    """The bounds check every config's ``problems()`` makes, worded one way: for each ``field=minimum`` whose
+    value is set and smaller, "'field' must be at least minimum, got value"."""
+    return [f"'{name}' must be at least {low}, got {value}" for name, low in minimums.items()
+            if (value := getattr(obj, name)) is not None and value < low]
 
 
 def as_config(cls: type, config: Any = None, overrides: dict[str, Any] | None = None):

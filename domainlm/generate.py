@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from domainlm.config import as_config, opt
+from domainlm.config import as_config, at_least, opt
 from domainlm.errors import ConfigError
+from domainlm.loading import is_run_folder, load_for_eval, read_run
+from domainlm.sources import resolve
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,7 @@ class GenerateConfig:
     trust_remote_code: bool = opt(False, "allow model code from the model folder to run")
 
     def problems(self) -> list[str]:
-        out = []
-        if self.max_new_tokens < 1:
-            out.append(f"'max_new_tokens' must be at least 1, got {self.max_new_tokens}")
+        out = at_least(self, max_new_tokens=1)
         if self.temperature < 0:
             out.append(f"'temperature' must be 0 (greedy) or more, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -49,33 +49,20 @@ class GenerateConfig:
         return out
 
 
-def _no_head(spec: str, what: str) -> ConfigError:
-    return ConfigError([f"'{spec}' is {what} with no generation head: `generate` needs a causal language model "
-                        "(e.g. smollm2, tiny-llama, or a published causal model). Score masked models with "
-                        "`domainlm bench` instead"])
+def _no_head(spec: str, what: str) -> str:
+    return (f"'{spec}' is {what} with no generation head: `generate` needs a causal language model (e.g. smollm2, "
+            "tiny-llama, or a published causal model); score masked models with `domainlm bench`")
 
 
 def _precheck(spec: str, *, allow_pickle: bool, trust_remote_code: bool) -> str | None:
     """Why ``spec`` cannot generate (masked model, adapter alone), found without loading weights; else None."""
     path = Path(spec).expanduser()
-    manifest = path / "manifest.json"
-    if manifest.is_file():
-        try:
-            kind = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            kind = {}
-        if kind.get("kind") == "run":
-            from domainlm.publish.export import read_run
-
-            info = read_run(path)
-            if info.objective != "causal":
-                return _no_head(spec, f"a run of a {info.objective} language model")
-            return None
+    if is_run_folder(path):
+        info = read_run(path)
+        return None if info.objective == "causal" else _no_head(spec, f"a run of a {info.objective} language model")
     if path.is_dir() and (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
         return (f"'{spec}' holds a LoRA adapter alone; generate from a merged export (`domainlm publish` without "
                 "--no-merge) or from the run folder")
-    from domainlm.sources import resolve
-
     src = resolve(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if src.kind != "causal":
         arch = ""
@@ -86,34 +73,20 @@ def _precheck(spec: str, *, allow_pickle: bool, trust_remote_code: bool) -> str 
     return None
 
 
-def _no_head(spec: str, what: str) -> str:
-    return (f"'{spec}' is {what} with no generation head: `generate` needs a causal language model (e.g. smollm2, "
-            "tiny-llama, or a published causal model); score masked models with `domainlm bench`")
-
-
 def load_causal(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = False):
-    """``(model, tokenizer)`` for a causal model named by ``spec``, in eval mode; refuses masked models."""
+    """``(model, tokenizer)`` for a causal model named by ``spec``, in eval mode; refuses masked models.
+
+    Loaded by :func:`domainlm.loading.load_for_eval`, as bench and publish load it (a run's adapter merged).
+    """
     why = _precheck(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if why:
         raise ConfigError([why])
-    path = Path(spec).expanduser()
-    if (path / "manifest.json").is_file() and json.loads((path / "manifest.json").read_text()).get("kind") == "run":
-        from domainlm.publish.export import load_run_model, load_tokenizer, read_run
-
-        info = read_run(path)
-        model = load_run_model(info, merge=True)
-        tokenizer = load_tokenizer(info)
-    else:
-        from domainlm.sources import load_model, load_tokenizer, resolve
-
-        src = resolve(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        model, _ = load_model(src, "causal", allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        tokenizer = load_tokenizer(src, trust_remote_code=trust_remote_code)
+    loaded = load_for_eval(spec, "causal", allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    model = loaded.model
     if not model.can_generate():
         raise ConfigError([_no_head(spec, f"a {type(model).__name__}")])
     model.config.use_cache = True  # adapt turns it off for training; generation is much slower without it
-    model.eval()
-    return model, tokenizer
+    return model, loaded.tokenizer
 
 
 def _generate_one(model: Any, tokenizer: Any, cfg: GenerateConfig, label: str) -> dict[str, Any]:

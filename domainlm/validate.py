@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from domainlm.config import opt, read_yaml
+from domainlm.cli import _load
+from domainlm.config import build, opt, read_yaml, to_dict
 from domainlm.errors import ConfigError
+from domainlm.resources import recipe_path
 
 # Which schema a YAML file is checked against. A task file names a `format`; everything else under
 # benchmarks/ is a task too; other files are adapt recipes unless they say `schema:`.
@@ -39,19 +41,15 @@ def validate(config: ValidateConfig) -> str:
     Unknown keys get a "did you mean", wrong types name the expected type, and impossible combinations
     name the keys involved. Prints "OK" and the resolved settings when the file is valid.
     """
-    from domainlm import config as cfgmod
-    from domainlm.cli import _load
-    from domainlm.resources import recipe_path
-
     path = recipe_path(config.path)
     data = read_yaml(path)
     schema = config.schema or guess_schema(path, data)
     if schema not in SCHEMAS:
         raise ConfigError([f"schema '{schema}' is not one of {', '.join(SCHEMAS)}"], str(path))
     cls = _load(SCHEMAS[schema])
-    obj = cfgmod.build(cls, data, source=str(path))
+    obj = build(cls, data, source=str(path))
     print(f"OK: {path} is a valid {schema} file")
-    for key, value in cfgmod.to_dict(obj).items():
+    for key, value in to_dict(obj).items():
         mark = "" if key in data else "   (default)"
         print(f"  {key}: {value!r}{mark}")
     return schema

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ from typing import Literal
 import pytest
 
 from domainlm import config as cfgmod
-from domainlm.cli import main
+from domainlm.cli import main, parse_config, verb_named
 from domainlm.errors import ConfigError, SourceError
 from domainlm.resources import shipped_recipes
 
@@ -199,10 +201,23 @@ def test_minilm_embeddings_rank_paraphrase_above_unrelated(caplog):
     para = embed("In older patients, the medication reduced their blood pressure.")
     other = embed("The football match was postponed because of heavy snow.")
     assert float(a @ para) > float(a @ other) + 0.2
-    # and the missing masked-LM head is announced plainly
-    with caplog.at_level("WARNING"):
-        _, report = load_model("minilm", "masked")
-    assert report.fresh_parameters and any("initialised fresh" in m for m in report.messages)
+    # The missing masked-LM head is announced plainly, once; transformers' own table only under --verbose.
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+    hf_logger.addHandler(handler)
+    try:
+        with caplog.at_level("WARNING"):
+            _, report = load_model("minilm", "masked")
+        assert report.fresh_parameters and any("initialised fresh" in m for m in report.messages)
+        assert not [r for r in records if "LOAD REPORT" in r.getMessage()]
+        main(["--verbose"])  # the global flag (no verb: prints the usage)
+        load_model("minilm", "masked")
+        assert any("LOAD REPORT" in r.getMessage() and "MISSING" in r.getMessage() for r in records)
+    finally:
+        hf_logger.removeHandler(handler)
+        logging.getLogger("domainlm").setLevel(logging.NOTSET)
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert", "tiny-esm"])
@@ -239,3 +254,131 @@ def test_verbs_import_as_functions_and_corpora_submodules_stay_modules():
             "assert all(callable(f) and not isinstance(f, types.ModuleType) for f in (prepare, stats, download))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-1500:]
+
+
+# --------------------------------------------------------------------------------------------------
+# List flags: argparse's nargs="+" / action="extend" conventions (a test per form)
+# --------------------------------------------------------------------------------------------------
+
+def test_list_flag_takes_several_words_repeats_and_commas():
+    cfg = parse_config(verb_named("scaling sweep"), ["--sizes", "2x64", "4x64", "--tokens", "1e6,2e6",
+                                                    "--tokens", "3000000", "--sizes", "6x128"])
+    assert cfg.sizes == ["2x64", "4x64", "6x128"]  # several words, then the flag again: nothing dropped
+    assert cfg.tokens == [1_000_000, 2_000_000, 3_000_000]  # commas split; each item coerced to int
+
+
+def test_unquoted_shell_glob_reaches_a_list_flag_whole(tmp_path):
+    for name in ("a.xml.gz", "b.xml.gz", "c.xml.gz"):
+        (tmp_path / name).write_bytes(b"")
+    words = sorted(glob.glob(str(tmp_path / "*.xml.gz")))  # what the shell passes for an unquoted glob
+    cfg = parse_config(verb_named("corpus prepare"), ["--inputs", *words, "--model", "tiny-llama", "--out",
+                                                      str(tmp_path / "out")])
+    assert cfg.inputs == words and cfg.model == "tiny-llama"
+
+
+def test_repeated_override_keeps_every_entry_and_commas_inside_a_value(tmp_path):
+    from domainlm.bench.tasks import parse_overrides
+
+    cfg = parse_config(verb_named("bench"), ["--model", "tiny-bert", "--override", "ner.format=conll",
+                                             "--override", "ner.train=data/a=b.tsv", "ner.labels=A,B,C",
+                                             "--tasks", "ner,qa"])
+    assert cfg.override == ["ner.format=conll", "ner.train=data/a=b.tsv", "ner.labels=A,B,C"]
+    assert cfg.tasks == ["ner", "qa"]
+    parsed = parse_overrides(cfg.override)["ner"]
+    assert parsed["format"] == "conll" and parsed["labels"] == "A,B,C"
+    assert parsed["files"]["train"] == "data/a=b.tsv"  # split on the first '=' only
+
+
+def test_verbose_flag_after_the_verb(tmp_path, capsys):
+    try:
+        assert main(["validate", str(next(iter(shipped_recipes().values()))), "--verbose"]) == 0
+        assert logging.getLogger("domainlm").isEnabledFor(logging.DEBUG)
+    finally:
+        logging.getLogger("domainlm").setLevel(logging.NOTSET)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hub ids: the kind comes from the repo's config.json (a Hub cache made here, HF_HUB_OFFLINE=1)
+# --------------------------------------------------------------------------------------------------
+
+def _hub_cache(root, repos: dict[str, dict]):
+    """A Hugging Face Hub cache (HF_HUB_CACHE layout) holding only config.json for each repo."""
+    for repo_id, config in repos.items():
+        repo = root / ("models--" + repo_id.replace("/", "--"))
+        snapshot = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+        snapshot.mkdir(parents=True)
+        (snapshot / "config.json").write_text(json.dumps(config))
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(snapshot.name)
+    return root
+
+
+BERT = {"model_type": "bert", "architectures": ["BertForMaskedLM"]}
+LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+ESM = {"model_type": "esm", "architectures": ["EsmForMaskedLM"]}
+REMOTE = {"model_type": "custom", "auto_map": {"AutoModel": "modeling.Custom"}}
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    cache = _hub_cache(tmp_path / "hub", {"org/bert-x": BERT, "org/llama-x": LLAMA, "org/esm-x": ESM,
+                                          "org/remote-x": REMOTE})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # read once, at import
+    return cache
+
+
+def test_hub_id_kind_comes_from_its_config_offline(hub_cache):
+    from domainlm.sources import resolve
+
+    kinds = {spec: resolve(spec) for spec in ("org/bert-x", "org/llama-x", "org/esm-x")}
+    assert {s: src.kind for s, src in kinds.items()} == {"org/bert-x": "masked", "org/llama-x": "causal",
+                                                         "org/esm-x": "protein"}
+    assert kinds["org/bert-x"].origin == "hub (local cache)" and kinds["org/bert-x"].hub_id == "org/bert-x"
+    with pytest.raises(SourceError, match="auto_map"):
+        resolve("org/remote-x")
+
+
+def test_hub_id_kind_comes_from_its_config_online(hub_cache, monkeypatch):
+    """Online, the id stays the path (from_pretrained downloads the weights) but config.json still sets the kind
+    (it used to be 'causal' for every Hub id, so a BERT was trained on next-token prediction)."""
+    import huggingface_hub
+
+    from domainlm import sources
+
+    real = huggingface_hub.hf_hub_download
+    fetched = []
+
+    def download(repo_id, filename, **kw):  # the Hub stand-in: this test's cache, so no network is needed
+        fetched.append((repo_id, filename, kw.get("local_files_only")))
+        return real(repo_id, filename, local_files_only=True)
+
+    monkeypatch.setattr(sources, "hub_offline", lambda: False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    src = sources.resolve("org/bert-x")
+    assert (src.kind, src.origin, src.path) == ("masked", "hub", "org/bert-x")
+    assert fetched == [("org/bert-x", "config.json", False)]
+    assert sources.resolve("org/llama-x").kind == "causal"
+    with pytest.raises(SourceError, match="trust-remote-code"):
+        sources.resolve("org/remote-x")
+    assert sources.resolve("org/remote-x", trust_remote_code=True).kind == "masked"
+
+
+def test_hub_endpoint_and_offline_follow_huggingface_hub(monkeypatch):
+    import huggingface_hub.constants
+
+    from domainlm.sources import hub_endpoint, hub_offline, hub_reachable
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9/")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert hub_endpoint() == "http://127.0.0.1:9" and hub_offline()
+    assert not hub_reachable(timeout=2)  # port 9 (discard) on this machine refuses: the probe used HF_ENDPOINT
+
+
+def test_at_least_words_every_bound_check_one_way():
+    cfg = _Toy(steps=0)
+    assert cfgmod.at_least(cfg, steps=1, lr=0.0) == ["'steps' must be at least 1, got 0"]
+    assert cfgmod.at_least(_Toy(), steps=1) == [] and cfgmod.at_least(_Toy(name=None), name=1) == []

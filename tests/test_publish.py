@@ -65,7 +65,7 @@ def make_run(out: Path, *, method: str = "lora", model: str = "tiny-llama", trai
     corpus = out.parent / f"{out.name}-corpus"
     if not (corpus / "manifest.json").is_file():
         prepare(inputs=[str(_write_text_corpus(out.parent / f"{out.name}-docs"))], model=model, out=str(corpus),
-                block_size=64, validation_fraction=0.1, num_proc=1)
+                block_size=64, validation_fraction=0.1, workers=1)
     adapt(model=model, corpus=str(corpus), out=str(out), max_steps=steps, batch_size=2, eval_every=0,
           eval_batches=2, save_every=0, method=method, train_embeddings=train_embeddings, lora_r=4,
           general_eval="general-english-sample" if general else None, bf16="off")
@@ -407,3 +407,53 @@ def test_relative_paths_are_verified_from_the_fresh_process(full_run: Path, tmp_
     monkeypatch.chdir(tmp_path)
     publish(run_dir=os.path.relpath(full_run, tmp_path), out="rel-out")
     assert (tmp_path / "rel-out" / "model.safetensors").is_file()
+
+
+def test_bench_generate_and_publish_load_a_run_identically_and_qlora_like_lora(lora_run: Path, tmp_path: Path):
+    """One loader (domainlm.loading) for bench, generate and publish: the same weights from each, for a LoRA run
+    and for the same adapter marked as a qlora run."""
+    import torch
+    from safetensors.torch import load_file
+
+    from domainlm.bench.loading import load_for_eval
+    from domainlm.generate import load_causal
+    from domainlm.loading import load_run_model, read_run
+
+    probe = load_file(str(lora_run / "final" / "probe.safetensors"))
+    with torch.no_grad():
+        got = load_for_eval(str(lora_run)).model(input_ids=probe["input_ids"]).logits
+    assert torch.allclose(got, probe["logits"], atol=1e-4)
+    run = _copy_run(lora_run, tmp_path / "qlora-run")
+    man = json.loads((run / "manifest.json").read_text())
+    man["method"], man["config"]["method"] = "qlora", "qlora"
+    (run / "manifest.json").write_text(json.dumps(man))
+    info = read_run(run)
+    assert info.method == "qlora" and info.is_adapter and info.objective == "causal"
+    loaded = load_for_eval(str(run))
+    assert "QLoRA" in loaded.origin and loaded.base_model == info.base_model["model"]
+    models = [loaded.model, load_causal(str(run))[0], load_run_model(info)[0]]
+    with torch.no_grad():
+        outs = [m(input_ids=probe["input_ids"]).logits for m in models]
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
+def test_adapter_export_is_verified_on_the_base_as_the_run_held_it(lora_run: Path, tmp_path: Path):
+    """A run that held its frozen base in another precision (here bf16; qlora: NF4) records it in base_model.json;
+    an adapter-only export is verified on exactly those values, not on the fp32 checkpoint."""
+    import torch
+    from safetensors.torch import load_file
+
+    from domainlm.loading import base_source, read_run
+    from domainlm.publish.engine import _held_base
+
+    info = read_run(lora_run)
+    assert _held_base(info, tmp_path) == base_source(info).path  # fp32-held: the checkpoint itself
+    run = _copy_run(lora_run, tmp_path / "bf16-run")
+    meta = json.loads((run / "final" / "base_model.json").read_text())
+    (run / "final" / "base_model.json").write_text(json.dumps({**meta, "storage": "bfloat16"}))
+    held = Path(_held_base(read_run(run), tmp_path))
+    original = load_file(str(next(Path(base_source(info).path).glob("*.safetensors"))))
+    rebuilt = {k: v for f in held.glob("*.safetensors") for k, v in load_file(str(f)).items()}
+    name = next(k for k in original if k.endswith("q_proj.weight"))
+    assert rebuilt[name].dtype == torch.float32 and not torch.equal(rebuilt[name], original[name])
+    assert torch.equal(rebuilt[name], original[name].to(torch.bfloat16).float())

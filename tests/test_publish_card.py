@@ -158,3 +158,17 @@ def test_license_is_read_from_a_base_folder_card(tmp_path):
     assert _license_from_folder(str(tmp_path / "missing")) is None
     (tmp_path / "README.md").write_text("no metadata at all")
     assert _license_from_folder(str(tmp_path)) is None
+
+
+def test_qlora_run_is_described_as_an_adapter_over_a_4bit_base(tmp_path):
+    from domainlm.publish.card import render
+
+    text = render(_inputs(method="qlora", run={**RUN, "method": "qlora"}))
+    d = _load(text, tmp_path).data
+    assert {"lora", "qlora"} <= set(d.tags)
+    assert "| method | QLoRA (r=16, alpha=32, base held in 4-bit NF4 while training) |" in text
+    assert "QLoRA training" in text and "with the LoRA matrices" in text
+    full = render(_inputs(method="full"))
+    assert "qlora" not in full.lower() and "| method | full fine-tuning of all weights |" in full
+    adapter = render(_inputs(method="qlora", export={"kind": "adapter", "base_model_name_or_path": "org/base"}))
+    assert 'bnb_4bit_quant_type="nf4"' in adapter and 'base = AutoModelForCausalLM.from_pretrained("org/base")' in adapter

@@ -63,6 +63,8 @@ class FakeHub:
                 self.send_error(404)
 
             def do_GET(self):
+                if self.path.startswith("/api/agent-harnesses"):  # huggingface_hub's own daily registry fetch
+                    return self.send_error(404)
                 hub.requests.append({"method": "GET", "path": self.path, "headers": dict(self.headers), "body": b""})
                 self.send_error(404)
 
@@ -103,6 +105,7 @@ def _online(monkeypatch, url: str) -> None:
     import huggingface_hub.constants
 
     monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)  # read once, when huggingface_hub was imported
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 

@@ -1,43 +1,35 @@
 """Fault injection: SIGKILLed `adapt` and `corpus prepare` resume to the uninterrupted result; full disks fail
 cleanly and keep the previous checkpoint or publication.
 
-The trials live in benchmarks/reliability.py (which also writes benchmarks/RELIABILITY.md); these tests run
+The trials live in tests/harness/ (benchmarks/reliability.py runs them to write benchmarks/RELIABILITY.md); these tests run
 them small in the default tier and at the report's size in the slow tier. Commands run in processes forked
 from this one, so they skip the import of torch and transformers.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+import os
 
 import pytest
+from harness.faults import (
+    AdaptTrials,
+    DiskUnavailable,
+    PrepareTrials,
+    disk_full_checkpoint,
+    disk_full_publish,
+)
+from harness.procs import warm_imports
+from harness.report import kills
 
 from domainlm.errors import DomainLMError
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_harness():
-    """benchmarks/reliability.py as a module (benchmarks/ is not a package)."""
-    name = "domainlm_reliability"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "reliability.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-rel = load_harness()
-needs_fork = pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="forks the commands (POSIX only)")
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="forks the commands (POSIX only)")
 
 
 @pytest.fixture(scope="module")
 def adapt_bench(tmp_path_factory):
-    rel.warm_imports()
-    bench = rel.AdaptTrials(tmp_path_factory.mktemp("reliability-adapt"))
+    warm_imports()
+    bench = AdaptTrials(tmp_path_factory.mktemp("reliability-adapt"))
     bench.setup()  # prepares the PubMed sample and makes one uninterrupted 12-step run
     return bench
 
@@ -54,7 +46,7 @@ def test_kill_while_a_checkpoint_is_written_then_resume_matches(adapt_bench):
 
 @needs_fork
 def test_killed_prepare_reruns_to_the_same_corpus(tmp_path_factory):
-    bench = rel.PrepareTrials(tmp_path_factory.mktemp("reliability-prepare"))
+    bench = PrepareTrials(tmp_path_factory.mktemp("reliability-prepare"))
     bench.setup()
     t = bench.trial(0, mode="hook", kills=1)
     assert t.ok, t.outcome
@@ -83,7 +75,7 @@ def test_atomic_dir_turns_any_writers_full_disk_error_into_one_message(tmp_path)
 def _or_skip(fn, *args):
     try:
         return fn(*args)
-    except rel.DiskUnavailable as exc:
+    except DiskUnavailable as exc:
         pytest.skip(f"cannot mount a small tmpfs here ({exc})")
 
 
@@ -93,26 +85,26 @@ def test_adapt_kill_trials(adapt_bench):
     trials = [adapt_bench.trial(seed) for seed in range(12)]
     failed = [f"{t.name}: {t.outcome}" for t in trials if not t.ok]
     assert not failed, "\n".join(failed)
-    assert sum(rel._kills(t.outcome) for t in trials) >= 10
+    assert sum(kills(t.outcome) for t in trials) >= 10
     assert {t.tried.split(" kill")[0] for t in trials} == {"random", "checkpoint", "hook"}
 
 
 @pytest.mark.slow
 @needs_fork
 def test_prepare_kill_trials(tmp_path_factory):
-    bench = rel.PrepareTrials(tmp_path_factory.mktemp("reliability-prepare-slow"))
+    bench = PrepareTrials(tmp_path_factory.mktemp("reliability-prepare-slow"))
     bench.setup()
     trials = [bench.trial(seed) for seed in range(6)]
     failed = [f"{t.name}: {t.outcome}" for t in trials if not t.ok]
     assert not failed, "\n".join(failed)
-    assert sum(rel._kills(t.outcome) for t in trials) >= 5
+    assert sum(kills(t.outcome) for t in trials) >= 5
 
 
 @pytest.mark.slow
 @needs_fork
 @pytest.mark.parametrize("free_kib", [128, 1536, 2936])
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(adapt_bench, free_kib):
-    t = _or_skip(rel.disk_full_checkpoint, adapt_bench, free_kib)
+    t = _or_skip(disk_full_checkpoint, adapt_bench, free_kib)
     assert t.ok, t.outcome
     assert "no space left" in t.outcome and "step-00000003 intact" in t.outcome
 
@@ -120,7 +112,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(adapt_bench, free_
 @pytest.mark.slow
 @needs_fork
 def test_full_disk_during_publish_keeps_the_earlier_publication(adapt_bench):
-    t = _or_skip(rel.disk_full_publish, adapt_bench)
+    t = _or_skip(disk_full_publish, adapt_bench)
     assert t.ok, t.outcome
     assert "earlier publication intact" in t.outcome
 

@@ -1,6 +1,6 @@
 """Hypothesis-mutated input files for every reader: read (bad records counted), or refused naming the file.
 
-Targets and mutations live in benchmarks/reliability.py, which writes the same numbers at full size into
+Targets and mutations live in tests/harness/fuzz.py; benchmarks/reliability.py writes the same numbers at full size into
 benchmarks/RELIABILITY.md. Bugs that earlier fuzzing runs found (and that are fixed) are pinned by the
 regression tests at the end.
 """
@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 
 import pytest
-from test_reliability_faults import load_harness
+from harness.fixtures import MEDLINE, PUBMED_UPDATE, PUBMEDQA
+from harness.fuzz import FuzzStats, check_case, fuzz_target, fuzz_targets, mutate
 
 from domainlm.errors import DomainLMError
 
-rel = load_harness()
-TARGETS = {t.name: t for t in rel.fuzz_targets()}
+TARGETS = {t.name: t for t in fuzz_targets()}
 
 
 @pytest.mark.parametrize("name", list(TARGETS))
@@ -26,8 +26,8 @@ def test_seed_files_are_valid(name, tmp_path):
     for rel_path, data in target.files.items():
         (tmp_path / rel_path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel_path).write_bytes(data)
-    stats = rel.FuzzStats(name, target.group, 0)
-    assert rel.check_case(target, tmp_path, stats, "seed") is None
+    stats = FuzzStats(name, target.group, 0)
+    assert check_case(target, tmp_path, stats, "seed") is None
     assert (stats.accepted, stats.skipped, stats.refused) == (1, 0, 0)
     n, _ = target.run(tmp_path)
     assert n >= 1
@@ -35,15 +35,15 @@ def test_seed_files_are_valid(name, tmp_path):
 
 @pytest.mark.parametrize("name", list(TARGETS))
 def test_fuzzed_reader_reads_or_refuses_clearly(name, tmp_path):
-    stats = rel.fuzz_target(TARGETS[name], 40, seed=0, raise_on_bug=True, work=tmp_path)
+    stats = fuzz_target(TARGETS[name], 40, seed=0, raise_on_bug=True, work=tmp_path)
     assert stats.ok and stats.examples >= 40
-    assert stats.accepted + stats.skipped + stats.refused + sum(stats.known.values()) == stats.examples
+    assert stats.accepted + stats.skipped + stats.refused == stats.examples
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(TARGETS))
 def test_fuzzed_reader_thousands_of_cases(name, tmp_path):
-    stats = rel.fuzz_target(TARGETS[name], 3000, seed=1, raise_on_bug=True, work=tmp_path)
+    stats = fuzz_target(TARGETS[name], 3000, seed=1, raise_on_bug=True, work=tmp_path)
     assert stats.ok and stats.examples >= 3000
 
 
@@ -51,12 +51,12 @@ def test_mutations_are_reproducible_and_cover_gzip_and_fields():
     case = {"file": "x", "fields": [([0, 1], "set", None)], "bytes": [("insert", 3, b"<"), ("flip", 0, 1)],
             "gzip": "cut", "cut": 10}
     data = json.dumps({"a": 1, "b": {"c": 2}}).encode()
-    a, b = rel.mutate(data, case, "json"), rel.mutate(data, case, "json")
+    a, b = mutate(data, case, "json"), mutate(data, case, "json")
     assert a == b and a[:2] == b"\x1f\x8b" and len(a) == 12
 
 
 # --------------------------------------------------------------------------------------------------
-# Regression tests for bugs the fuzzing found (now fixed; see KNOWN_BUGS in the harness)
+# Regression tests for bugs the fuzzing found (all fixed)
 # --------------------------------------------------------------------------------------------------
 
 def _read_or_refuse(target: str, files: dict[str, bytes], tmp_path: Path) -> bool:
@@ -73,24 +73,24 @@ def _read_or_refuse(target: str, files: dict[str, bytes], tmp_path: Path) -> boo
 
 
 def test_huge_pmid_in_an_update_file(tmp_path):
-    update = rel.PUBMED_UPDATE.replace(b'<PMID Version="3">1003</PMID>', b'<PMID Version="3">99999999999999999999</PMID>')
+    update = PUBMED_UPDATE.replace(b'<PMID Version="3">1003</PMID>', b'<PMID Version="3">99999999999999999999</PMID>')
     assert _read_or_refuse("PubMed XML (baseline + update)", {"update.xml": update}, tmp_path)
 
 
 def test_medline_record_starting_with_a_continuation_line(tmp_path):
-    lines = rel.MEDLINE.split(b"\n")
+    lines = MEDLINE.split(b"\n")
     lines[0], lines[5] = lines[5], lines[0]  # '      two-state mechanism ...' becomes the first line
     assert _read_or_refuse("MEDLINE", {"records.medline": b"\n".join(lines)}, tmp_path)
 
 
 def test_pubmedqa_decision_that_is_a_list(tmp_path):
-    data = json.loads(rel.PUBMEDQA)
+    data = json.loads(PUBMEDQA)
     data["1002"]["final_decision"] = ["yes"]
     assert _read_or_refuse("PubMedQA JSON", {"pubmedqa.json": json.dumps(data).encode()}, tmp_path)
 
 
 def test_pubmedqa_context_that_is_not_text(tmp_path):
-    data = json.loads(rel.PUBMEDQA)
+    data = json.loads(PUBMEDQA)
     data["1002"]["CONTEXTS"] = ["Yeast grew.", None]
     assert _read_or_refuse("PubMedQA JSON", {"pubmedqa.json": json.dumps(data).encode()}, tmp_path)
 

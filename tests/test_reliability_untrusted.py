@@ -2,7 +2,7 @@
 weights and damaged weights give a clear SourceError, hostile XML reads no local file, and a Hub token in
 the environment reaches no output, log or message.
 
-The trials live in benchmarks/reliability.py (the report's numbers come from the same functions).
+The trials live in tests/harness/untrusted.py (the report's numbers come from the same functions).
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 
 import pytest
-from test_reliability_faults import load_harness, needs_fork
+from harness.procs import FAKE_TOKEN, warm_imports
+from harness.untrusted import Evil, secrets_trial, tiny_folder, untrusted_trials
+from test_reliability_faults import needs_fork
 
 from domainlm.cli import main
-
-rel = load_harness()
 
 EXPECTED = {"pickle-only weights", "safetensors beside a pickle", "remote code (config.json)",
             "remote code (tokenizer_config.json)", "config lies: hidden_size", "config lies: intermediate_size",
@@ -26,7 +26,7 @@ EXPECTED = {"pickle-only weights", "safetensors beside a pickle", "remote code (
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
-    return {t.name: t for t in rel.untrusted_trials(tmp_path_factory.mktemp("untrusted"), cli=False)}
+    return {t.name: t for t in untrusted_trials(tmp_path_factory.mktemp("untrusted"), cli=False)}
 
 
 def test_every_untrusted_case_is_refused_or_harmless(rows):
@@ -48,10 +48,10 @@ def test_refusals_say_why(rows):
 def test_cli_refuses_a_pickle_folder_in_one_line(tmp_path, capsys):
     import torch
 
-    folder = rel._tiny_folder(tmp_path / "pickled")
+    folder = tiny_folder(tmp_path / "pickled")
     (folder / "model.safetensors").unlink()
     marker = tmp_path / "ran"
-    torch.save({"w": rel._Evil(marker)}, folder / "pytorch_model.bin")
+    torch.save({"w": Evil(marker)}, folder / "pytorch_model.bin")
     rc = main(["adapt", "--model", str(folder), "--corpus", str(tmp_path / "none"), "--out", str(tmp_path / "run"),
                "--max-steps", "1"])
     err = capsys.readouterr().err
@@ -60,8 +60,8 @@ def test_cli_refuses_a_pickle_folder_in_one_line(tmp_path, capsys):
 
 
 def test_fake_token_never_reaches_outputs_logs_or_errors(tmp_path, monkeypatch, capsys, caplog):
-    monkeypatch.setenv("HF_TOKEN", rel.FAKE_TOKEN)
-    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", rel.FAKE_TOKEN)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", FAKE_TOKEN)
     caplog.set_level(logging.DEBUG)
     corpus, run = tmp_path / "corpus", tmp_path / "run"
     assert main(["corpus", "prepare", "--card", "pubmed-sample", "--model", "tiny-llama", "--block-size", "64",
@@ -74,23 +74,23 @@ def test_fake_token_never_reaches_outputs_logs_or_errors(tmp_path, monkeypatch, 
     captured = capsys.readouterr()
     text = captured.out + captured.err + caplog.text
     assert "HF_HUB_OFFLINE" in captured.err  # the error paths ran and said why
-    assert rel.FAKE_TOKEN not in text
-    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and rel.FAKE_TOKEN.encode() in p.read_bytes()]
+    assert FAKE_TOKEN not in text
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and FAKE_TOKEN.encode() in p.read_bytes()]
     assert not leaked and (run / "manifest.json").is_file()
 
 
 @pytest.mark.slow
 @needs_fork
 def test_untrusted_folders_through_the_cli(tmp_path):
-    rel.warm_imports()
-    failed = [f"{t.name}: {t.outcome}" for t in rel.untrusted_trials(tmp_path, cli=True) if not t.ok]
+    warm_imports()
+    failed = [f"{t.name}: {t.outcome}" for t in untrusted_trials(tmp_path, cli=True) if not t.ok]
     assert not failed, "\n".join(failed)
 
 
 @pytest.mark.slow
 @needs_fork
 def test_fake_token_through_prepare_adapt_publish_and_failures(tmp_path):
-    rel.warm_imports()
-    t = rel.secrets_trial(tmp_path)
+    warm_imports()
+    t = secrets_trial(tmp_path)
     assert t.ok, t.outcome
     assert "token found in 0" in t.outcome

@@ -57,6 +57,11 @@ class CardInputs:
     images: dict[str, str] = field(default_factory=dict)  # role -> file name beside the card
     corpus_license: str | None = None
 
+    @property
+    def adapter_method(self) -> str | None:
+        """'LoRA' or 'QLoRA' for runs that trained an adapter (qlora: over a 4-bit base), else None."""
+        return {"lora": "LoRA", "qlora": "QLoRA"}.get(self.method)
+
 
 # ----------------------------------------------------------------------------------------------------
 # numbers
@@ -212,8 +217,8 @@ def card_data(inp: CardInputs, rows: list[Row]):
     adapter = inp.export.get("kind") == "adapter"
     tags = ["domainlm", "domain-adaptation", "continued-pretraining",
             {"causal": "causal-lm", "masked": "masked-lm", "protein": "protein-language-model"}[inp.objective]]
-    if inp.method == "lora":
-        tags.append("lora")
+    if inp.adapter_method:
+        tags += ["lora"] + (["qlora"] if inp.method == "qlora" else [])
     if inp.objective == "protein":
         tags.append("biology")
     extra: dict[str, Any] = {}
@@ -237,7 +242,10 @@ def _load_snippet(inp: CardInputs) -> str:
                   "base.resize_token_embeddings(len(tokenizer))") if inp.added_tokens else ""
         return (f"```python\nfrom peft import PeftModel\nfrom transformers import {auto}, AutoTokenizer\n\n"
                 f'tokenizer = AutoTokenizer.from_pretrained("{where}")\n'
-                f'base = {auto}.from_pretrained("{base}"){resize}\n'
+                + ("# QLoRA: the adapter was trained against the base held in 4-bit NF4; loading it that way\n"
+                   "# (quantization_config=transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="
+                   "\"nf4\")) reproduces the run most closely.\n" if inp.method == "qlora" else "")
+                + f'base = {auto}.from_pretrained("{base}"){resize}\n'
                 f'model = PeftModel.from_pretrained(base, "{where}")\n```')
     if inp.objective == "causal":
         return (f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
@@ -277,9 +285,10 @@ def _training_section(inp: CardInputs) -> str:
     lines += [
         f"| objective | {inp.objective}" + (" (masked-token prediction)" if inp.objective != "causal" else
                                             " (next-token prediction)") + " |",
-        f"| method | {'LoRA' if inp.method == 'lora' else 'full fine-tuning of all weights'}"
+        f"| method | {inp.adapter_method or 'full fine-tuning of all weights'}"
         + (f" (r={cfg.get('lora_r')}, alpha={cfg.get('lora_alpha')}"
-           + (", embeddings trained fully" if cfg.get("train_embeddings") else "") + ")" if inp.method == "lora" else "")
+           + (", base held in 4-bit NF4 while training" if inp.method == "qlora" else "")
+           + (", embeddings trained fully" if cfg.get("train_embeddings") else "") + ")" if inp.adapter_method else "")
         + " |",
         f"| steps | {_num(run.get('steps'))} |",
         f"| tokens trained | {_num(run.get('tokens_trained'))} (sequences of {_num(run.get('block_size'))} tokens, "
@@ -292,7 +301,7 @@ def _training_section(inp: CardInputs) -> str:
                      f"{stream.get('replay_corpus')} (against forgetting) |")
     if params:
         extra = ""
-        if inp.method == "lora":
+        if inp.adapter_method:
             extra = " (with the LoRA matrices" + (" and the trained copies of fully trained modules"
                                                   if run.get("lora_modules_to_save") else "") + ")"
         lines.append(f"| parameters in training | {_num(params.get('total'))}{extra}, "
@@ -351,7 +360,7 @@ def render(inp: CardInputs) -> str:
     data = card_data(inp, rows)
     run = inp.run
     corpus = (run.get("corpus") or {}).get("name") or "a domain corpus"
-    method = "LoRA" if inp.method == "lora" else "full"
+    method = inp.adapter_method or "full"
     kind = {"merged": "the LoRA adapter merged into the base weights, a standalone model",
             "full": "all weights, a standalone model",
             "adapter": "the LoRA adapter alone: load it on top of the base model with peft"}[inp.export["kind"]]

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from domainlm.config import opt
+from domainlm.config import at_least, opt
 
 # Hub repo ids: "name" (the token owner's namespace) or "owner/name"; huggingface_hub's own validator
 # is applied again at push time, this one only catches typos before any work is done.
@@ -38,7 +38,7 @@ class PublishConfig:
     verify_timeout: int = opt(900, "seconds the fresh-process verification may take")
 
     def problems(self) -> list[str]:
-        out = []
+        out = at_least(self, verify_timeout=10)
         if self.dry_run and not self.push:
             out.append("'dry_run' lists what --push would upload: add --push REPO_ID, or drop --dry-run")
         if self.push is not None and not _REPO_ID.match(self.push):
@@ -46,6 +46,4 @@ class PublishConfig:
                        "'_', '.')")
         if self.tolerance is not None and not 0 < self.tolerance < 1:
             out.append(f"'tolerance' must be between 0 and 1, got {self.tolerance}")
-        if self.verify_timeout < 10:
-            out.append(f"'verify_timeout' must be at least 10 seconds, got {self.verify_timeout}")
         return out

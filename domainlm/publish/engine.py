@@ -12,9 +12,15 @@ from typing import Any
 
 from domainlm.artifacts import atomic_dir, atomic_write_text, read_manifest, sha256_file, write_manifest
 from domainlm.config import as_config, to_dict
+from domainlm.corpora.cards import list_cards, load_card
 from domainlm.errors import ConfigError, DataError, DomainLMError
+from domainlm.loading import RunInfo, base_source, load_base, load_run_model, load_run_tokenizer, read_run
+from domainlm.publish.card import CardInputs, render
 from domainlm.publish.config import PublishConfig
-from domainlm.publish.export import RunInfo, copy_if_present, read_run
+from domainlm.publish.export import copy_if_present, export_adapter, export_merged
+from domainlm.publish.push import find_token, push
+from domainlm.publish.verify import verify_folder, write_reference
+from domainlm.sources import PACKAGED, TINY, hub_offline
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +40,6 @@ def _hub_id(value: Any) -> str | None:
 
 
 def _base_description(name: str) -> str:
-    from domainlm.sources import PACKAGED, TINY
-
     if name in TINY:
         return TINY[name][1] + "; random weights, for tests"
     for p in PACKAGED:
@@ -83,10 +87,6 @@ def _license_from_folder(folder: str | None) -> str | None:
 def _corpus_card(run: dict[str, Any]) -> str | None:
     """The corpus card the run's corpus came from: its name, or the card its prepared folder records."""
     corpus = run.get("corpus") or {}
-    try:
-        from domainlm.corpora.cards import list_cards
-    except ImportError:
-        return None
     cards = list_cards()
     if corpus.get("name") in cards:
         return corpus["name"]
@@ -114,8 +114,6 @@ def _corpus_license(run: dict[str, Any]) -> str | None:
     card = _corpus_card(run)
     if card is None:
         return None
-    from domainlm.corpora.cards import load_card
-
     try:
         lic = load_card(card).get("license")
     except DomainLMError:
@@ -153,8 +151,6 @@ def _load_bench(folder: str) -> tuple[dict[str, Any] | None, str | None]:
 
 def _check(cfg: PublishConfig) -> tuple[RunInfo, dict[str, Any] | None, bool]:
     """Every input problem at once; returns the run, the bench report and whether ``out`` is reused."""
-    from domainlm.publish.push import find_token, offline_mode
-
     problems: list[str] = []
     run_dir, out = Path(cfg.run_dir), Path(cfg.out)
     info, run_error = None, None
@@ -177,7 +173,7 @@ def _check(cfg: PublishConfig) -> tuple[RunInfo, dict[str, Any] | None, bool]:
     if cfg.push and not cfg.dry_run and find_token()[0] is None:
         problems.append("'push': uploading needs a Hugging Face token with write access; set HF_TOKEN or run "
                         "`hf auth login` (or add --dry-run to see what would be uploaded)")
-    if cfg.push and not cfg.dry_run and offline_mode():
+    if cfg.push and not cfg.dry_run and hub_offline():
         problems.append("'push': HF_HUB_OFFLINE is set (domainlm's Makefile sets it), so nothing can be uploaded; "
                         "run the command with HF_HUB_OFFLINE=0")
     bench = None
@@ -185,7 +181,7 @@ def _check(cfg: PublishConfig) -> tuple[RunInfo, dict[str, Any] | None, bool]:
         bench, why = _load_bench(cfg.bench)
         if why:
             problems.append(why)
-    if info is not None and not cfg.merge and info.method != "lora":
+    if info is not None and not cfg.merge and not info.is_adapter:
         problems.append("'merge': --no-merge exports a LoRA adapter alone, but this run trained all weights "
                         "(method: full); drop --no-merge")
     if run_error is not None:
@@ -202,12 +198,9 @@ def _reference_probe(info: RunInfo, tokenizer: Any, scratch: Path) -> tuple[Path
     """The run's probe, or (for runs without one) fp32 logits of the unmerged run model on a fixed text."""
     if info.probe is not None:
         return info.probe, "final/probe.safetensors (the trained model's logits, written by adapt)"
-    from domainlm.publish.export import load_run_model
-    from domainlm.publish.verify import write_reference
-
     log.warning("%s has no probe.safetensors: verifying against the run model loaded in this process", info.final)
     ids = tokenizer(_FALLBACK_TEXT, return_tensors="pt")["input_ids"][:, :64]
-    model = load_run_model(info, merge=False)
+    model, _ = load_run_model(info, merge=False)
     return write_reference(model, ids, scratch / "reference.safetensors"), "the run's model loaded unmerged here"
 
 
@@ -223,8 +216,6 @@ def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
         result = _publish(cfg, info, bench)
     result["out"] = str(out)
     if cfg.push:
-        from domainlm.publish.push import push
-
         result["push"] = push(out, cfg.push, private=cfg.private, dry_run=cfg.dry_run,
                               commit_message=f"Upload {result.get('card', {}).get('model_name') or out.name} "
                                              "(published with domainlm)")
@@ -232,18 +223,13 @@ def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
 
 
 def _publish(cfg: PublishConfig, info: RunInfo, bench: dict[str, Any] | None) -> dict[str, Any]:
-    from domainlm.publish.card import CardInputs, render
-    from domainlm.publish.export import base_source, export_adapter, export_merged, load_tokenizer
-    from domainlm.publish.push import find_token
-    from domainlm.publish.verify import verify_folder
-
     t0 = time.perf_counter()
     out = Path(cfg.out)
     run = info.manifest
     base = run.get("base") or {}
     base_name = str(base.get("name") or info.base_model.get("model") or (run.get("config") or {}).get("model"))
     base_path = None
-    if info.method == "lora":
+    if info.is_adapter:
         src = base_source(info)
         base_path = src.path
         base_hub = _hub_id(base.get("hub_id")) or _hub_id(src.hub_id) or _hub_id(info.base_model.get("hub_id"))
@@ -259,7 +245,7 @@ def _publish(cfg: PublishConfig, info: RunInfo, bench: dict[str, Any] | None) ->
     if not license_:
         log.warning("the base model's license is not known: the card says so and leaves `license` for you to "
                     "fill in (or pass --license)")
-    tokenizer = load_tokenizer(info)
+    tokenizer = load_run_tokenizer(info)
     added = sum(1 for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if not t.special)
     corpus_name = _corpus_name(run)
     if corpus_name:
@@ -267,7 +253,7 @@ def _publish(cfg: PublishConfig, info: RunInfo, bench: dict[str, Any] | None) ->
         run = {**run, "corpus": {**(run.get("corpus") or {}), "name": corpus_name}}
     model_name = cfg.model_name or (cfg.push.split("/")[-1] if cfg.push else out.resolve().name)
     token = find_token()[0]
-    adapter = info.method == "lora" and not cfg.merge
+    adapter = info.is_adapter and not cfg.merge
 
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix="domainlm-publish-") as scratch:
         if adapter:
@@ -275,9 +261,10 @@ def _publish(cfg: PublishConfig, info: RunInfo, bench: dict[str, Any] | None) ->
         else:
             export = export_merged(info, tmp, cfg.dtype)
         probe, reference = _reference_probe(info, tokenizer, Path(scratch))
+        verify_base = _held_base(info, Path(scratch)) if adapter else base_path
         log.info("verifying %s in a fresh Python process (plain transformers)", out)
         verification = verify_folder(tmp, probe=probe, objective=info.objective, dtype=cfg.dtype,
-                                     reference_tokenizer=info.final, adapter=adapter, base_path=base_path,
+                                     reference_tokenizer=info.final, adapter=adapter, base_path=verify_base,
                                      tolerance=cfg.tolerance, timeout=cfg.verify_timeout, secrets=(token,))
         verification["reference"] = reference
         if not verification["passed"]:
@@ -318,6 +305,18 @@ def _publish(cfg: PublishConfig, info: RunInfo, bench: dict[str, Any] | None) ->
         _open_permissions(tmp)
     _summary(out, manifest)
     return manifest
+
+
+def _held_base(info: RunInfo, scratch: Path) -> str:
+    """The base folder an adapter export is verified on: the checkpoint itself, or, when the run held its frozen
+    base in another precision (qlora: 4-bit NF4; bf16-frozen LoRA), those exact values written in fp32 here, so
+    the check compares the adapter against the model that was trained (see domainlm.quant.dequantized_base)."""
+    source = base_source(info)
+    if (info.base_model.get("storage") or "float32") == "float32":
+        return source.path
+    folder = scratch / "held-base"
+    load_base(info).save_pretrained(str(folder))
+    return str(folder)
 
 
 def _check_card(path: Path) -> None:

@@ -1,8 +1,9 @@
-"""Read a finished run and write its final model as a folder plain ``transformers`` loads.
+"""Write a finished run's final model as a folder plain ``transformers`` loads (merged or as an adapter).
 
-A full run's ``final/`` is already a transformers folder; a LoRA run's is a peft adapter plus
-``base_model.json`` naming the base. Merging loads that base the way adapt did (domainlm.sources),
-resizes it to the run's vocabulary, applies the adapter and folds it into the weights.
+The run is read and loaded by :mod:`domainlm.loading`, the loader bench and generate use too, so the
+model published is loaded exactly as the model benchmarked: a full run's ``final/`` through the same
+safety checks, an adapter run (``lora``/``qlora``) as its base sized to the run's vocabulary with the
+adapter applied and folded into the weights.
 """
 
 from __future__ import annotations
@@ -10,163 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from domainlm.artifacts import read_manifest
-from domainlm.errors import DataError, DomainLMError, IncompleteArtifactError, SourceError
+from domainlm.loading import RunInfo, load_run_model, load_run_tokenizer
+from domainlm.sources import count_parameters
 
 log = logging.getLogger(__name__)
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-# Tokenizer files a transformers tokenizer folder may hold; copied as they are for adapter exports.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
-
-
-@dataclass
-class RunInfo:
-    """A finished run as publish sees it."""
-
-    run_dir: Path
-    manifest: dict[str, Any]
-    final: Path
-    method: str  # "full" | "lora"
-    objective: str  # "causal" | "masked" | "protein"
-    base_model: dict[str, Any] = field(default_factory=dict)  # final/base_model.json (LoRA runs)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.manifest.get("config") or {}
-
-    @property
-    def probe(self) -> Path | None:
-        p = self.final / "probe.safetensors"
-        return p if p.is_file() else None
-
-
-def read_run(run_dir: str | Path) -> RunInfo:
-    """Check that ``run_dir`` is a finished adapt run with a complete final model, and describe it.
-
-    Raises:
-        IncompleteArtifactError: the manifest is missing or says the run did not finish, or the final
-            model folder is missing or incomplete.
-        DataError: the final folder lacks the files its method needs.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DataError(f"run folder {run_dir} does not exist; pass the --out folder of a `domainlm adapt` run")
-    try:
-        manifest = read_manifest(run_dir, "run")
-    except IncompleteArtifactError as exc:
-        raise IncompleteArtifactError(f"{run_dir} is not a finished run: {exc}. Publish needs a run that reached "
-                                      "its last step; resume it with `domainlm adapt --out "
-                                      f"{run_dir} --resume`") from None
-    except DomainLMError as exc:
-        raise DataError(f"{run_dir} is not a run folder: {exc}") from None
-    final = run_dir / (manifest.get("final_dir") or "final")
-    if not final.is_dir():
-        raise IncompleteArtifactError(f"{run_dir}: the manifest says the run finished but its final model folder "
-                                      f"{final} is missing; re-run `domainlm adapt` (with --overwrite)")
-    try:
-        read_manifest(final, "final")
-    except DomainLMError as exc:
-        raise IncompleteArtifactError(f"{final}: the final model folder is not complete ({exc}); re-run `domainlm "
-                                      "adapt` (with --overwrite)") from None
-    method = manifest.get("method") or (manifest.get("config") or {}).get("method") or "full"
-    objective = manifest.get("objective") or "causal"
-    base_model: dict[str, Any] = {}
-    if method == "lora":
-        missing = [n for n in (*ADAPTER_FILES, "base_model.json") if not (final / n).is_file()]
-        if missing:
-            raise DataError(f"{final} is a LoRA run's final folder but lacks {', '.join(missing)}; the run folder "
-                            "is damaged: re-run `domainlm adapt`")
-        try:
-            base_model = json.loads((final / "base_model.json").read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{final / 'base_model.json'} is not valid JSON ({exc}); re-run `domainlm adapt`") from None
-        objective = base_model.get("objective") or objective
-    else:
-        if not (final / "config.json").is_file() or not any(final.glob("*.safetensors")):
-            raise DataError(f"{final} should hold a full model (config.json and *.safetensors) but does not; "
-                            "re-run `domainlm adapt`")
-    return RunInfo(run_dir, manifest, final, method, objective, base_model)
-
-
-# ----------------------------------------------------------------------------------------------------
-# loading
-# ----------------------------------------------------------------------------------------------------
-
-def base_source(info: RunInfo):
-    """The resolved base of a LoRA run as a :class:`~domainlm.sources.ModelSource` whose ``path`` is a
-    plain safetensors folder (GGUF bases are dequantised into the cache)."""
-    from domainlm.sources import materialise, resolve
-
-    cfg = info.config
-    kwargs = {"allow_pickle": bool(cfg.get("allow_pickle")), "trust_remote_code": bool(cfg.get("trust_remote_code"))}
-    spec = info.base_model.get("model") or cfg.get("model")
-    try:
-        src = resolve(spec, **kwargs)
-    except SourceError as first:
-        # The spec may have been a folder that moved; the path adapt recorded may still exist.
-        path = info.base_model.get("path")
-        if not path or not Path(path).is_dir() or not (Path(path) / "config.json").is_file():
-            raise SourceError(f"the base model of {info.run_dir} ('{spec}', from {info.final / 'base_model.json'}) "
-                              f"cannot be loaded: {first}") from None
-        src = resolve(path, **kwargs)
-    return materialise(src)
-
-
-def load_base(info: RunInfo):
-    """The base model of a LoRA run, loaded as adapt loaded it and sized to the run's vocabulary."""
-    from domainlm.sources import load_model
-
-    cfg = info.config
-    src = base_source(info)
-    model, _ = load_model(src, info.objective, allow_pickle=bool(cfg.get("allow_pickle")),
-                          trust_remote_code=bool(cfg.get("trust_remote_code")))
-    vocab = info.base_model.get("vocab_size")
-    if vocab and vocab > model.get_input_embeddings().weight.shape[0]:
-        # adapt resized before wrapping; the new rows are replaced by the adapter's saved embeddings
-        # (modules_to_save), so how they are initialised here does not matter.
-        model.resize_token_embeddings(vocab, mean_resizing=False)
-    return model
-
-
-def load_run_model(info: RunInfo, *, merge: bool = True):
-    """The run's final model in fp32 and eval mode: full weights, or the base with the LoRA adapter.
-
-    With ``merge`` the adapter is folded into the weights (a plain transformers model); without it the
-    peft wrapper is returned.
-    """
-    from domainlm.sources import auto_class
-
-    if info.method != "lora":
-        import torch
-
-        model = auto_class(info.objective).from_pretrained(str(info.final), dtype=torch.float32)
-        model.eval()
-        return model
-    from peft import PeftModel
-
-    base = load_base(info)
-    model = PeftModel.from_pretrained(base, str(info.final))
-    model.eval()
-    if merge:
-        model = model.merge_and_unload()
-        model.eval()
-    return model
-
-
-def load_tokenizer(info: RunInfo):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(info.final))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"the tokenizer in {info.final} cannot be loaded ({exc}); re-run `domainlm adapt`") from None
-
 
 # ----------------------------------------------------------------------------------------------------
 # writing
@@ -200,8 +51,8 @@ def _untie_if_trained_apart(model: Any) -> bool:
 
 def export_merged(info: RunInfo, tmp: Path, dtype: str) -> dict[str, Any]:
     """Write the (merged) model, tokenizer and, for causal models, the generation config into ``tmp``."""
-    model = load_run_model(info, merge=True)
-    tokenizer = load_tokenizer(info)
+    model, _ = load_run_model(info, merge=True)
+    tokenizer = load_run_tokenizer(info)
     untied = _untie_if_trained_apart(model)
     if info.objective == "causal":
         # adapt turns the KV cache off for training; generation wants it back.
@@ -212,9 +63,7 @@ def export_merged(info: RunInfo, tmp: Path, dtype: str) -> dict[str, Any]:
     tokenizer.save_pretrained(str(tmp))
     if info.objective == "causal" and not (tmp / "generation_config.json").is_file():
         model.generation_config.save_pretrained(str(tmp))
-    from domainlm.sources import count_parameters
-
-    return {"kind": "merged" if info.method == "lora" else "full", "parameters": count_parameters(model),
+    return {"kind": "merged" if info.is_adapter else "full", "parameters": count_parameters(model),
             "vocab_size": int(model.get_input_embeddings().weight.shape[0]), "tokenizer_size": len(tokenizer),
             "architecture": (model.config.architectures or [type(model).__name__])[0], "untied_embeddings": untied,
             "model_type": model.config.model_type}
@@ -253,7 +102,7 @@ def export_adapter(info: RunInfo, tmp: Path, dtype: str, base_hub_id: str | None
     target = _torch_dtype(dtype)
     tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
     save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-    tokenizer = load_tokenizer(info)
+    tokenizer = load_run_tokenizer(info)
     tokenizer.save_pretrained(str(tmp))
     n = sum(v.numel() for v in tensors.values())
     has_embeddings = any("embed" in k or "lm_head" in k or "modules_to_save" in k for k in tensors)

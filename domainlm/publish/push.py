@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from domainlm.errors import DomainLMError
+from domainlm.sources import hub_endpoint, hub_offline
 
 log = logging.getLogger(__name__)
-
-DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
 def find_token() -> tuple[str | None, str]:
@@ -35,16 +34,6 @@ def find_token() -> tuple[str | None, str]:
     except Exception:  # a damaged token file must not stop a dry run; treated as no token
         token = None
     return (token, "huggingface_hub's stored login (hf auth login)") if token else (None, "none")
-
-
-def endpoint() -> str:
-    """The Hub endpoint: ``HF_ENDPOINT`` when set (mirrors, tests), else huggingface.co."""
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def offline_mode() -> bool:
-    """True when HF_HUB_OFFLINE is set, which makes huggingface_hub refuse every request."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def redact(text: str, secrets: tuple[str | None, ...]) -> str:
@@ -127,7 +116,7 @@ def push(folder: str | Path, repo_id: str, *, private: bool = True, dry_run: boo
         DomainLMError: no token for a real push, or the Hub refused the upload (message scrubbed).
     """
     token, token_source = find_token()
-    ep = endpoint()
+    ep = hub_endpoint()
     url = f"{ep}/{repo_id}"
     plan = upload_plan(folder)
     info: dict[str, Any] = {"repo_id": repo_id, "endpoint": ep, "url": url, "private": private, "dry_run": dry_run,
@@ -142,7 +131,7 @@ def push(folder: str | Path, repo_id: str, *, private: bool = True, dry_run: boo
     if token is None:
         raise DomainLMError("pushing needs a Hugging Face token with write access: set HF_TOKEN or run "
                             "`hf auth login`, then run the command again")
-    if offline_mode():
+    if hub_offline():
         raise DomainLMError("HF_HUB_OFFLINE is set (domainlm's Makefile sets it), so huggingface_hub refuses to "
                             "upload; run the push with HF_HUB_OFFLINE=0")
     from huggingface_hub import CommitOperationAdd, HfApi
