@@ -134,19 +134,21 @@ def test_exact_and_near_duplicates_are_dropped(tmp_path):
     assert m["counts"]["documents"] == 9 and m["counts"]["drops"] == {}
 
 
-def test_same_output_with_worker_processes(tmp_path):
-    src = _jsonl(tmp_path / "d.jsonl", _docs(700, 4))
-    kw = dict(inputs=[str(src)], model="tiny-llama", block_size=64, validation_fraction=0.1, shard_size=300)
-    prepare(out=str(tmp_path / "one"), num_proc=1, **kw)
-    prepare(out=str(tmp_path / "two"), num_proc=2, **kw)
+def test_same_output_with_several_tasks(tmp_path):
+    docs = _docs(700, 4)
+    srcs = [str(_jsonl(tmp_path / f"d{k}.jsonl", docs[k * 250:(k + 1) * 250], prefix=f"f{k}-")) for k in range(3)]
+    kw = dict(inputs=srcs, model="tiny-llama", block_size=64, validation_fraction=0.1, shard_size=300)
+    one = prepare(out=str(tmp_path / "one"), tasks=1, **kw)
+    three = prepare(out=str(tmp_path / "three"), tasks=3, workers=2, **kw)
+    assert three["executor"]["tasks"] == 3 and one["counts"] == three["counts"]
     for split in ("train", "validation"):
         a, da = _blocks(tmp_path / "one", split)
-        b, db = _blocks(tmp_path / "two", split)
+        b, db = _blocks(tmp_path / "three", split)
         assert np.array_equal(a, b) and np.array_equal(da, db)
 
 
-def test_interrupted_prepare_resumes_after_the_last_finished_shard(tmp_path, monkeypatch):
-    src = _jsonl(tmp_path / "d.jsonl", _docs(50, 5) + [_docs(1, 5)[0]])  # one exact duplicate across shards
+def test_interrupted_prepare_resumes_with_the_finished_tasks(tmp_path, monkeypatch):
+    src = _jsonl(tmp_path / "d.jsonl", _docs(50, 5) + [_docs(1, 5)[0]])  # one exact duplicate
     kw = dict(inputs=[str(src)], model="tiny-llama", block_size=32, validation_fraction=0.2, shard_size=10)
     prepare(out=str(tmp_path / "whole"), **kw)
     out = tmp_path / "cut"
@@ -161,14 +163,15 @@ def test_interrupted_prepare_resumes_after_the_last_finished_shard(tmp_path, mon
     assert not (out / "manifest.json").exists()
     with pytest.raises(IncompleteArtifactError):
         load_prepared(out)
-    first_shard = out / "train" / "shard-00000.arrow"
-    stamp = first_shard.stat().st_mtime_ns
-    assert not (out / "train" / "shard-00002.arrow").exists()
-    calls = []
+    assert (out / ".work" / "logs" / "read" / "completions" / "00000").is_file()
+    from domainlm.corpora import steps
+
+    calls, reads = [], []
     monkeypatch.setattr(prepare_mod, "_after_shard", calls.append)
+    monkeypatch.setattr(steps.ReadClean, "run", lambda self, *a, **k: reads.append(a) or iter(()))
     manifest = prepare(out=str(out), **kw)
-    assert calls == [2, 3, 4, 5]  # shards 0 and 1 were not redone
-    assert first_shard.stat().st_mtime_ns == stamp
+    assert calls == [0, 1, 2, 3, 4]  # the pack stage is redone (50 documents, 10 a shard) ...
+    assert reads == []  # ... the finished read stage is not
     whole = read_corpus_manifest(tmp_path / "whole")
     assert manifest["counts"] == whole["counts"] and manifest["splits"] == whole["splits"]
     assert manifest["counts"]["drops"] == {"exact_duplicate": 1}
@@ -176,7 +179,7 @@ def test_interrupted_prepare_resumes_after_the_last_finished_shard(tmp_path, mon
         a, da = _blocks(out, split)
         b, db = _blocks(tmp_path / "whole", split)
         assert np.array_equal(a, b) and np.array_equal(da, db)
-    assert not (out / ".progress").exists()
+    assert not (out / ".work").exists()
 
 
 def test_finished_folder_is_reused_and_changes_need_overwrite(tmp_path):

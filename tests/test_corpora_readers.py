@@ -10,11 +10,9 @@ import pytest
 
 from domainlm.corpora.proteins import check_sequence
 from domainlm.corpora.pubmed import scan_pubmed_events
-from domainlm.corpora.readers import (
+from domainlm.corpora.readers import Document, ReaderOptions, SkipLog
+from domainlm.corpora.registry import (
     _READERS,
-    Document,
-    ReaderOptions,
-    SkipLog,
     get_reader,
     iter_documents,
     reader_names,
@@ -201,6 +199,41 @@ def test_outsiders_add_a_format_found_by_auto_detection(tmp_path):
         assert files[0].format == "test-glossary" and [d.id for d in docs] == ["alloy", "steel"]
     finally:
         _READERS.pop("test-glossary", None)
+
+
+def test_a_registered_reader_is_a_valid_format_and_builtins_come_from_one_table(tmp_path):
+    from domainlm.corpora.registry import BUILTIN_READERS
+    from domainlm.corpora.settings import PrepareConfig
+
+    assert set(BUILTIN_READERS) <= set(reader_names()) and "paragraphs" in BUILTIN_READERS
+    assert "unknown 'format' 'test-glosary'" in " ".join(PrepareConfig(inputs=["x"], format="test-glosary").problems())
+    register_reader("test-glossary2", lambda path, ctx: iter(()))
+    try:
+        assert PrepareConfig(inputs=["x"], format="test-glossary2").problems() == []
+        problems = PrepareConfig(inputs=["x"], format="test-glosary2").problems()
+        assert any("did you mean 'test-glossary2'" in p for p in problems)
+    finally:
+        _READERS.pop("test-glossary2", None)
+
+
+def test_text_is_one_document_per_line_and_paragraphs_split_at_blank_lines(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("First paragraph, line one.\nline two.\n\n\nSecond paragraph.\n")
+    lines, _, _ = read([path], "text")
+    paragraphs, _, _ = read([path], "paragraphs")
+    assert [d.text for d in lines] == ["First paragraph, line one.", "line two.", "Second paragraph."]
+    assert [d.text for d in paragraphs] == ["First paragraph, line one.\nline two.", "Second paragraph."]
+    assert paragraphs[1].metadata["source"].endswith(":5")  # the line the paragraph starts on
+
+
+def test_readers_do_not_import_the_registry_or_prepare():
+    import subprocess
+    import sys
+
+    code = ("import sys; import domainlm.corpora.readers, domainlm.corpora.pubmed, domainlm.corpora.proteins, "
+            "domainlm.corpora.cards; bad = [m for m in ('domainlm.corpora.registry', 'domainlm.corpora.prepare') "
+            "if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ---- bad input ---------------------------------------------------------------------------------------

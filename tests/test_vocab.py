@@ -285,7 +285,7 @@ def test_prepared_corpus_is_decoded_and_its_validation_split_is_held_out(corpus_
 
     prepared = tmp_path / "prepared"
     prepare(inputs=[str(corpus_files[0])], model="tiny-llama", out=str(prepared), block_size=32,
-            validation_fraction=0.3, dedup=False, near_dup=False, num_proc=1)
+            validation_fraction=0.3, dedup=False, near_dup=False, tasks=1)
     train = read_texts(str(prepared))
     held = read_held_out(None, train)
     assert train.source["kind"] == "prepared" and held.source["split"] == "validation"
@@ -369,7 +369,7 @@ def test_lora_adapt_and_merge_keep_the_new_rows(rows, tiny_llama_extended, corpu
     out, manifest = tiny_llama_extended
     new_ids = [a["id"] for a in manifest["added"]]
     prepare(inputs=[str(corpus_files[0])], model=str(out), out=str(tmp_path / "corpus"), block_size=32,
-            validation_fraction=0.2, near_dup=False, dedup=False, num_proc=1)
+            validation_fraction=0.2, near_dup=False, dedup=False, tasks=1)
     run = tmp_path / "run"
     adapt(model=str(out), corpus=str(tmp_path / "corpus"), out=str(run), method="lora",
           train_embeddings=True, embedding_rows=rows, max_steps=2, batch_size=2, eval_every=0,

@@ -17,15 +17,15 @@ from typing import Any
 
 _EXPORTS = {
     "Document": "domainlm.corpora.readers:Document",
-    "register_reader": "domainlm.corpora.readers:register_reader",
-    "reader_names": "domainlm.corpora.readers:reader_names",
-    "get_reader": "domainlm.corpora.readers:get_reader",
-    "PrepareConfig": "domainlm.corpora.prepare:PrepareConfig",
+    "register_reader": "domainlm.corpora.registry:register_reader",
+    "reader_names": "domainlm.corpora.registry:reader_names",
+    "get_reader": "domainlm.corpora.registry:get_reader",
+    "PrepareConfig": "domainlm.corpora.settings:PrepareConfig",
     "load_prepared": "domainlm.corpora.pack:load_prepared",
     "load_documents": "domainlm.corpora.pack:load_documents",
     "read_corpus_manifest": "domainlm.corpora.pack:read_corpus_manifest",
     "load_card": "domainlm.corpora.cards:load_card",
-    "prepare_card": "domainlm.corpora.cards:prepare_card",
+    "prepare_card": "domainlm.corpora.prepare:prepare_card",
     "list_cards": "domainlm.corpora.cards:list_cards",
     "fragmentation": "domainlm.corpora.stats:fragmentation",
 }

@@ -1,5 +1,5 @@
 """Corpus cards: ``corpora/<name>.yaml`` says where a corpus comes from, its license and format, and how
-to prepare it (a ``prepare:`` mapping of :class:`~domainlm.corpora.prepare.PrepareConfig` fields).
+to prepare it (a ``prepare:`` mapping of :class:`~domainlm.corpora.settings.PrepareConfig` fields).
 
 Input paths in a card are relative to the card's folder; ``{data}`` stands for the download folder
 (``$DOMAINLM_DATA``, default ``~/.cache/domainlm/data``), where ``domainlm corpus download`` puts
@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from domainlm.errors import ConfigError
+from domainlm.corpora.settings import PrepareConfig
+from domainlm.errors import ConfigError, did_you_mean
 
 REQUIRED_KEYS = ("name", "description", "source", "license", "format", "prepare")
 
@@ -40,8 +41,6 @@ def card_path(name: str | Path) -> Path:
     known = list_cards()
     if str(name) in known:
         return known[str(name)]
-    from domainlm.config import did_you_mean
-
     raise ConfigError([f"unknown corpus card '{name}'{did_you_mean(str(name), known)}; shipped cards: "
                        f"{', '.join(known)} (or pass a path to a card .yaml)"])
 
@@ -66,7 +65,6 @@ def load_card(name: str | Path) -> dict[str, Any]:
     Every problem (missing descriptive keys, unknown or mistyped ``prepare`` options) is reported at once.
     """
     from domainlm.config import build, read_yaml
-    from domainlm.corpora.prepare import PrepareConfig
 
     path = card_path(name)
     card = read_yaml(path)
@@ -111,16 +109,11 @@ def heldout_inputs(name: str | Path) -> list[str]:
     return [resolve_card_path(p, base) for p in card.get("heldout", []) or []]
 
 
-def prepare_card(name: str, model: str, out: str | Path, block_size: int | None = None,
-                 **overrides: Any) -> dict[str, Any]:
-    """Prepare the corpus a card describes with ``model``'s tokenizer into ``out``; returns the manifest.
+def __getattr__(name: str) -> Any:
+    # prepare_card moved to domainlm.corpora.prepare (cards are read by prepare, so this module stays below
+    # it); the name still resolves here for callers written before the move.
+    if name == "prepare_card":
+        from domainlm.corpora.prepare import prepare_card
 
-    A complete folder at ``out`` prepared with the same settings, tokenizer and inputs is reused as is.
-    """
-    from domainlm.corpora.prepare import prepare
-
-    values: dict[str, Any] = {"card": name, "model": model, "out": str(out)}
-    if block_size is not None:
-        values["block_size"] = block_size
-    values.update(overrides)
-    return prepare(**values)
+        return prepare_card
+    raise AttributeError(f"module 'domainlm.corpora.cards' has no attribute '{name}'")

@@ -1,9 +1,8 @@
-"""Cleaning and deduplication: Unicode normalisation, whitespace repair, length filters, exact and
-near-duplicate removal (MinHash LSH from ``datasketch``), and the hashed train/validation split.
+"""Cleaning and the per-document hashes: Unicode normalisation, whitespace repair, length filters, the
+exact-duplicate key, MinHash shingles and the hashed train/validation split.
 
-The per-document functions here are pure and run in worker processes; :class:`Deduper` holds the
-cross-document state and runs in the main process, in input order, so results do not depend on the
-number of workers.
+These are pure functions run inside the datatrove tasks of ``corpus prepare`` (steps.py); the
+cross-document decisions (exact and near-duplicates, PubMed revisions) are datatrove stages on disk.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import re
 import unicodedata
 import zlib
 from dataclasses import dataclass
-from typing import Any
 
 # C0/C1 control characters other than tab/newline (str.split() already treats \x0b, \x0c, \x1c-\x1f and
 # \x85 as whitespace), and invisible characters that break words for tokenizers: zero-width space/
@@ -39,9 +37,6 @@ class CleanOptions:
     max_chars: int | None = None
     min_length: int = 20
     max_length: int | None = None
-    near_dup: bool = True
-    num_perm: int = 128
-    validation_fraction: float = 0.05
 
 
 def clean_text(text: str, form: str = "NFC") -> str:
@@ -167,140 +162,3 @@ def shingle_hashes(text: str, kind: str):
             combined += h[k:m + k] * _POSITION[k]
         h = combined
     return _mix(h) >> np.uint64(32)
-
-
-class MinHasher:
-    """MinHash signatures with ``datasketch``; one MinHash object is reused (its constructor draws or parses
-    the permutations, which costs more than hashing an abstract)."""
-
-    def __init__(self, num_perm: int) -> None:
-        from datasketch import MinHash
-
-        self.num_perm = num_perm
-        # The shingle hashes are already 32-bit integers, so the identity is the hash function.
-        self._m = MinHash(num_perm=num_perm, hashfunc=int, scheme="affine32")
-
-    def signature(self, hashes) -> Any:
-        import numpy as np
-
-        m = self._m
-        m.clear()
-        m.update_batch(hashes.tolist())
-        return m.hashvalues.astype(np.uint32)
-
-
-class HashSet:
-    """A set of 64-bit hashes in ~8 bytes each: a sorted numpy array plus a small Python set of recent ones.
-
-    A Python ``set`` of ints costs ~70 bytes per entry, which for tens of millions of documents is the
-    largest thing in memory; no maintained library offers a compact integer set, so this is written here.
-    """
-
-    def __init__(self, buffer: int = 1 << 16) -> None:
-        import numpy as np
-
-        self.np = np
-        self.sorted = np.zeros(0, dtype=np.uint64)
-        self.recent: set[int] = set()
-        self.buffer = buffer
-
-    def __contains__(self, h: int) -> bool:
-        if h in self.recent:
-            return True
-        arr = self.sorted
-        i = int(self.np.searchsorted(arr, self.np.uint64(h)))
-        return i < len(arr) and int(arr[i]) == h
-
-    def add(self, h: int) -> None:
-        self.recent.add(h)
-        if len(self.recent) >= self.buffer:
-            self._merge()
-
-    def update(self, hashes) -> None:
-        for h in hashes:
-            self.add(int(h))
-
-    def _merge(self) -> None:
-        np = self.np
-        self.sorted = np.union1d(self.sorted, np.fromiter(self.recent, dtype=np.uint64, count=len(self.recent)))
-        self.recent.clear()
-
-    def __len__(self) -> int:
-        return len(self.sorted) + len(self.recent)
-
-
-class Deduper:
-    """Exact (64-bit content hash) and near-duplicate (MinHash LSH) state, in input order.
-
-    LSH candidates are confirmed with the MinHash estimate of their Jaccard similarity, as datasketch
-    recommends; without that check, pairs well below the threshold (0.65-0.7, e.g. point-mutated
-    protein variants) would be dropped by chance. Memory grows with the number of kept documents:
-    8 bytes each for exact deduplication, and for near-duplicates datasketch's in-memory LSH index plus
-    the signature (num_perm * 4 bytes), a few KB per document (measured in benchmarks/SPEED_PREPARE.md).
-    For tens of millions of documents, turn ``near_dup`` off (the pubmed card does).
-    """
-
-    _CHUNK = 1 << 14  # signatures stored in blocks of this many documents
-
-    def __init__(self, exact: bool, near_dup: bool, threshold: float, num_perm: int) -> None:
-        self.use_exact = exact
-        self.exact = HashSet()
-        self.lsh = None
-        self.num_perm = num_perm
-        self.threshold = threshold
-        self._sigs: list[Any] = []
-        if near_dup:
-            from datasketch import MinHash, MinHashLSH
-
-            self._probe = MinHash(num_perm=num_perm, scheme="affine32")
-            # Band keys shortened to 8 bytes: the default keeps r*8 raw bytes per band and document.
-            self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm,
-                                  hashfunc=lambda b: hashlib.blake2b(b, digest_size=8).digest())
-
-    def _minhash(self, sig):
-        import numpy as np
-
-        # One MinHash reused for every query and insert (the LSH keeps only band hashes, not the object);
-        # constructing one per document would cost more than the lookup.
-        self._probe.hashvalues = sig.astype(np.uint64)
-        return self._probe
-
-    def _store(self, doc_index: int, sig) -> None:
-        import numpy as np
-
-        block, row = divmod(doc_index, self._CHUNK)
-        while len(self._sigs) <= block:
-            self._sigs.append(np.zeros((self._CHUNK, self.num_perm), dtype=np.uint32))
-        self._sigs[block][row] = sig
-
-    def _similar(self, sig, candidates) -> bool:
-        for idx in candidates:
-            block, row = divmod(int(idx), self._CHUNK)
-            if float((self._sigs[block][row] == sig).mean()) >= self.threshold:
-                return True
-        return False
-
-    def check(self, key: int, sig, doc_index: int) -> str | None:
-        """None when the document is new (and record it), else 'exact_duplicate' / 'near_duplicate'."""
-        if self.use_exact and key in self.exact:
-            return "exact_duplicate"
-        if self.lsh is not None and sig is not None:
-            m = self._minhash(sig)
-            candidates = self.lsh.query(m)
-            if candidates and self._similar(sig, candidates):
-                return "near_duplicate"
-            self.lsh.insert(doc_index, m, check_duplication=False)
-            self._store(doc_index, sig)
-        if self.use_exact:
-            self.exact.add(key)
-        return None
-
-    def restore(self, keys, sigs, doc_indices) -> None:
-        """Re-insert documents kept by finished shards of an interrupted run."""
-        if self.use_exact:
-            self.exact.update(keys)
-        if self.lsh is not None and sigs is not None:
-            with self.lsh.insertion_session() as session:
-                for sig, idx in zip(sigs, doc_indices, strict=True):
-                    session.insert(int(idx), self._minhash(sig), check_duplication=False)
-                    self._store(int(idx), sig)

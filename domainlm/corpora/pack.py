@@ -175,7 +175,11 @@ def block_features(block_size: int):
 
 
 class Packer:
-    """Concatenates documents of one split and cuts full blocks; the remainder waits for more."""
+    """Concatenates documents of one split and cuts full blocks; the remainder waits for more.
+
+    Tokens arrive as arrays with a document index per token (``add`` takes many documents at once), so packing
+    a batch is a few numpy calls instead of a Python loop over documents.
+    """
 
     def __init__(self, block_size: int) -> None:
         import numpy as np
@@ -183,26 +187,26 @@ class Packer:
         self.np = np
         self.block_size = block_size
         self._ids: list[Any] = []
-        self._docs: list[int] = []
-        self._lens: list[int] = []
+        self._docs: list[Any] = []
         self.pending = 0
         self.carry_ids = np.zeros(0, dtype=np.int32)
         self.carry_docs = np.zeros(0, dtype=np.int32)
 
-    def add(self, ids, doc_index: int) -> None:
-        self._ids.append(ids)
-        self._docs.append(doc_index)
-        self._lens.append(len(ids))
+    def add(self, ids, doc_ids) -> None:
+        """Append token ``ids`` whose documents are ``doc_ids`` (one per token, or one int for all of them)."""
+        np = self.np
+        if np.isscalar(doc_ids):
+            doc_ids = np.full(len(ids), doc_ids, dtype=np.int32)
+        self._ids.append(np.asarray(ids, dtype=np.int32))
+        self._docs.append(np.asarray(doc_ids, dtype=np.int32))
         self.pending += len(ids)
 
     def full_blocks(self) -> tuple[Any, Any]:
         """All complete blocks so far as two ``(n, block_size)`` int32 arrays."""
         np = self.np
         ids = np.concatenate([self.carry_ids, *self._ids]) if self._ids else self.carry_ids
-        docs = np.concatenate([self.carry_docs, np.repeat(np.asarray(self._docs, dtype=np.int32),
-                                                          np.asarray(self._lens, dtype=np.int64))]) \
-            if self._ids else self.carry_docs
-        self._ids, self._docs, self._lens, self.pending = [], [], [], 0
+        docs = np.concatenate([self.carry_docs, *self._docs]) if self._docs else self.carry_docs
+        self._ids, self._docs, self.pending = [], [], 0
         n = len(ids) // self.block_size * self.block_size
         self.carry_ids, self.carry_docs = ids[n:].copy(), docs[n:].copy()
         return ids[:n].reshape(-1, self.block_size), docs[:n].reshape(-1, self.block_size)
@@ -210,15 +214,6 @@ class Packer:
     @property
     def buffered(self) -> int:
         return self.pending + len(self.carry_ids)
-
-    def state(self) -> dict[str, list[int]]:
-        assert not self._ids, "call full_blocks() before saving the packer state"
-        return {"ids": self.carry_ids.tolist(), "doc_ids": self.carry_docs.tolist()}
-
-    def restore(self, state: dict[str, list[int]]) -> None:
-        np = self.np
-        self.carry_ids = np.asarray(state.get("ids", []), dtype=np.int32)
-        self.carry_docs = np.asarray(state.get("doc_ids", []), dtype=np.int32)
 
 
 class BlockWriter:

@@ -1,10 +1,10 @@
 """``domainlm corpus prepare``: read, clean, deduplicate, split, tokenise and pack a domain corpus.
 
-The run streams: readers yield one document at a time, documents travel in small batches to worker
-processes (cleaning, hashing, MinHash, tokenising) and come back in input order to the main process,
-which deduplicates, assigns global document indices and packs blocks. Output is written shard by shard
-(``shard_size`` input documents each); every finished shard leaves a record in ``OUT/.progress``, so
-an interrupted run picks up after the last finished shard. ``OUT/manifest.json`` is written last.
+The work runs as datatrove stages (domainlm/corpora/steps.py has the steps and the order) on the
+executor ``--executor`` names: ``local`` (processes on this machine), ``slurm`` (sbatch job arrays that
+depend on each other, written and submitted by datatrove) or ``ray``. Intermediate files and datatrove's
+completion markers live in ``OUT/.work``, so re-running an interrupted prepare skips the finished tasks.
+``OUT/manifest.json`` is written last, by the final (pack) stage.
 """
 
 from __future__ import annotations
@@ -16,90 +16,22 @@ import logging
 import os
 import shutil
 import time
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from domainlm.config import as_config, build, opt, to_dict
+from domainlm.config import as_config, build, to_dict
+from domainlm.corpora.cards import card_prepare_values
+from domainlm.corpora.settings import PrepareConfig
 from domainlm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-Format = Literal["auto", "pubmed-xml", "medline", "arxiv", "text", "jsonl", "csv", "txt-folder", "fasta", "swissprot"]
+__all__ = ["PrepareConfig", "prepare", "prepare_card"]
 
 # Config fields that do not change the prepared data (so changing them does not invalidate a folder).
-_VOLATILE = {"num_proc", "overwrite", "out", "card", "inputs"}
-PROGRESS = ".progress"
-BATCH_DOCS = 256
-
-
-@dataclass
-class PrepareConfig:
-    """Options of ``domainlm corpus prepare`` (a recipe YAML may set any of them)."""
-
-    inputs: list[str] = opt(factory=list, help="files, folders or globs to read, in order (.gz read transparently; "
-                                               "PubMed update files go after the baseline)")
-    format: Format = opt("auto", "input format; 'auto' decides per file from its content and name")
-    text_field: str = opt("text", "JSONL key / CSV column holding the text")
-    id_field: str | None = opt(None, "JSONL key / CSV column holding a document id (default: 'id' when present, "
-                                     "else a hash of the text)")
-    categories: list[str] | None = opt(None, "arXiv categories to keep (globs allowed), e.g. cond-mat.mtrl-sci")
-    model: str = opt("", "base model whose tokenizer packs the corpus (a folder, Hub id, minilm, smollm2, tiny-*)")
-    block_size: int = opt(256, "tokens per packed block (training sequence length)")
-    out: str = opt("", "output folder")
-    validation_fraction: float = opt(0.05, "share of documents held out for validation, chosen by a hash of the "
-                                           "document id (stable when files are added)")
-    unicode_form: Literal["NFC", "NFKC", "none"] = opt("NFC", "Unicode normalisation; NFKC would turn x² into x2")
-    min_chars: int = opt(20, "drop text documents shorter than this many characters (after cleaning)")
-    max_chars: int | None = opt(None, "drop text documents longer than this many characters")
-    keep_title_only: bool = opt(False, "keep PubMed records that have a title but no abstract (counted as "
-                                       "no_abstract and dropped by default, as BioGPT and PubMedBERT did)")
-    dedup: bool = opt(True, "drop exact duplicates (64-bit hash of the cleaned text)")
-    near_dup: bool = opt(True, "drop near-duplicates (datasketch MinHash LSH over word trigrams / residue 5-mers)")
-    near_dup_threshold: float = opt(0.8, "estimated Jaccard similarity above which a document is a near-duplicate")
-    near_dup_num_perm: int = opt(128, "MinHash permutations (datasketch's default; more is slower and sharper)")
-    min_length: int = opt(20, "proteins: drop sequences with fewer residues")
-    max_length: int | None = opt(None, "proteins: drop sequences with more residues (long ones are otherwise "
-                                       "continued across blocks)")
-    ambiguous: Literal["keep", "to-x", "drop"] = opt("keep", "proteins: U/O/B/Z/J/X residues: keep them, rewrite "
-                                                               "them to X (ProtTrans), or drop the sequence")
-    shard_size: int = opt(20000, "input documents per output shard; an interrupted run resumes after the last "
-                                 "finished shard")
-    num_proc: int | None = opt(None, "worker processes for cleaning and tokenising (default: one per CPU, up to "
-                                     "8; 1 for inputs under 4 MB)")
-    overwrite: bool = opt(False, "replace an existing prepared folder made with different settings")
-    card: str | None = opt(None, "a corpus card (corpora/<name>.yaml) whose prepare: settings fill in every option "
-                                 "left at its default")
-
-    def problems(self) -> list[str]:
-        out = []
-        if not self.inputs and not self.card:
-            out.append("'inputs' is empty: name files, folders or globs to read (or a corpus card with 'card')")
-        if self.block_size < 8:
-            out.append(f"'block_size' must be at least 8, got {self.block_size}")
-        if not 0 <= self.validation_fraction < 1:
-            out.append(f"'validation_fraction' must be in [0, 1), got {self.validation_fraction}")
-        if self.min_chars < 0 or self.min_length < 0:
-            out.append("'min_chars' and 'min_length' cannot be negative")
-        if self.max_chars is not None and self.max_chars <= self.min_chars:
-            out.append(f"'max_chars' ({self.max_chars}) must be larger than 'min_chars' ({self.min_chars})")
-        if self.max_length is not None and self.max_length <= self.min_length:
-            out.append(f"'max_length' ({self.max_length}) must be larger than 'min_length' ({self.min_length})")
-        if not 0 < self.near_dup_threshold < 1:
-            out.append(f"'near_dup_threshold' must be between 0 and 1, got {self.near_dup_threshold}")
-        if self.near_dup_num_perm < 16:
-            out.append(f"'near_dup_num_perm' must be at least 16, got {self.near_dup_num_perm}")
-        if self.shard_size < 1:
-            out.append(f"'shard_size' must be positive, got {self.shard_size}")
-        if self.num_proc is not None and self.num_proc < 1:
-            out.append(f"'num_proc' must be at least 1, got {self.num_proc}")
-        if self.categories and self.format not in ("auto", "arxiv"):
-            out.append(f"'categories' filters arXiv metadata, but 'format' is '{self.format}'")
-        if not self.text_field:
-            out.append("'text_field' cannot be empty")
-        return out
+_VOLATILE = {"overwrite", "out", "card", "inputs", "executor", "tasks", "workers", "partition", "time"}
+WORK = ".work"
+SMALL_INPUT = 4 * 2**20  # below this, one task: starting processes costs more than it saves
 
 
 def prepare(config: PrepareConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
@@ -109,7 +41,8 @@ def prepare(config: PrepareConfig | str | None = None, **overrides: Any) -> dict
     doc_ids; load with domainlm.corpora.load_prepared), documents/ (which source id each document
     index is) and, written last, manifest.json (inputs and hashes, counts and drops by reason, tokenizer,
     config, versions). Re-running with the same settings reuses a finished folder and resumes an
-    interrupted one. Returns the manifest.
+    interrupted one. Returns the manifest (with ``--executor slurm``, the jobs are submitted and the
+    returned dict says where the manifest will appear).
     """
     card_values = None
     if isinstance(config, PrepareConfig) and config.card and not overrides:
@@ -117,8 +50,6 @@ def prepare(config: PrepareConfig | str | None = None, **overrides: Any) -> dict
     else:
         card_name = overrides.get("card") or (config.get("card") if isinstance(config, dict) else None)
         if card_name and not isinstance(config, PrepareConfig):
-            from domainlm.corpora.cards import card_prepare_values
-
             # Python API: the card's settings are the base and every keyword given wins.
             card_values = card_prepare_values(card_name)
             base = dict(config) if isinstance(config, dict) else {}
@@ -133,8 +64,6 @@ def prepare(config: PrepareConfig | str | None = None, **overrides: Any) -> dict
 def _apply_card(config: PrepareConfig) -> PrepareConfig:
     """Fill every option left at its default from the card (command line: flags given explicitly win,
     except a flag set to exactly its default value, which cannot be told from an unset one)."""
-    from domainlm.corpora.cards import card_prepare_values
-
     values = card_prepare_values(config.card)
     defaults = {f.name: (f.default if f.default is not dataclasses.MISSING
                          else f.default_factory())  # type: ignore[misc]
@@ -146,35 +75,37 @@ def _apply_card(config: PrepareConfig) -> PrepareConfig:
     return build(PrepareConfig, merged)
 
 
-@dataclass
-class _Batch:
-    shard: int
-    payload: list[tuple[str, str, str]]
-    sources: list[str]
-    end: dict[str, Any] | None = None  # set on the last batch of a shard: position and reader-skip snapshot
+def prepare_card(name: str, model: str, out: str | Path, block_size: int | None = None,
+                 **overrides: Any) -> dict[str, Any]:
+    """Prepare the corpus a card describes with ``model``'s tokenizer into ``out``; returns the manifest.
 
+    A complete folder at ``out`` prepared with the same settings, tokenizer and inputs is reused as is.
+    """
+    values: dict[str, Any] = {"card": name, "model": model, "out": str(out)}
+    if block_size is not None:
+        values["block_size"] = block_size
+    values.update(overrides)
+    return prepare(**values)
 
-# --------------------------------------------------------------------------------------------------
-# The run
-# --------------------------------------------------------------------------------------------------
 
 def _after_shard(shard: int) -> None:
-    """Called after each finished shard (tests replace it to simulate an interruption)."""
+    """Called by the pack stage after each finished output shard (tests replace it to simulate an interruption)."""
 
 
 class _Run:
     def __init__(self, config: PrepareConfig) -> None:
         self.config = config
         self.out = Path(config.out).expanduser()
-        self.progress = self.out / PROGRESS
+        self.work = self.out / WORK
 
     # ---- set-up -------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         from domainlm.artifacts import MANIFEST
-        from domainlm.corpora.readers import SkipLog, resolve_inputs
+        from domainlm.corpora.readers import SkipLog
+        from domainlm.corpora.registry import resolve_inputs
 
-        t0 = time.perf_counter()
+        self.started = time.time()
         c = self.config
         # model and out are checked here, not in problems(), so a recipe may leave them to the command line.
         missing = [m for m, ok in ((
@@ -197,17 +128,18 @@ class _Run:
         existing = self._existing_manifest()
         if existing is not None:
             return existing
-        state = self._load_progress()
+        self.tasks, self.workers = self._plan_tasks()
+        self._check_work()
         manifest_path = self.out / MANIFEST
         if manifest_path.exists():  # an overwritten folder: its old manifest must go first
             manifest_path.unlink()
-        return self._pipeline(state, t0)
+        return self._execute()
 
     def _hash_inputs(self) -> list[dict[str, Any]]:
         from domainlm.artifacts import sha256_file
 
         cache: dict[tuple[str, int, int], str] = {}
-        for src in (self.out / "manifest.json", self.progress / "config.json"):
+        for src in (self.out / "manifest.json", self.work / "config.json"):
             try:
                 data = json.loads(src.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -236,7 +168,7 @@ class _Run:
 
         path = self.out / MANIFEST
         if not path.is_file():
-            if self.out.is_dir() and any(self.out.iterdir()) and not (self.progress / "config.json").is_file():
+            if self.out.is_dir() and any(self.out.iterdir()) and not (self.work / "config.json").is_file():
                 raise ConfigError([f"'out': {self.out} exists and is not a domainlm corpus folder; choose a new or "
                                    "empty folder (domainlm never deletes folders it did not write)"])
             return None
@@ -249,7 +181,7 @@ class _Run:
                                "another folder"])
         if manifest.get("complete") and manifest.get("fingerprint") == self.fingerprint and not self.config.overwrite:
             log.info("%s is already prepared with these settings, tokenizer and inputs: reusing it", self.out)
-            shutil.rmtree(self.progress, ignore_errors=True)
+            shutil.rmtree(self.work, ignore_errors=True)
             return manifest
         if not self.config.overwrite:
             diff = _config_diff(manifest.get("config", {}), to_dict(self.config))
@@ -262,277 +194,244 @@ class _Run:
         return None
 
     def _clear(self) -> None:
-        for name in ("train", "validation", "documents", PROGRESS, "stats"):
+        for name in ("train", "validation", "documents", WORK, "stats"):
             shutil.rmtree(self.out / name, ignore_errors=True)
 
-    def _load_progress(self) -> dict[str, Any] | None:
-        """The cumulative state after the last finished shard of an interrupted run, or None."""
+    def _check_work(self) -> None:
+        """An unfinished run's work folder is resumed when its settings match, else refused (or cleared)."""
         from domainlm.artifacts import atomic_write_json
 
-        cfg_path = self.progress / "config.json"
+        cfg_path = self.work / "config.json"
         if cfg_path.is_file():
             try:
                 saved = json.loads(cfg_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 saved = {}
-            if saved.get("fingerprint") != self.fingerprint:
-                if not self.config.overwrite:
-                    diff = _config_diff(saved.get("config", {}), to_dict(self.config))
-                    why = f" (differs in: {', '.join(diff)})" if diff else " (different tokenizer or input files)"
-                    raise ConfigError([f"'out': {self.out} holds an unfinished prepare with other settings{why}; "
-                                       "pass --overwrite to start over, or choose another --out"])
-                self._clear()
-        if not cfg_path.is_file():
-            self._clear()
-            atomic_write_json(cfg_path, {"fingerprint": self.fingerprint, "config": to_dict(self.config),
-                                         "inputs": self.inputs})
-            return None
-        state = None
-        k = 0
-        while (self.progress / f"shard-{k:05d}.json").is_file():
-            state = json.loads((self.progress / f"shard-{k:05d}.json").read_text(encoding="utf-8"))
-            k += 1
-        # Anything written for shard k or later belongs to the interrupted shard: remove it.
-        for folder in ("train", "validation", "documents", PROGRESS):
-            for p in (self.out / folder).glob("*"):
-                stem = p.name.lstrip(".").split(".")[0]
-                if stem.startswith("shard-") and stem[6:11].isdigit() and int(stem[6:11]) >= k:
-                    p.unlink()
-                elif p.name.endswith(".tmp"):
-                    p.unlink()
-        if state is not None:
-            log.info("resuming %s after %d finished shard(s) (%d documents read)", self.out, k, state["docs_read"])
-        return state
-
-    # ---- the streaming pipeline -----------------------------------------------------------------
-
-    def _batches(self, stream, shard: int, start_docs: int, skips, start_pos) -> Iterator[_Batch]:
-        size = self.config.shard_size
-        it = iter(stream)
-        last_pos = start_pos
-        docs_read = start_docs
-        while True:
-            payload: list[tuple[str, str, str]] = []
-            sources: list[str] = []
-            count = 0
-            ended = False
-            while count < size:
-                try:
-                    doc, kind, pos = next(it)
-                except StopIteration:
-                    ended = True
-                    break
-                payload.append((doc.id, doc.text, kind))
-                sources.append(str(doc.metadata.get("source", "")))
-                count += 1
-                last_pos = pos
-                if len(payload) == BATCH_DOCS and count < size:
-                    yield _Batch(shard, payload, sources)
-                    payload, sources = [], []
-            docs_read += count
-            end = {"position": last_pos.as_dict(), "reader": skips.snapshot(), "end_of_input": ended,
-                   "docs_read": docs_read}
-            yield _Batch(shard, payload, sources, end)
-            if ended:
+            same = saved.get("fingerprint") == self.fingerprint and saved.get("tasks") == self.tasks
+            if same:
+                log.info("resuming the unfinished prepare in %s (finished tasks are skipped)", self.out)
                 return
-            shard += 1
+            if not self.config.overwrite and saved.get("fingerprint") != self.fingerprint:
+                diff = _config_diff(saved.get("config", {}), to_dict(self.config))
+                why = f" (differs in: {', '.join(diff)})" if diff else " (different tokenizer or input files)"
+                raise ConfigError([f"'out': {self.out} holds an unfinished prepare with other settings{why}; "
+                                   "pass --overwrite to start over, or choose another --out"])
+            # Another task count splits the files differently: the finished tasks cannot be reused.
+        self._clear()
+        atomic_write_json(cfg_path, {"fingerprint": self.fingerprint, "config": to_dict(self.config),
+                                     "inputs": self.inputs, "tasks": self.tasks})
 
-    def _pipeline(self, state: dict[str, Any] | None, t0: float) -> dict[str, Any]:
-        import numpy as np
+    # ---- the datatrove stages -------------------------------------------------------------------
 
-        from domainlm.corpora.clean import CleanOptions, Deduper
-        from domainlm.corpora.pack import BlockWriter, Packer, write_documents
-        from domainlm.corpora.pubmed import scan_pubmed_events
-        from domainlm.corpora.readers import Position, ReaderOptions, SkipLog, iter_documents
-
-        c = self.config
-        packers = {s: Packer(c.block_size) for s in ("train", "validation")}
-        deduper = Deduper(c.dedup, c.near_dup, c.near_dup_threshold, c.near_dup_num_perm) \
-            if (c.dedup or c.near_dup) else None
-        skips = SkipLog()
-        counters: Counter[str] = Counter()
-        split_counts = {s: {"blocks": 0, "tokens": 0, "documents": 0, "files": 0} for s in packers}
-        shard, next_doc, tokens_total, docs_read = 0, 0, 0, 0
-        start = Position()
-        if state is not None:
-            shard = state["shard"] + 1
-            next_doc, tokens_total, docs_read = state["next_doc"], state["tokens"], state["docs_read"]
-            counters.update(state["drops"])
-            skips.restore(state["reader"])
-            split_counts = state["splits"]
-            for s, p in packers.items():
-                p.restore(state["carry"][s])
-            start = Position(**state["position"])
-            if deduper is not None:
-                for k in range(shard):
-                    saved = np.load(self.progress / f"dedup-{k:05d}.npz")
-                    sigs = saved["sigs"] if "sigs" in saved.files else None
-                    deduper.restore(saved["keys"], sigs, saved["doc_index"])
-            if state.get("end_of_input"):
-                return self._finish(state, t0)
-        for reason, n in self.setup_skips.counts.items():  # files in folders that no reader understands
-            if state is None:
-                skips.counts[reason] += n
-        events = scan_pubmed_events(self.files)
-        options = ReaderOptions(text_field=c.text_field, id_field=c.id_field, categories=c.categories,
-                                ambiguous=c.ambiguous, keep_title_only=c.keep_title_only)
-        stream = iter_documents(self.files, options, skips, start=start, pubmed_events=events)
-        clean_opts = CleanOptions(c.unicode_form, c.min_chars, c.max_chars, c.min_length, c.max_length, c.near_dup,
-                                  c.near_dup_num_perm, c.validation_fraction)
-        num_proc = self._num_proc()
-        log.info("preparing %d input file(s) -> %s with %s (%d process%s)", len(self.files), self.out, c.model,
-                 num_proc, "es" if num_proc > 1 else "")
-        from domainlm.corpora.workers import Ordered
-
-        runner = Ordered(num_proc, (self.plan, clean_opts, c.near_dup, c.near_dup_num_perm))
-        writers: dict[str, BlockWriter] = {}
-        ok = False
+    def _cpus(self) -> int:
         try:
-            doc_rows: dict[str, list] = {k: [] for k in ("doc_index", "id", "split", "tokens", "chars")}
-            dedup_rows: dict[str, list] = {"keys": [], "sigs": [], "doc_index": []}
-            last_state = state
-            t_shard = time.perf_counter()
-            for batch, res in runner.map(self._batches(stream, shard, docs_read, skips, start)):
-                if not writers:
-                    writers = {s: BlockWriter(self.out / s / f"shard-{batch.shard:05d}.arrow", c.block_size)
-                               for s in packers}
-                offsets = np.concatenate([[0], np.cumsum(res.lengths)])
-                j = 0
-                for (doc_id, _, _), why in zip(batch.payload, res.reasons, strict=True):
-                    if why is not None:
-                        counters[why] += 1
-                        continue
-                    sig = res.sigs[j] if res.sigs is not None else None
-                    verdict = deduper.check(int(res.keys[j]), sig, next_doc) if deduper is not None else None
-                    if verdict is not None:
-                        counters[verdict] += 1
-                        j += 1
-                        continue
-                    split = "validation" if res.validation[j] else "train"
-                    ids = res.ids[offsets[j]:offsets[j + 1]]
-                    packers[split].add(ids, next_doc)
-                    split_counts[split]["documents"] += 1
-                    tokens_total += len(ids)
-                    for key, value in (("doc_index", next_doc), ("id", doc_id), ("split", split),
-                                       ("tokens", len(ids)), ("chars", res.chars[j])):
-                        doc_rows[key].append(value)
-                    if deduper is not None:
-                        dedup_rows["keys"].append(int(res.keys[j]))
-                        dedup_rows["doc_index"].append(next_doc)
-                        if sig is not None:
-                            dedup_rows["sigs"].append(sig)
-                    next_doc += 1
-                    j += 1
-                    if next_doc >= 2**31 - 1:
-                        raise DataError("more than 2^31 documents: split the inputs into several prepared corpora")
-                for s, p in packers.items():
-                    if p.pending >= 1 << 20:
-                        writers[s].write(*p.full_blocks())
-                if batch.end is None:
-                    continue
-                # ---- the shard is complete: write its files, then its progress record ----
-                for s, p in packers.items():
-                    blocks, docs = p.full_blocks()
-                    writers[s].write(blocks, docs)
-                    split_counts[s]["blocks"] += writers[s].blocks
-                    split_counts[s]["tokens"] += writers[s].blocks * c.block_size
-                    split_counts[s]["files"] += int(writers[s].close())
-                writers = {}
-                if doc_rows["doc_index"]:
-                    write_documents(self.out / "documents" / f"shard-{batch.shard:05d}.arrow", doc_rows)
-                self._save_dedup(batch.shard, dedup_rows)
-                last_state = {"shard": batch.shard, "next_doc": next_doc, "tokens": tokens_total,
-                              "docs_read": batch.end["docs_read"], "position": batch.end["position"],
-                              "reader": batch.end["reader"], "end_of_input": batch.end["end_of_input"],
-                              "drops": dict(counters), "splits": split_counts,
-                              "carry": {s: p.state() for s, p in packers.items()}}
-                from domainlm.artifacts import atomic_write_json
-
-                atomic_write_json(self.progress / f"shard-{batch.shard:05d}.json", last_state)
-                dt = time.perf_counter() - t_shard
-                log.info("shard %d done: %d documents read, %d kept, %d tokens so far (%.1f s)", batch.shard,
-                         batch.end["docs_read"], next_doc, tokens_total, dt)
-                t_shard = time.perf_counter()
-                doc_rows = {k: [] for k in doc_rows}
-                dedup_rows = {k: [] for k in dedup_rows}
-                _after_shard(batch.shard)
-            ok = True
-        finally:
-            for w in writers.values():
-                w.abort()
-            runner.close(ok)
-        assert last_state is not None and last_state["end_of_input"]
-        return self._finish(last_state, t0)
-
-    def _save_dedup(self, shard: int, rows: dict[str, list]) -> None:
-        import numpy as np
-
-        if not self.config.dedup and not self.config.near_dup:
-            return
-        arrays = {"keys": np.asarray(rows["keys"], dtype=np.uint64),
-                  "doc_index": np.asarray(rows["doc_index"], dtype=np.int64)}
-        if rows["sigs"]:
-            arrays["sigs"] = np.stack(rows["sigs"]).astype(np.uint32)
-        final = self.progress / f"dedup-{shard:05d}.npz"
-        tmp = self.progress / f".dedup-{shard:05d}.tmp.npz"
-        np.savez(tmp, **arrays)
-        tmp.replace(final)
-
-    def _num_proc(self) -> int:
-        if self.config.num_proc is not None:
-            return self.config.num_proc
-        total = sum(f.bytes for f in self.files)
-        if total < 4 * 2**20:
-            return 1  # starting workers costs more than it saves on a small corpus
-        try:
-            cpus = len(os.sched_getaffinity(0))  # the cores this process may use (taskset, containers)
+            return len(os.sched_getaffinity(0))  # the cores this process may use (taskset, containers)
         except AttributeError:  # not on Linux
-            cpus = os.cpu_count() or 1
-        return max(1, min(cpus, 8))
+            return os.cpu_count() or 1
 
-    # ---- finishing ----------------------------------------------------------------------------
+    def _plan_tasks(self) -> tuple[int, int]:
+        c = self.config
+        total = sum(f.bytes for f in self.files)
+        if c.tasks is not None:
+            tasks = c.tasks
+        elif c.executor != "local":
+            tasks = len(self.files)  # one task per file on a cluster; the scheduler spreads them
+        else:
+            tasks = 1 if total < SMALL_INPUT else max(1, min(self._cpus(), 8, len(self.files)))
+        workers = c.workers if c.workers is not None else (min(tasks, self._cpus()) if c.executor == "local" else -1)
+        return tasks, workers
 
-    def _finish(self, state: dict[str, Any], t0: float) -> dict[str, Any]:
-        from domainlm.artifacts import write_manifest
+    def _executor(self, name: str, pipeline: list, tasks: int, depends):
+        c = self.config
+        logging_dir = str(self.work / "logs" / name)
+        workers = self.workers if self.workers == -1 else min(self.workers, tasks)
+        if c.executor == "local":
+            from datatrove.executor import LocalPipelineExecutor
+
+            # fork: the workers inherit the loaded modules instead of importing them again per stage.
+            return LocalPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=logging_dir,
+                                         depends=depends, start_method="fork")
+        if c.executor == "ray":
+            from datatrove.executor.ray import RayPipelineExecutor
+
+            return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=logging_dir,
+                                       depends=depends)
+        import sys
+
+        from datatrove.executor.slurm import SlurmPipelineExecutor
+
+        activate = Path(sys.prefix) / "bin" / "activate"
+        return SlurmPipelineExecutor(pipeline, tasks=tasks, time=c.time, partition=c.partition, workers=workers,
+                                     job_name=f"domainlm-{name}", logging_dir=logging_dir, depends=depends,
+                                     venv_path=str(activate) if activate.is_file() else None,
+                                     slurm_logs_folder=str(self.work / "slurm_logs" / name), mail_type="NONE")
+
+    def _decontamination_sources(self) -> tuple[dict[str, list[str]], dict[str, Any]]:
+        """Test texts by task for --decontaminate: bench suites (their task YAMLs' test files, loaded as bench
+        loads them) or plain files (any corpus format)."""
+        from domainlm.corpora.readers import ReaderOptions, SkipLog
+        from domainlm.corpora.registry import iter_documents, resolve_inputs
+
+        sources: dict[str, list[str]] = {}
+        described: dict[str, Any] = {"suites": [], "files": []}
+        for entry in self.config.decontaminate:
+            path = Path(entry).expanduser()
+            if path.is_file():
+                files = resolve_inputs([str(path)])
+                texts = [d.text for d, _, _ in iter_documents(files, ReaderOptions(), SkipLog())]
+                sources[f"file:{path.name}"] = texts
+                described["files"].append(str(path.resolve()))
+                continue
+            from domainlm.bench.data import load_data
+            from domainlm.bench.tasks import load_suite
+
+            for spec in load_suite(entry):
+                data = load_data(spec, needs_train=False)
+                texts = []
+                for ex in data.splits.get("test", []):
+                    texts.extend(t for t in (ex.text, ex.text_b) if t)
+                    if ex.tokens:
+                        texts.append(" ".join(ex.tokens))
+                sources[f"{entry}:{spec.task_name}"] = texts
+            described["suites"].append(entry)
+        return sources, described
+
+    def _execute(self) -> dict[str, Any]:
+        from domainlm.corpora import steps
 
         c = self.config
-        drops = dict(state["drops"])
-        reader = state["reader"]
-        for reason, n in reader.get("counts", {}).items():
-            drops[reason] = drops.get(reason, 0) + n
-        splits = state["splits"]
-        tail = {s: len(state["carry"][s]["ids"]) for s in splits}
-        documents = splits["train"]["documents"] + splits["validation"]["documents"]
-        if documents == 0:
-            raise DataError(f"no document of {len(self.files)} input file(s) survived reading and filtering "
-                            f"(drops: {_fmt_drops(drops)}); check --format, --text-field, --categories and the "
-                            "length filters")
-        if splits["train"]["blocks"] == 0:
-            raise DataError(f"the training split has no complete block of {c.block_size} tokens ({state['tokens']} "
-                            "tokens in all): lower --block-size or add documents")
-        notes = []
-        if splits["validation"]["blocks"] == 0 and c.validation_fraction > 0:
-            notes.append(f"the validation split has no complete block of {c.block_size} tokens; raise "
-                         "--validation-fraction or add documents")
-            log.warning(notes[-1])
-        read = state["docs_read"]
-        counts = {"documents": documents, "tokens": state["tokens"], "records_read": read,
-                  "tokens_in_blocks": splits["train"]["tokens"] + splits["validation"]["tokens"],
-                  "tail_tokens_dropped": tail, "drops": dict(sorted(drops.items())),
-                  "drop_examples": reader.get("examples", {})}
+        work = str(self.work)
+        tasks = self.tasks
+        if c.executor == "ray":
+            try:
+                import ray
+            except ImportError:
+                raise ConfigError(["--executor ray needs ray: pip install 'domainlm[ray]'"]) from None
+            if not ray.is_initialized():
+                ray.init()  # RAY_ADDRESS, a running local cluster, or a new one on this machine
+        pubmed_files = sum(f.format == "pubmed-xml" for f in self.files)
+        updates = pubmed_files >= 2
+        files = [{"path": str(f.path), "format": f.format, "bytes": f.bytes, "rel": f.rel} for f in self.files]
+        options = {"text_field": c.text_field, "id_field": c.id_field, "categories": c.categories,
+                   "ambiguous": c.ambiguous, "keep_title_only": c.keep_title_only}
+        clean = {"unicode_form": c.unicode_form, "min_chars": c.min_chars, "max_chars": c.max_chars,
+                 "min_length": c.min_length, "max_length": c.max_length}
+        mh = steps.minhash_config(c.near_dup_threshold, c.near_dup_num_perm) if c.near_dup else None
+        sigs, buckets, clusters = (str(self.work / "minhash" / k) for k in ("sigs", "buckets", "remove"))
+        hashing = ([steps.ExactKeys(work, tasks)] if c.dedup else []) + \
+                  ([steps.Signature(sigs, mh)] if mh is not None else [])
+
+        read = steps.ReadClean(work, files, options, clean, tasks if updates else None)
+        stages: list[tuple[str, list, int]] = [("read", [read, *([] if updates else hashing)], tasks)]
+        if updates:
+            stages.append(("updates", [steps.ResolveKeys(work, "pubmed", "pubmed", tasks)], tasks))
+            if hashing:
+                stages.append(("hash", [steps.ReadDocs(work), steps.DropKeyed(work, "pubmed", True), *hashing], tasks))
+        if c.dedup:
+            stages.append(("exact", [steps.ResolveKeys(work, "exact", "exact", tasks)], tasks))
+        if mh is not None:
+            from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster
+
+            # One task per band, or several per band on a big run (datatrove splits a band's hash range between
+            # them; each needs the first task's signatures to hold at least that many documents, so only when
+            # every task reads at least one file).
+            per_band = tasks // mh.num_buckets if tasks >= 2 * mh.num_buckets and tasks <= len(self.files) else 1
+            stages.append(("minhash-buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)],
+                           mh.num_buckets * per_band))
+            stages.append(("minhash-clusters", [MinhashDedupCluster(buckets, clusters, config=mh)], 1))
+        tokenize: list = [steps.ReadDocs(work)]
+        if updates:
+            tokenize.append(steps.DropKeyed(work, "pubmed", not hashing))
+        if c.dedup:
+            tokenize.append(steps.MarkExact(work))
+        if mh is not None:
+            from datatrove.pipeline.dedup.minhash import MinhashDedupFilter
+
+            tokenize.append(MinhashDedupFilter(clusters, exclusion_writer=steps.ExcludedLog(str(self.work / "neardups"))))
+        if c.dedup:
+            tokenize.append(steps.DropExact(work))
+        decont = None
+        if c.decontaminate:
+            sources, decont = self._decontamination_sources()
+            index = self.work / "decont"
+            sizes = steps.build_decont_index(index, sources, c.decontaminate_ngram)
+            decont.update(ngram=c.decontaminate_ngram, test_ngrams=sizes)
+            tokenize.append(steps.Decontaminate(str(index), c.decontaminate_ngram, work))
+        tokenize.append(steps.Tokenize(work, self.plan, c.validation_fraction, parallel=tasks > 1))
+        stages.append(("tokenize", tokenize, tasks))
+        log.info("preparing %d input file(s) -> %s with %s (%s executor, %d task%s)", len(self.files), self.out,
+                 c.model, c.executor, tasks, "s" if tasks > 1 else "")
         kinds = sorted({"protein" if f.format in ("fasta", "swissprot") else "text" for f in self.files})
-        manifest = write_manifest(
-            self.out, "corpus", complete=True, config=to_dict(c),
-            inputs=[{k: i[k] for k in ("path", "format", "sha256", "bytes", "mtime_ns")} for i in self.inputs],
-            counts=counts, tokenizer=self.plan.describe(), block_size=c.block_size, splits=splits,
-            content=kinds[0] if len(kinds) == 1 else "mixed", fingerprint=self.fingerprint,
-            wall_time_s=round(time.perf_counter() - t0, 3), notes=notes)
-        shutil.rmtree(self.progress, ignore_errors=True)
-        log.info("prepared %s: %d documents, %d tokens, %d train / %d validation blocks; drops: %s", self.out,
-                 documents, state["tokens"], splits["train"]["blocks"], splits["validation"]["blocks"],
-                 _fmt_drops(drops))
+        meta = {"config": to_dict(c), "inputs": [{k: i[k] for k in ("path", "format", "sha256", "bytes", "mtime_ns")}
+                                                 for i in self.inputs],
+                "tokenizer": self.plan.describe(), "content": kinds[0] if len(kinds) == 1 else "mixed",
+                "fingerprint": self.fingerprint, "started": self.started,
+                "setup_skips": dict(self.setup_skips.counts), "decontamination": decont,
+                "near_dup": ({"engine": "datatrove MinHash (signatures, buckets, clusters, filter)",
+                              "threshold": c.near_dup_threshold, "num_perm": c.near_dup_num_perm,
+                              "bands": mh.num_buckets, "rows": mh.hashes_per_bucket,
+                              "shingles": "lower-cased word 3-grams; residue 5-mers for proteins"}
+                             if mh is not None else None),
+                "executor": {"kind": c.executor, "tasks": tasks, "workers": self.workers}}
+        with _quiet_datatrove(c.executor == "local"):
+            try:
+                if c.executor == "slurm":  # submitted at once as jobs that depend on each other
+                    stages.append(("pack", [steps.Pack(work, str(self.out), tasks, c.block_size, c.shard_size,
+                                                       meta)], 1))
+                    stage = None
+                    for name, pipeline, n in stages:
+                        stage = self._executor(name, pipeline, n, stage)
+                    stage.run()
+                else:  # one stage after the other, timed (the manifest records where the time went)
+                    seconds: dict[str, float] = {}
+                    for name, pipeline, n in stages:
+                        t = time.perf_counter()
+                        self._executor(name, pipeline, n, None).run()
+                        seconds[name] = round(time.perf_counter() - t, 3)
+                    meta["stage_seconds"] = seconds
+                    pack = steps.Pack(work, str(self.out), tasks, c.block_size, c.shard_size, meta)
+                    self._executor("pack", [pack], 1, None).run()
+            except Exception as exc:
+                from domainlm.errors import DomainLMError
+
+                if isinstance(exc, DomainLMError):
+                    raise
+                raise DataError(f"corpus prepare failed in a datatrove task: {type(exc).__name__}: {exc} (task logs: "
+                                f"{self.work / 'logs'})") from exc
+        from domainlm.artifacts import MANIFEST
+
+        if not (self.out / MANIFEST).is_file():
+            if c.executor == "slurm":
+                log.info("submitted the prepare jobs; %s appears when the last one (pack) finishes", self.out / MANIFEST)
+                return {"submitted": True, "executor": "slurm", "out": str(self.out),
+                        "manifest": str(self.out / MANIFEST), "logs": str(self.work / "logs")}
+            raise DataError(f"corpus prepare finished without writing {self.out / MANIFEST}; see the task logs in "
+                            f"{self.work / 'logs'}")
+        manifest = json.loads((self.out / MANIFEST).read_text(encoding="utf-8"))
+        shutil.rmtree(self.work, ignore_errors=True)
         return manifest
 
+
+class _quiet_datatrove:
+    """datatrove logs every task's progress to stderr through loguru; on a local run that drowns our own
+    messages, so it is muted unless this package logs at DEBUG (the exceptions still propagate)."""
+
+    def __init__(self, active: bool) -> None:
+        self.active = active and not log.isEnabledFor(logging.DEBUG)
+
+    def __enter__(self):
+        if self.active:
+            from loguru import logger
+
+            logger.disable("datatrove")
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            from loguru import logger
+
+            logger.enable("datatrove")
+        return False
 
 def _fmt_drops(drops: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from domainlm.corpora.readers import Document, ReadContext, open_text, register_reader
+from domainlm.corpora.readers import Document, ReadContext, open_text
 from domainlm.errors import DataError
 
 STANDARD = "ACDEFGHIKLMNPQRSTVWY"
@@ -173,9 +173,3 @@ def _sniff_fasta(head: bytes, path: Path) -> bool:
 
 def _sniff_swissprot(head: bytes, path: Path) -> bool:
     return head.startswith(b"ID   ") and b"\nAC   " in head
-
-
-register_reader("fasta", read_fasta, suffixes=(".fasta", ".fa", ".faa", ".fas"), sniff=_sniff_fasta, kind="protein",
-                description="protein FASTA (Bio.SeqIO.FastaIO); alphabet policy --ambiguous")
-register_reader("swissprot", read_swissprot, suffixes=(".dat", ".swiss"), sniff=_sniff_swissprot, kind="protein",
-                description="UniProtKB/Swiss-Prot flat file (Bio.SeqIO 'swiss')")

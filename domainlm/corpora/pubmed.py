@@ -6,11 +6,12 @@ file (a baseline file is ~30k records, the whole baseline ~36M). Expat, which El
 fetches external DTDs or entities, so the ``<!DOCTYPE ... "https://dtd.nlm.nih.gov/...">`` line of
 every PubMed file is not a network access.
 
-Update files revise records (a PMID appears again) and delete them (``<DeleteCitation>``). When several
-PubMed XML files are given, the ones after the first are scanned once up front for the PMIDs they
-contain or delete; a record is then dropped as ``superseded`` or ``deleted`` when a later file has a
-newer version of it or deletes it. That index holds 13 bytes per PMID seen in a later file (about
-470 MB for the whole baseline plus updates); it is the only state here that grows with the input.
+Update files revise records (a PMID appears again) and delete them (``<DeleteCitation>``). The readers
+report every PMID they see and every deletion through ``ctx.on_record``; ``corpus prepare`` resolves
+them in a datatrove stage keyed by PMID (domainlm.corpora.steps: the last file that has a PMID wins, a
+deletion there removes it), so the state is partitioned on disk, not held in one process.
+:func:`scan_pubmed_events` is the single-process form for small streams (``vocab``): an index of the
+PMIDs that later files contain or delete, 13 bytes per PMID.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from domainlm.corpora.readers import (
     ReadContext,
     open_binary,
     open_text,
-    register_reader,
     truncated_gzip_error,
 )
 from domainlm.errors import DataError
@@ -125,6 +125,8 @@ def _document(fields: dict[str, Any], ctx: ReadContext, where: str) -> Document 
     if not pmid:
         ctx.skip("missing_id", where, "record without a PMID")
         return None
+    if ctx.on_record is not None:
+        ctx.on_record(pmid, False)
     events = ctx.pubmed_events
     if events is not None and pmid.isdigit():
         reason = events.fate(int(pmid), ctx.file_index)
@@ -179,7 +181,12 @@ def read_pubmed_xml(path: Path, ctx: ReadContext) -> Iterator[Document]:
                     if doc is not None:
                         yield doc
                 elif elem.tag in DELETES:
-                    pass  # applied through ctx.pubmed_events, which saw every later file first
+                    # corpus prepare resolves deletions in its PMID-keyed stage (ctx.on_record); scan_pubmed_events
+                    # users saw every later file first.
+                    if ctx.on_record is not None:
+                        for pm in elem.iter("PMID"):
+                            if pm.text and pm.text.strip():
+                                ctx.on_record(pm.text.strip(), True)
                 root.clear()  # free the finished record (and earlier ones) so memory stays flat
         except ET.ParseError as exc:
             line, col = exc.position
@@ -236,10 +243,6 @@ def _sniff_medline(head: bytes, path: Path) -> bool:
     return head.startswith(b"PMID-")
 
 
-register_reader("pubmed-xml", read_pubmed_xml, suffixes=(".xml",), sniff=_sniff_xml,
-                description="PubMed XML (PubmedArticleSet / MedlineCitationSet), .gz read transparently")
-register_reader("medline", read_medline, suffixes=(".medline", ".nbib"), sniff=_sniff_medline,
-                description="MEDLINE tagged text (Bio.Medline)")
 
 
 # --------------------------------------------------------------------------------------------------

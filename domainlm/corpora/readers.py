@@ -3,8 +3,8 @@
 Every reader is a generator ``read(path, ctx) -> Iterator[Document]`` that holds at most one record in
 memory, reads ``.gz`` transparently (by magic bytes, not by name) and reports every record it does not
 yield through ``ctx.skip(reason, where)``, so ``prepare`` can count skips by reason in the manifest and
-log the file and record position. Outsiders add formats with :func:`register_reader`; ``--format auto``
-then finds them by file suffix or by their ``sniff`` function.
+log the file and record position. The registry (built-ins, :func:`register_reader`, ``--format auto``
+detection and the input driver) is :mod:`domainlm.corpora.registry`.
 
 Bad-input policy, shared by all readers (documented in corpora/README.md):
 
@@ -18,9 +18,7 @@ Bad-input policy, shared by all readers (documented in corpora/README.md):
 from __future__ import annotations
 
 import csv
-import dataclasses
 import fnmatch
-import glob
 import gzip
 import hashlib
 import io
@@ -33,9 +31,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
-from domainlm.errors import ConfigError, DataError
+from domainlm.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +118,15 @@ class ReadContext:
     """What a reader gets besides the path: options, the skip log and cross-file PubMed events."""
 
     def __init__(self, options: ReaderOptions, skips: SkipLog, file: InputFile, file_index: int,
-                 pubmed_events: Any = None) -> None:
+                 pubmed_events: Any = None, on_record: Callable[[str, bool], None] | None = None) -> None:
         self.options = options
         self.skips = skips
         self.file = file
         self.file_index = file_index
         self.pubmed_events = pubmed_events
+        # PubMed: called with (PMID, deleted) for every record and every <DeleteCitation> PMID, so that
+        # ``corpus prepare`` can resolve revisions and deletions across files in its keyed stage.
+        self.on_record = on_record
 
     def skip(self, reason: str, where: str, detail: str = "") -> None:
         self.skips.skip(reason, where, detail)
@@ -139,65 +140,6 @@ class ReadContext:
 
 
 Reader = Callable[[Path, ReadContext], Iterator[Document]]
-
-
-@dataclass(frozen=True)
-class ReaderSpec:
-    """A registered reader. ``kind`` is 'text' or 'protein' (proteins get residue cleaning, not text)."""
-
-    name: str
-    read: Reader
-    suffixes: tuple[str, ...] = ()
-    sniff: Callable[[bytes, Path], bool] | None = None
-    kind: Literal["text", "protein"] = "text"
-    description: str = ""
-
-
-_READERS: dict[str, ReaderSpec] = {}
-
-
-def register_reader(name: str, read: Reader | None = None, *, suffixes: tuple[str, ...] = (),
-                    sniff: Callable[[bytes, Path], bool] | None = None, kind: Literal["text", "protein"] = "text",
-                    description: str = ""):
-    """Register a reader under ``name`` (usable as a decorator). Registering a name twice is an error.
-
-    Args:
-        name: the ``--format`` value.
-        read: ``read(path, ctx)`` yielding :class:`Document` objects and calling ``ctx.skip`` for the rest.
-        suffixes: file-name endings (``.xml``; ``.gz`` is stripped first) that auto-detection maps here.
-        sniff: ``sniff(head_bytes, path) -> bool`` for content-based auto-detection.
-        kind: 'text' or 'protein'.
-        description: one line for listings.
-    """
-    def deco(fn: Reader) -> Reader:
-        if name in _READERS:
-            raise ValueError(f"a corpus reader named '{name}' is already registered ({_READERS[name].read!r}); "
-                             "choose another name")
-        _READERS[name] = ReaderSpec(name, fn, tuple(suffixes), sniff, kind, description or (fn.__doc__ or "").strip())
-        return fn
-
-    return deco(read) if read is not None else deco
-
-
-def _ensure_builtin() -> None:
-    # The PubMed and protein readers register themselves on import.
-    from domainlm.corpora import proteins, pubmed  # noqa: F401
-
-
-def reader_names() -> list[str]:
-    _ensure_builtin()
-    return sorted(_READERS)
-
-
-def get_reader(name: str) -> ReaderSpec:
-    """The reader registered as ``name``; an unknown name gets a did-you-mean and the list."""
-    _ensure_builtin()
-    if name not in _READERS:
-        from domainlm.config import did_you_mean
-
-        raise ConfigError([f"unknown corpus format '{name}'{did_you_mean(name, _READERS)}; known formats: "
-                           f"{', '.join(sorted(_READERS))}"])
-    return _READERS[name]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,13 +189,6 @@ def content_id(text: str) -> str:
     return "h:" + hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
-# --------------------------------------------------------------------------------------------------
-# Input resolution and format detection
-# --------------------------------------------------------------------------------------------------
-
-_HIDDEN_OR_NOTES = ("README", "SOURCES", "LICENSE", "NOTICE")
-
-
 def _stem_suffix(path: Path) -> str:
     name = path.name.lower()
     if name.endswith(".gz"):
@@ -261,154 +196,10 @@ def _stem_suffix(path: Path) -> str:
     return os.path.splitext(name)[1]
 
 
-def detect_format(path: Path, *, in_folder: bool = False) -> str | None:
-    """Guess the reader for ``path`` from its content, then its suffix; None when nothing fits."""
-    _ensure_builtin()
-    head = head_bytes(path)
-    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    for spec in _READERS.values():
-        if spec.sniff is not None:
-            try:
-                if spec.sniff(stripped, path):
-                    return spec.name
-            except Exception:  # a third-party sniffer must not break detection of other formats
-                log.debug("sniffer of reader %s failed on %s", spec.name, path, exc_info=True)
-    suffix = _stem_suffix(path)
-    if suffix == ".txt":
-        return "txt-folder" if in_folder else "text"
-    for spec in _READERS.values():
-        if suffix and suffix in spec.suffixes:
-            return spec.name
-    return None
-
-
-def resolve_inputs(inputs: list[str], fmt: str = "auto", *, base: Path | None = None,
-                   skips: SkipLog | None = None) -> list[InputFile]:
-    """Expand files, folders and globs (``.gz`` included) into an ordered, de-duplicated file list.
-
-    Order is the order of ``inputs``; files found in one folder or glob are sorted by name, so a run is
-    reproducible. Inputs that match nothing are reported together in one ConfigError.
-    """
-    files: list[InputFile] = []
-    seen: set[Path] = set()
-    missing: list[str] = []
-    undetected: list[str] = []
-    for raw in inputs:
-        spec = os.path.expanduser(os.path.expandvars(str(raw)))
-        p = Path(spec)
-        if base is not None and not p.is_absolute():
-            p = base / p
-        found: list[tuple[Path, str, bool]] = []  # (path, rel, found inside a folder)
-        if p.is_dir():
-            for child in sorted(p.rglob("*")):
-                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(p).parts) \
-                        and not child.name.upper().startswith(_HIDDEN_OR_NOTES):
-                    found.append((child, str(child.relative_to(p)), True))
-        elif p.is_file():
-            found.append((p, p.name, False))
-        elif glob.has_magic(str(p)):
-            root = Path(str(p).split("*")[0].split("?")[0].split("[")[0]).parent
-            for m in sorted(glob.glob(str(p), recursive=True)):
-                mp = Path(m)
-                if mp.is_file():
-                    found.append((mp, str(mp.relative_to(root)) if mp.is_relative_to(root) else mp.name, False))
-        if not found:
-            missing.append(str(raw))
-            continue
-        for path, rel, in_folder in found:
-            real = path.resolve()
-            if real in seen:
-                continue
-            seen.add(real)
-            if fmt == "auto":
-                detected = detect_format(path, in_folder=in_folder)
-                if detected is None:
-                    if in_folder:
-                        # A folder of papers may hold PDFs or images next to the text: skip them, counted.
-                        if skips is not None:
-                            skips.skip("unsupported_file", str(path), "format not recognised; not read")
-                        continue
-                    undetected.append(str(path))
-                    continue
-            elif fmt == "txt-folder":
-                if in_folder and _stem_suffix(path) != ".txt":
-                    if skips is not None:  # a folder of papers may hold PDFs or figures next to the text
-                        skips.skip("unsupported_file", str(path), "not a .txt file; not read")
-                    continue
-                detected = "txt-folder"
-            else:
-                detected = fmt
-            files.append(InputFile(path, detected, path.stat().st_size, rel))
-    problems = []
-    if missing:
-        problems.append(f"'inputs': no file matches {', '.join(repr(m) for m in missing)} (check the path; globs "
-                        "need quotes on the command line so the shell does not expand them)")
-    if undetected:
-        problems.append(f"'format': cannot tell the format of {', '.join(undetected)}; pass --format with one of: "
-                        f"{', '.join(reader_names())}")
-    if problems:
-        raise ConfigError(problems)
-    return files
-
-
-# --------------------------------------------------------------------------------------------------
-# Driving the readers
-# --------------------------------------------------------------------------------------------------
-
-@dataclass
-class Position:
-    """Where the document stream stands: the file index and how many documents of it were consumed."""
-
-    file_index: int = 0
-    docs_in_file: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-
 def truncated_gzip_error(path: Path, n: int) -> DataError:
     return DataError(f"{path} is a truncated or damaged gzip file (it ends before the gzip end-of-stream marker; "
                      f"{n} documents were read before the damage). The download was probably cut short: download "
                      "it again (`domainlm corpus download` resumes and checks md5), or remove it from the inputs")
-
-
-def iter_documents(files: list[InputFile], options: ReaderOptions, skips: SkipLog, *,
-                   start: Position | None = None, pubmed_events: Any = None
-                   ) -> Iterator[tuple[Document, str, Position]]:
-    """Yield ``(document, reader kind, position after it)`` over all files, in order.
-
-    ``start`` fast-forwards an interrupted run: earlier files are not opened at all and the first
-    ``start.docs_in_file`` documents of the current file are re-read silently (their skips were
-    already counted).
-    """
-    start = start or Position()
-    for fi, f in enumerate(files):
-        if fi < start.file_index:
-            continue
-        spec = get_reader(f.format)
-        ctx = ReadContext(options, skips, f, fi, pubmed_events)
-        skip_n = start.docs_in_file if fi == start.file_index else 0
-        skips.muted = skip_n > 0
-        n = 0
-        try:
-            if f.bytes == 0:
-                skips.skip("empty_file", str(f.path), "the file is empty")
-                continue
-            for doc in spec.read(f.path, ctx):
-                n += 1
-                if n <= skip_n:
-                    if n == skip_n:
-                        skips.muted = False
-                    continue
-                yield doc, spec.kind, Position(fi, n)
-        except (EOFError, gzip.BadGzipFile, zlib.error):
-            raise truncated_gzip_error(f.path, n) from None
-        except OSError as exc:
-            raise DataError(f"cannot read {f.path}: {exc.strerror or exc}") from None
-        finally:
-            skips.muted = False
-        if n == 0:
-            log.info("%s: no documents", f.path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -429,6 +220,31 @@ def read_text(path: Path, ctx: ReadContext) -> Iterator[Document]:
             where = f"{path}:{lineno}"
             if ctx.check_text(text, where):
                 yield Document(content_id(text), text, {"source": where})
+
+
+def read_paragraphs(path: Path, ctx: ReadContext) -> Iterator[Document]:
+    """Plain text in paragraphs: documents separated by one or more blank lines (lines inside a paragraph are
+    kept with their breaks). Format ``text`` is one document per line; this is the other convention."""
+    def flush(lines: list[str], lineno: int) -> Iterator[Document]:
+        text = "\n".join(lines)
+        where = f"{path}:{lineno}"
+        if text and ctx.check_text(text, where):
+            yield Document(content_id(text), text, {"source": where})
+
+    lines: list[str] = []
+    first = 0
+    with open_text(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            stripped = line.strip()
+            if stripped:
+                if not lines:
+                    first = lineno
+                lines.append(stripped)
+            elif lines:
+                yield from flush(lines, first)
+                lines = []
+    if lines:
+        yield from flush(lines, first)
 
 
 def read_txt_file(path: Path, ctx: ReadContext) -> Iterator[Document]:
@@ -584,10 +400,16 @@ def _sniff_jsonl(head: bytes, path: Path) -> bool:
     return head.startswith(b"{") and not _sniff_arxiv(head, path)
 
 
-register_reader("text", read_text, description="plain text, one document per non-empty line")
-register_reader("txt-folder", read_txt_file, description="a folder of .txt files, one document per file")
-register_reader("jsonl", read_jsonl, suffixes=(".jsonl", ".json", ".ndjson"), sniff=_sniff_jsonl,
-                description="JSON lines; the text in --text-field")
-register_reader("csv", read_csv, suffixes=(".csv", ".tsv"), description="CSV/TSV with a header; text in --text-field")
-register_reader("arxiv", read_arxiv, sniff=_sniff_arxiv,
-                description="arXiv metadata snapshot (JSON lines), filtered by --categories")
+# The registry and the input driver moved to domainlm.corpora.registry (one floor up: it imports every
+# built-in reader, so the readers no longer import it back). These names still resolve here for callers
+# written before the move; new code imports them from domainlm.corpora.registry.
+_MOVED = {"register_reader", "get_reader", "reader_names", "ReaderSpec", "detect_format", "resolve_inputs",
+          "iter_documents", "Position"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module("domainlm.corpora.registry"), name)
+    raise AttributeError(f"module 'domainlm.corpora.readers' has no attribute '{name}'")
