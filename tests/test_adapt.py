@@ -78,7 +78,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(llama_corpus, tmp_path, f
 @pytest.mark.skipif(os.cpu_count() is None, reason="needs a CPU count")
 def test_two_processes_match_one_process(llama_corpus, tmp_path):
     common = ["--model", "tiny-llama", "--corpus", str(llama_corpus), "--max-steps", "3", "--eval-every", "0",
-              "--save-every", "0", "--eval-batches", "1", "--log-every", "1", "--bf16", "off"]
+              "--save-every", "0", "--eval-sequences", "4", "--log-every", "1", "--bf16", "off"]
     one = _cli(common + ["--out", str(tmp_path / "one"), "--batch-size", "4"])
     assert one.returncode == 0, one.stderr
     env = {**os.environ, "DOMAINLM_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
@@ -89,7 +89,55 @@ def test_two_processes_match_one_process(llama_corpus, tmp_path):
     m2 = json.loads((tmp_path / "two/manifest.json").read_text())
     m1 = json.loads((tmp_path / "one/manifest.json").read_text())
     assert m2["world_size"] == 2 and m2["global_batch"] == m1["global_batch"] == 4
+    # --strategy auto: a tiny model's training state fits one device, so each process keeps a full copy
+    assert m2["strategy"] == "ddp" and "fits one cpu device" in m2["strategy_reason"]
     assert _train_losses(tmp_path / "two") == pytest.approx(_train_losses(tmp_path / "one"), rel=1e-4)
+    # the held-out set is 4 sequences on 1 and on 2 processes (it used to be eval_batches x per-process batch)
+    fin1, fin2 = m1["metrics"]["final"], m2["metrics"]["final"]
+    assert fin2["domain_loss"] == pytest.approx(fin1["domain_loss"], abs=1e-5)
+
+
+def test_batches_built_ahead_equal_batches_built_in_the_loop_and_row_by_row(llama_corpus):
+    """The vectorised, prefetched batch path gives the very tensors of the old row-by-row assembly, also when a
+    second source is mixed in, and the stream state each batch carries is the one after its step."""
+    from domainlm.adapt.batches import BatchBuilder, Batches
+    from domainlm.adapt.data import SequenceStream
+    from domainlm.corpora import load_prepared
+    from domainlm.lm_loss import causal_labels
+
+    train = load_prepared(llama_corpus, "train").with_format("torch")
+    replay = load_prepared(llama_corpus, "validation").with_format("torch")
+
+    def run(ahead: int, rank: int = 1):
+        stream = SequenceStream(len(train), len(replay), seed=3, replay_fraction=0.3)
+        builder = BatchBuilder(train, replay, None, seed=3, document_mask=True)
+        return list(Batches(builder, stream, 0, 5, ahead=ahead, pin=False, rank=rank, world=2, batch_size=3,
+                            grad_accum=2))
+
+    ahead, inline = run(2), run(0)
+    reference = SequenceStream(len(train), len(replay), seed=3, replay_fraction=0.3)
+    sources = set()
+    for a, b in zip(ahead, inline, strict=True):
+        items = reference.take(12)
+        assert a.state_after == b.state_after == reference.state
+        for k, (ma, mb) in enumerate(zip(a.micro, b.micro, strict=True)):
+            chunk = items[(k * 2 + 1) * 3:(k * 2 + 2) * 3]
+            sources |= {s for s, _ in chunk}
+            ids = torch.stack([(train if s == "domain" else replay)[r]["input_ids"] for s, r in chunk]).long()
+            docs = torch.stack([(train if s == "domain" else replay)[r]["doc_ids"] for s, r in chunk]).long()
+            for x, y, z in zip(ma, mb, (ids, causal_labels(ids, docs), docs), strict=True):
+                assert torch.equal(x, y) and torch.equal(x, z)
+    assert sources == {"domain", "replay"}
+
+
+def test_log_interval_and_eval_set_follow_the_budget_not_the_layout():
+    from domainlm.adapt.config import AdaptConfig
+    from domainlm.adapt.engine import eval_sequences, log_interval
+
+    assert log_interval(AdaptConfig(), 16) == 1 and log_interval(AdaptConfig(), 1000) == 10
+    assert log_interval(AdaptConfig(log_every=7), 16) == 7
+    assert eval_sequences(AdaptConfig(batch_size=2)) == eval_sequences(AdaptConfig(batch_size=8)) == 128
+    assert eval_sequences(AdaptConfig(eval_batches=3, batch_size=4)) == 12  # the older setting still counts
 
 
 def test_lora_with_extended_vocab_saves_adapter_and_merges(llama_corpus, tmp_path):
@@ -162,3 +210,17 @@ def test_replay_mix_is_recorded(llama_corpus, tmp_path):
     assert s["domain_sequences"] + s["replay_sequences"] == 40 and s["replay_sequences"] > 0
     assert s["replay_fraction_actual"] == s["replay_sequences"] / 40
     assert "general_ppl" in m["metrics"]["final"] and "general_ppl" in m["metrics"]["initial"]
+
+
+def test_one_bf16_decision_for_adapt_bench_and_compute(monkeypatch):
+    from domainlm import flops
+    from domainlm.bench.runner import pick_bf16
+    from domainlm.device import use_bf16
+
+    flops.bf16_is_fast.cache_clear()
+    monkeypatch.setattr(flops, "bf16_is_fast", lambda device="cpu", margin=1.3: False)  # an AVX2-only CPU
+    assert use_bf16("auto", "cpu") is False and use_bf16("on", "cpu") is True and use_bf16("off", "cpu") is False
+    assert use_bf16("auto", torch.device("cpu"), resumed=True) is True  # a resume keeps the interrupted run's choice
+    assert pick_bf16("auto", "cpu") is False and pick_bf16("on", "cpu") is True  # bench asks the same function
+    monkeypatch.setattr(flops, "bf16_is_fast", lambda device="cpu", margin=1.3: True)
+    assert use_bf16("auto", "cpu") is True and pick_bf16("auto", "cpu") is True

@@ -50,6 +50,11 @@ class AdaptConfig:
     warmup_ratio: float = opt(0.05, "fraction of steps spent warming up; continued pretraining re-warms "
                               "(Ibrahim et al. 2024 found re-warming + re-decaying works best)")
     min_lr_ratio: float = opt(0.1, "final learning rate as a fraction of the peak (cosine/linear)")
+    head_warmup_steps: int = opt(0, "optimizer steps at the start in which only the language-model head trains "
+                                 "(the body's gradients are dropped): a fresh head's random gradients never reach "
+                                 "the pretrained body (MiniLM ships no MLM head; benchmarks/DAPT_BIOMED.md)")
+    body_lr_ratio: float = opt(1.0, "the body's learning rate as a fraction of lr (the LM head's own weights keep "
+                               "lr): a fresh head learns fast while a pretrained body moves gently")
     batch_size: int = opt(8, "sequences per micro-batch (per process)")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     max_steps: int | None = opt(100, "optimizer steps; the run stops at this or max_tokens, whichever comes first")
@@ -64,6 +69,9 @@ class AdaptConfig:
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (activation "
                                        "checkpointing): about a third more compute for far less activation memory")
     compile: bool = opt(False, "torch.compile the model's forward (compile time is reported separately)")
+    attention: Literal["auto", "sdpa", "flex", "flash"] = opt(
+        "auto", "attention for packed documents: sdpa (dense document mask), flex (FlexAttention BlockMask; GPU "
+        "only for training), flash (flash_attention_2 varlen, CUDA, causal); auto: flash/flex on GPU, sdpa on CPU")
     # --- replay and forgetting --------------------------------------------------------------------
     replay_corpus: str | None = opt(None, "general corpus (prepared folder or card) mixed into training "
                                     "against forgetting")
@@ -74,15 +82,20 @@ class AdaptConfig:
     forgetting_threshold: float = opt(0.10, "warn when general perplexity rises by more than this fraction")
     # --- evaluation, logging, checkpoints ---------------------------------------------------------
     eval_every: int = opt(50, "steps between held-out evaluations (0: only at the start and end)")
-    eval_batches: int = opt(16, "validation micro-batches per evaluation (0: the whole split)")
-    log_every: int = opt(10, "steps between metric log lines")
+    eval_sequences: int = opt(128, "validation sequences scored per evaluation, the same whatever the number of "
+                              "processes (0: the whole split)")
+    eval_batches: int | None = opt(None, "older form of eval_sequences, in micro-batches of batch_size sequences; "
+                                   "when set it wins (eval_sequences = eval_batches x batch_size)")
+    log_every: int | None = opt(None, "steps between metric log lines; default every step for runs under 100 steps, "
+                                "else about 100 lines over the run")
     save_every: int = opt(100, "steps between checkpoints (0: only at the end)")
     keep_last: int = opt(2, "checkpoints kept; older ones are deleted after a new one is complete")
     resume: bool = opt(False, "continue from the newest complete checkpoint in OUT")
     overwrite: bool = opt(False, "delete an existing run in OUT and start again")
     chunked_head: bool = opt(True, "compute the output head and cross-entropy only where needed and in chunks "
                              "(masked positions for MLM); saves the full-vocabulary logits")
-    num_workers: int = opt(0, "DataLoader workers (data are pre-tokenised, so 0 is usually fastest on CPU)")
+    prefetch: int = opt(2, "optimizer steps whose batches a background thread builds ahead of the step (0: build "
+                        "each in the loop); the batches are the same either way")
     allow_pickle: bool = opt(False, "allow loading pickle (.bin) weights; pickle can execute code")
     trust_remote_code: bool = opt(False, "allow model code from the model folder to run")
 
@@ -91,8 +104,8 @@ class AdaptConfig:
         for key in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "keep_last"):
             if getattr(self, key) < 1:
                 out.append(f"'{key}' must be at least 1, got {getattr(self, key)}")
-        for key in ("eval_every", "eval_batches", "log_every", "save_every", "num_workers"):
-            if getattr(self, key) < 0:
+        for key in ("eval_every", "eval_sequences", "eval_batches", "log_every", "save_every", "prefetch"):
+            if (getattr(self, key) or 0) < 0:
                 out.append(f"'{key}' must be 0 or more, got {getattr(self, key)}")
         if not 0 < self.mlm_probability < 1:
             out.append(f"'mlm_probability' must be between 0 and 1, got {self.mlm_probability}")
@@ -102,6 +115,10 @@ class AdaptConfig:
             out.append(f"'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
         if not 0 <= self.min_lr_ratio <= 1:
             out.append(f"'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
+        if self.head_warmup_steps < 0:
+            out.append(f"'head_warmup_steps' must be 0 or more, got {self.head_warmup_steps}")
+        if not 0 < self.body_lr_ratio <= 1:
+            out.append(f"'body_lr_ratio' must be in (0, 1], got {self.body_lr_ratio}")
         if self.max_steps is None and self.max_tokens is None:
             out.append("set 'max_steps' or 'max_tokens': a run needs a budget")
         if self.max_steps is not None and self.max_steps < 1:
@@ -114,11 +131,11 @@ class AdaptConfig:
             elif self.replay_fraction > 0 and not self.replay_corpus:
                 out.append("'replay_fraction' is set but 'replay_corpus' is not: name a general corpus to replay "
                            "(e.g. replay_corpus: general-english-sample) or set replay_fraction: 0")
-        if self.from_scratch and self.method == "lora":
+        if self.from_scratch and self.method in ("lora", "qlora"):
             out.append("'from_scratch: true' with 'method: lora' trains adapters on random weights; use method: full")
         if self.whole_word_mask and self.objective == "causal":
             out.append("'whole_word_mask' applies to masked LMs, not objective: causal")
-        if self.train_embeddings and self.method != "lora":
+        if self.train_embeddings and self.method not in ("lora", "qlora"):
             out.append("'train_embeddings' is a LoRA option (full training already trains embeddings); "
                        "drop it or set method: lora")
         if self.resume and self.overwrite:

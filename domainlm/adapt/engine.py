@@ -1,181 +1,167 @@
 """The continued-pretraining loop behind ``domainlm adapt``.
 
-One process or many (``torchrun`` / ``accelerate launch``: DDP over gloo on CPU, NCCL on GPU). The
-loss of every optimizer step is the sum of token losses over the whole global batch divided by its
-number of target tokens, whatever the split into processes and micro-batches; so a 2-process run
-matches a 1-process run with the same global batch.
+One process or many (``torchrun`` / ``accelerate launch``), each keeping a full copy of the model (DDP) or a
+shard of it (FSDP2, ``adapt/parallel.py``). The loss of every optimizer step is the sum of token losses over the
+whole global batch divided by its number of target tokens, whatever the split into processes and
+micro-batches; so a 2-process run matches a 1-process run with the same global batch.
+
+``run`` reads top to bottom as the steps of a run: set up, data, model, resume, loop, finish.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from domainlm.adapt.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint
+from domainlm.adapt.batches import BatchBuilder, Batches, read_rows
+from domainlm.adapt.checkpoint import complete_checkpoints, load_checkpoint, read_state, save_checkpoint
 from domainlm.adapt.config import AdaptConfig
 from domainlm.adapt.curves import MetricsLog, plot_curves
-from domainlm.adapt.data import Masker, SequenceStream, sequence_generator
+from domainlm.adapt.data import Masker, SequenceStream, StreamState
+from domainlm.adapt.parallel import (
+    Dist,
+    Strategy,
+    choose_strategy,
+    clip_grad_norm_,
+    no_sync,
+    peak_memory,
+    peak_rss,
+    state_bytes,
+    wrap,
+)
 from domainlm.adapt.setup import Prepared, prepare_model
-from domainlm.artifacts import atomic_dir, read_manifest, sha256_file, write_manifest
+from domainlm.artifacts import atomic_dir, sha256_file, write_manifest
 from domainlm.config import as_config, to_dict
-from domainlm.errors import ConfigError, DomainLMError
-from domainlm.lm_loss import causal_labels, loss_sum, perplexity, split_head
+from domainlm.device import use_bf16
+from domainlm.errors import ConfigError
+from domainlm.faults import fault_point
+from domainlm.lm_loss import IGNORE, loss_sum, perplexity, split_head
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK = {"masked": 128, "causal": 256, "protein": 512}
-
-
-def fault_point(kind: str, step: int) -> None:
-    """Fault injection for the kill-and-resume tests: ``DOMAINLM_FAULT=step:N`` (after optimizer step N) or
-    ``ckpt:N`` (halfway through writing checkpoint N) SIGKILLs this process, as a crash or OOM kill would."""
-    spec = os.environ.get("DOMAINLM_FAULT")
-    if spec and spec == f"{kind}:{step}":
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
+LORA_METHODS = ("lora", "qlora")
 
 
 class LossModule(torch.nn.Module):
-    """Wraps the model so DDP sees one forward that returns the scaled loss sum of a micro-batch."""
+    """The model seen as one forward that returns the scaled loss sum of a micro-batch (or, without labels, the
+    logits): the root that DDP wraps or FSDP shards, so every weight the loss reads is gathered inside it."""
 
     def __init__(self, model: Any, objective: str, document_mask: bool, fused: bool, bf16: bool, device_type: str):
         super().__init__()
         self.model = model
-        self.objective = objective
+        self.objective = "causal" if objective == "causal" else "masked"
         self.document_mask = document_mask
         self.bf16 = bf16
         self.device_type = device_type
-        self.split = split_head(model, "causal" if objective == "causal" else "masked") if fused else None
+        self.split = split_head(model, self.objective) if fused else None
 
-    def forward(self, input_ids, labels, doc_ids, scale: float):
+    def forward(self, input_ids, labels=None, doc_ids=None, scale: float = 1.0):
+        if labels is None:
+            return self.model(input_ids=input_ids).logits.float()
+        split = self.split
+        if split is not None and split.fused_weight is not None:
+            # Read the head's weight now, not when the split was made: FSDP swaps each parameter for its shard
+            # and, inside this forward, for the gathered full tensor.
+            split = dataclasses.replace(split, fused_weight=split.head.weight, fused_bias=split.head.bias)
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
-            return loss_sum(self.model, "causal" if self.objective == "causal" else "masked", input_ids, labels,
-                            doc_ids, document_mask=self.document_mask, scale=scale, split=self.split,
-                            compute_dtype=torch.bfloat16 if self.bf16 else torch.float32)
+            return loss_sum(self.model, self.objective, input_ids, labels, doc_ids, document_mask=self.document_mask,
+                            scale=scale, split=split, compute_dtype=torch.bfloat16 if self.bf16 else torch.float32)
 
 
-# ----------------------------------------------------------------------------------------------------
-# corpora
-# ----------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """Set up: where the run writes, what it resumes, the loaded model."""
 
-def _resolve_corpus(spec: str, model_spec: str, objective: str, block_size: int | None, run_dir: Path,
-                    is_main: bool, barrier) -> tuple[Path, dict]:
-    from domainlm.corpora import read_corpus_manifest
-
-    path = Path(spec)
-    if path.is_dir():
-        return path, read_corpus_manifest(path)
-    from domainlm.corpora.cards import load_card, prepare_card
-
-    load_card(spec)  # unknown names fail here with a did-you-mean
-    out = run_dir / "corpora" / spec
-    block = block_size or DEFAULT_BLOCK[objective]
-    if is_main:
-        prepare_card(spec, model_spec, out, block_size=block)
-    barrier()
-    return out, read_corpus_manifest(out)
+    cfg: AdaptConfig
+    dist: Dist
+    dir: Path
+    resume_from: Path | None
+    prepared: Prepared
+    t_start: float
 
 
-def _check_tokenizer(corpus_manifest: dict, tokenizer, corpus: Path) -> None:
-    tok = corpus_manifest.get("tokenizer") or {}
-    size = tok.get("vocab_size")
-    if size is not None and size != len(tokenizer):
-        raise ConfigError([f"corpus {corpus} was tokenised with a vocabulary of {size} tokens but the model's "
-                           f"tokenizer has {len(tokenizer)}: prepare the corpus with this model's tokenizer "
-                           "(domainlm corpus prepare --model ...)"])
+@dataclass
+class Data:
+    corpus_dir: Path
+    corpus_manifest: dict
+    train: Any
+    val: Any
+    general_val: Any
+    replay: Any
+    replay_fraction: float
+    block: int
+    stream: SequenceStream
+    builder: BatchBuilder
+    global_batch: int
+    tokens_per_step: int
+    total_steps: int
 
 
-# ----------------------------------------------------------------------------------------------------
-# schedule
-# ----------------------------------------------------------------------------------------------------
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
-    """Linear warmup to the peak, then cosine/linear decay to ``min_ratio`` of it (or constant)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "linear":
-        return min_ratio + (1 - min_ratio) * (1 - progress)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _param_groups(model: Any, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+@dataclass
+class Trainer:
+    model: Any  # the (peft) model; under FSDP its parameters are shards
+    loss_module: LossModule
+    train_module: torch.nn.Module  # what the loop calls (DDP around loss_module, or loss_module itself)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    params: list[torch.Tensor]
+    body_params: list[torch.Tensor]
+    bf16: bool
+    strategy: Strategy
+    n_total: int
+    n_trainable: int
+    flops: Any
+    peak: float | None
 
 
-# ----------------------------------------------------------------------------------------------------
-# the run
-# ----------------------------------------------------------------------------------------------------
-
-class _Dist:
-    """Process-group helpers that are no-ops in a single process."""
-
-    def __init__(self):
-        from accelerate import Accelerator
-
-        # On a machine without a GPU accelerate only sets up a gloo process group (MULTI_CPU) when told cpu=True.
-        self.acc = Accelerator(cpu=not torch.cuda.is_available())
-        self.world = self.acc.num_processes
-        self.rank = self.acc.process_index
-        self.is_main = self.acc.is_main_process
-        self.device = self.acc.device
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            self.acc.wait_for_everyone()
-
-    def sum(self, values: list[float]) -> list[float]:
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return t.tolist()
+@dataclass
+class Progress:
+    start_step: int = 0
+    elapsed_before: float = 0.0
+    history: dict = field(default_factory=dict)
+    metrics: MetricsLog | None = None
+    stream_state: StreamState = field(default_factory=StreamState)
+    last_loss: float = float("nan")
+    tokens_session: int = 0
+    loop_s: float = 0.0
+    state_bytes: dict = field(default_factory=dict)
+    peak_rss_training: int = 0
 
 
-def _resumed_bf16(resume_from: Path | None) -> bool | None:
-    """The bf16 decision stored in the checkpoint being resumed (None: fresh run or older checkpoint)."""
-    if resume_from is None:
-        return None
+def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
+    cfg = as_config(AdaptConfig, config, overrides)
+    dist = Dist()
     try:
-        value = json.loads((resume_from / "state.json").read_text()).get("bf16")
-    except (OSError, ValueError, AttributeError):
-        return None  # load_checkpoint reports an unreadable checkpoint with its own message
-    return value if isinstance(value, bool) else None
+        r = set_up(cfg, dist)
+        data = load_data(r)
+        tr = build_model(r, data)
+        progress = resume(r, data, tr)
+        train(r, data, tr, progress)
+        return finish(r, data, tr, progress)
+    finally:
+        dist.close()
 
 
-def _bf16_enabled(setting: str, device: torch.device, resumed: bool | None = None) -> bool:
-    if setting == "off":
-        return False
-    if setting == "auto" and resumed is not None:
-        # 'auto' times matmuls at start-up; a resume on a busier or idler machine must not switch precision
-        # mid-run, or it leaves the uninterrupted trajectory.
-        return resumed
-    if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-    else:
-        from domainlm.flops import bf16_is_fast
+# ----------------------------------------------------------------------------------------------------
+# set up
+# ----------------------------------------------------------------------------------------------------
 
-        ok = bf16_is_fast()
-    if setting == "on" and not ok and device.type == "cuda":
-        raise ConfigError(["bf16: on, but this GPU does not support bf16; use bf16: off"])
-    return ok or setting == "on"
+def set_up(cfg: AdaptConfig, dist: Dist) -> Run:
+    run_dir, resume_from = _prepare_run_dir(cfg, dist.is_main)
+    dist.barrier()
+    t_start = time.perf_counter()
+    return Run(cfg, dist, run_dir, resume_from, prepare_model(cfg), t_start)
 
 
 def _prepare_run_dir(cfg: AdaptConfig, is_main: bool) -> tuple[Path, Path | None]:
@@ -200,28 +186,17 @@ def _prepare_run_dir(cfg: AdaptConfig, is_main: bool) -> tuple[Path, Path | None
     return run_dir, resume_from
 
 
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    from domainlm.flops import cpu_name
+# ----------------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------------
 
-    return f"{cpu_name()}, {torch.get_num_threads()} threads"
-
-
-def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
-    cfg = as_config(AdaptConfig, config, overrides)
-    dist = _Dist()
-    run_dir, resume_from = _prepare_run_dir(cfg, dist.is_main)
-    dist.barrier()
-    t_start = time.perf_counter()
-
-    prepared: Prepared = prepare_model(cfg)
-    objective, tokenizer = prepared.objective, prepared.tokenizer
-    corpus_dir, corpus_manifest = _resolve_corpus(cfg.corpus, cfg.model, objective, cfg.block_size, run_dir,
-                                                  dist.is_main, dist.barrier)
-    _check_tokenizer(corpus_manifest, tokenizer, corpus_dir)
+def load_data(r: Run) -> Data:
     from domainlm.corpora import load_prepared
 
+    cfg, dist, prepared = r.cfg, r.dist, r.prepared
+    objective, tokenizer = prepared.objective, prepared.tokenizer
+    corpus_dir, corpus_manifest = _resolve_corpus(cfg.corpus, cfg, objective, cfg.block_size, r)
+    _check_tokenizer(corpus_manifest, tokenizer, corpus_dir)
     train_ds = load_prepared(corpus_dir, "train").with_format("torch")
     val_ds = load_prepared(corpus_dir, "validation").with_format("torch")
     block = len(train_ds[0]["input_ids"])
@@ -229,195 +204,354 @@ def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
     replay_fraction = cfg.replay_fraction
     if replay_fraction is None:
         replay_fraction = 0.05 if (cfg.replay_corpus and objective != "protein") else 0.0
-    replay_ds = None
-    general_spec = cfg.general_eval or cfg.replay_corpus
-    general_val = None
+    replay_ds = general_val = None
     if cfg.replay_corpus and replay_fraction > 0:
-        rdir, rman = _resolve_corpus(cfg.replay_corpus, cfg.model, objective, block, run_dir, dist.is_main,
-                                     dist.barrier)
+        rdir, rman = _resolve_corpus(cfg.replay_corpus, cfg, objective, block, r)
         _check_tokenizer(rman, tokenizer, rdir)
         replay_ds = load_prepared(rdir, "train").with_format("torch")
         if len(replay_ds[0]["input_ids"]) != block:
             raise ConfigError([f"replay corpus {rdir} has blocks of {len(replay_ds[0]['input_ids'])} tokens, the "
                                f"domain corpus {block}: prepare both with the same block_size"])
+    general_spec = cfg.general_eval or cfg.replay_corpus
     if general_spec:
-        gdir, gman = _resolve_corpus(general_spec, cfg.model, objective, block, run_dir, dist.is_main, dist.barrier)
+        gdir, gman = _resolve_corpus(general_spec, cfg, objective, block, r)
         _check_tokenizer(gman, tokenizer, gdir)
         general_val = load_prepared(gdir, "validation").with_format("torch")
-
-    model = prepared.model
-    device = dist.device
-    model.to(device)
-    bf16 = _bf16_enabled(cfg.bf16, device, _resumed_bf16(resume_from))
-    loss_module = LossModule(model, objective, cfg.document_mask, cfg.chunked_head, bf16, device.type)
-    train_module = dist.acc.prepare_model(loss_module) if dist.world > 1 else loss_module
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2), foreach=device.type == "cpu" or None)
-    masker = Masker(tokenizer, cfg.mlm_probability, cfg.whole_word_mask) if objective != "causal" else None
 
     global_batch = cfg.batch_size * dist.world * cfg.grad_accum
     tokens_per_step = global_batch * block
     total_steps = cfg.max_steps or 10**12
     if cfg.max_tokens is not None:
         total_steps = min(total_steps, max(1, math.ceil(cfg.max_tokens / tokens_per_step)))
-    warmup = int(math.ceil(cfg.warmup_ratio * total_steps))
     stream = SequenceStream(len(train_ds), len(replay_ds) if replay_ds is not None else 0, cfg.seed, replay_fraction)
+    masker = Masker(tokenizer, cfg.mlm_probability, cfg.whole_word_mask) if objective != "causal" else None
+    builder = BatchBuilder(train_ds, replay_ds, masker, cfg.seed, cfg.document_mask)
+    return Data(corpus_dir, corpus_manifest, train_ds, val_ds, general_val, replay_ds, replay_fraction, block, stream,
+                builder, global_batch, tokens_per_step, total_steps)
 
-    from domainlm.flops import measure_matmul_peak, mfu, model_flops
+
+def _resolve_corpus(spec: str, cfg: AdaptConfig, objective: str, block_size: int | None, r: Run) -> tuple[Path, dict]:
+    from domainlm.corpora import read_corpus_manifest
+
+    path = Path(spec)
+    if path.is_dir():
+        return path, read_corpus_manifest(path)
+    from domainlm.corpora.cards import load_card, prepare_card
+
+    load_card(spec)  # unknown names fail here with a did-you-mean
+    out = r.dir / "corpora" / spec
+    if r.dist.is_main:
+        prepare_card(spec, cfg.model, out, block_size=block_size or DEFAULT_BLOCK[objective])
+    r.dist.barrier()
+    return out, read_corpus_manifest(out)
+
+
+def _check_tokenizer(corpus_manifest: dict, tokenizer, corpus: Path) -> None:
+    tok = corpus_manifest.get("tokenizer") or {}
+    size = tok.get("vocab_size")
+    if size is not None and size != len(tokenizer):
+        raise ConfigError([f"corpus {corpus} was tokenised with a vocabulary of {size} tokens but the model's "
+                           f"tokenizer has {len(tokenizer)}: prepare the corpus with this model's tokenizer "
+                           "(domainlm corpus prepare --model ...)"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# model: device, features, sharding, optimizer, schedule
+# ----------------------------------------------------------------------------------------------------
+
+def build_model(r: Run, data: Data) -> Trainer:
+    from domainlm.adapt.features import apply_features
+    from domainlm.flops import measure_matmul_peak, model_flops
     from domainlm.sources import count_parameters
+
+    cfg, dist, device = r.cfg, r.dist, r.dist.device
+    model = r.prepared.model
+    model.to(device)
+    bf16 = use_bf16(cfg.bf16, device, _resumed_bf16(r.resume_from))
+    model = apply_features(model, cfg, bf16=bf16, device=device)
+    r.prepared.model = model
 
     n_trainable = count_parameters(model, trainable_only=True)
     n_total = count_parameters(model)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head_fraction = cfg.mlm_probability if (objective != "causal" and cfg.chunked_head) else 1.0
-    fl = model_flops(inner, block, head_fraction=head_fraction,
-                     trainable_fraction=(n_trainable / n_total) if cfg.method == "lora" else None)
+    head_fraction = cfg.mlm_probability if (r.prepared.objective != "causal" and cfg.chunked_head) else 1.0
+    fl = model_flops(inner, data.block, head_fraction=head_fraction,
+                     trainable_fraction=(n_trainable / n_total) if cfg.method in LORA_METHODS else None)
     peak = (measure_matmul_peak("bf16" if bf16 else "fp32", device=str(device))
             if device.type in ("cpu", "cuda") else None)
 
-    start_step, elapsed_before = 0, 0.0
-    history: dict[str, Any] = {}
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer)
-        start_step = state["step"]
-        stream.load_state_dict(state["stream"])
-        elapsed_before = state.get("elapsed", 0.0)
-        history = state.get("history", {})
-        log.info("resumed from %s (step %d)", resume_from, start_step)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", start_step if resume_from is not None else None, dist.is_main)
-
-    base_info = {"name": cfg.model, "kind": prepared.source.kind, "origin": prepared.source.origin,
-                 "path": prepared.source.path, "hub_id": prepared.source.hub_id, "license": prepared.source.license,
-                 "gguf_file": prepared.source.gguf_file}
-    corpus_info = {"path": str(corpus_dir), "name": cfg.corpus,
-                   "manifest_sha256": sha256_file(corpus_dir / "manifest.json"),
-                   "counts": corpus_manifest.get("counts", {}), "splits": corpus_manifest.get("splits", {}),
-                   "block_size": block}
+    strategy = choose_strategy(cfg.strategy, dist, model, cfg, seq_len=data.block, bf16=bf16)
     if dist.is_main:
-        write_manifest(run_dir, "run", complete=False, config=to_dict(cfg), base=base_info, corpus=corpus_info,
+        print(f"strategy: {strategy.name} ({strategy.reason})", flush=True)
+        # issue 15: warn before a run the memory planner says will not fit
+        from domainlm.memory import startup_warning
+
+        if fit := startup_warning(model, cfg, strategy=strategy.name, world=dist.world, seq_len=data.block,
+                                  bf16=bf16, device=device):
+            log.warning(fit)
+    loss_module = LossModule(model, r.prepared.objective, cfg.document_mask, cfg.chunked_head, bf16, device.type)
+    train_module = wrap(loss_module, model, strategy, bf16, device)
+
+    # Parameters are read after wrapping: FSDP replaces each one with its shard.
+    params = [p for p in model.parameters() if p.requires_grad]
+    head_ids = _head_param_ids(model)
+    if (cfg.head_warmup_steps or cfg.body_lr_ratio != 1.0) and not head_ids & {id(p) for p in params}:
+        raise ConfigError([f"head_warmup_steps/body_lr_ratio need an LM head with weights of its own; {cfg.model}'s "
+                           "head is tied to its input embeddings (or absent): drop these options"])
+    body_params = [p for p in params if id(p) not in head_ids]
+    groups = [g for g in _param_groups(model, cfg.weight_decay, cfg.body_lr_ratio, head_ids) if g["params"]]
+    for g in groups:
+        g["lr"] = cfg.lr * g.get("lr_scale", 1.0)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  foreach=device.type == "cpu" or None)
+    scheduler = make_schedule(optimizer, cfg, data.total_steps)
+    return Trainer(model, loss_module, train_module, optimizer, scheduler, params, body_params, bf16, strategy,
+                   n_total, n_trainable, fl, peak)
+
+
+def _resumed_bf16(resume_from: Path | None) -> bool | None:
+    """The bf16 decision stored in the checkpoint being resumed (None: fresh run or older checkpoint)."""
+    if resume_from is None:
+        return None
+    try:
+        value = json.loads((resume_from / "state.json").read_text()).get("bf16")
+    except (OSError, ValueError, AttributeError):
+        return None  # load_checkpoint reports an unreadable checkpoint with its own message
+    return value if isinstance(value, bool) else None
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: AdaptConfig, total_steps: int):
+    """transformers' warmup-stable-decay schedule: linear warmup from ``min_lr_ratio`` of each group's lr to it,
+    then cosine or linear decay to ``min_lr_ratio`` by the last step (constant: no decay).
+
+    The decay is the one the hand-written schedule had; the warmup now starts at ``min_lr_ratio`` × lr on the
+    first step (it started at lr / warmup_steps), so the first step of a run is never at lr 0.
+    """
+    from transformers import get_wsd_schedule
+
+    warmup = int(math.ceil(cfg.warmup_ratio * total_steps))
+    decay = 0 if cfg.schedule == "constant" else total_steps - warmup
+    return get_wsd_schedule(optimizer, num_warmup_steps=warmup, num_decay_steps=decay,
+                            num_stable_steps=total_steps - warmup - decay,
+                            decay_type="cosine" if cfg.schedule == "constant" else cfg.schedule,
+                            min_lr_ratio=cfg.min_lr_ratio)
+
+
+def _head_param_ids(model: Any) -> set[int]:
+    """ids of the LM head's own parameters: those outside the transformer body (``base_model_prefix``).
+    A head tied to the input embeddings owns none (the shared matrix counts as body)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    prefix = getattr(inner, "base_model_prefix", "")
+    if not prefix or getattr(inner, prefix, None) is None:
+        return set()
+    return {id(p) for n, p in inner.named_parameters() if not n.startswith(prefix + ".")}
+
+
+def _param_groups(model: Any, weight_decay: float, body_lr_ratio: float = 1.0,
+                  head_ids: set[int] | None = None) -> list[dict]:
+    """AdamW groups: no decay for biases and norms; with ``body_lr_ratio`` < 1 the head's groups come
+    first and keep the full lr (``lr_scale`` 1), the body's are scaled."""
+    split = body_lr_ratio != 1.0 and bool(head_ids)
+    groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in ((True, False) if split else (False,))
+                                             for d in (True, False)}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = not (p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias"))
+        groups[(split and id(p) in head_ids, decay)].append(p)
+    return [{"params": ps, "weight_decay": weight_decay if d else 0.0,
+             "lr_scale": 1.0 if (h or not split) else body_lr_ratio} for (h, d), ps in groups.items()]
+
+
+# ----------------------------------------------------------------------------------------------------
+# resume
+# ----------------------------------------------------------------------------------------------------
+
+def resume(r: Run, data: Data, tr: Trainer) -> Progress:
+    cfg, dist = r.cfg, r.dist
+    p = Progress()
+    if r.resume_from is not None:
+        saved = read_state(r.resume_from)
+        saved_world = int(saved.get("world_size", dist.world))
+        saved_batch = saved.get("global_batch", data.global_batch)
+        if saved_batch != data.global_batch:
+            raise ConfigError([f"{r.resume_from} was written with a global batch of {saved_batch} sequences "
+                               f"({saved_world} processes), this run has {data.global_batch} ({dist.world} x "
+                               f"batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum}): set batch_size/grad_accum "
+                               f"so the global batch is {saved_batch}, or start again with --overwrite"])
+        if saved_world != dist.world:
+            log.warning("resuming a %d-process checkpoint on %d processes: weights and optimizer are resharded, "
+                        "the data continue where they stopped; dropout noise differs from an uninterrupted run",
+                        saved_world, dist.world)
+        state = load_checkpoint(r.resume_from, tr.loss_module, tr.optimizer, rank=dist.rank, world=dist.world,
+                                device=dist.device)
+        tr.scheduler.load_state_dict(state["scheduler"])
+        p.start_step = state["step"]
+        data.stream.load_state_dict(state["stream"])
+        p.elapsed_before = state.get("elapsed", 0.0)
+        p.history = state.get("history", {})
+        log.info("resumed from %s (step %d)", r.resume_from, p.start_step)
+    p.stream_state = StreamState(**data.stream.state_dict())
+    p.metrics = MetricsLog(r.dir / "metrics.jsonl", p.start_step if r.resume_from is not None else None,
+                           dist.is_main)
+    if dist.is_main:
+        write_manifest(r.dir, "run", complete=False, config=to_dict(cfg), base=_base_info(r),
+                       corpus=_corpus_info(r, data),
                        notes=["training in progress (or interrupted): resume with --resume"])
+    return p
 
-    def make_batch(items: list[tuple[str, int]], first_index: int, salt: int = 0):
-        ids, docs = [], []
-        for source, row in items:
-            rec = (train_ds if source == "domain" else replay_ds)[row]
-            ids.append(rec["input_ids"])
-            docs.append(rec["doc_ids"])
-        input_ids = torch.stack(ids).long()
-        doc_ids = torch.stack(docs).long()
-        if masker is not None:
-            gens = [sequence_generator(cfg.seed, first_index + i, salt) for i in range(len(items))]
-            input_ids, labels = masker(input_ids, doc_ids if cfg.document_mask else None, gens)
-        else:
-            labels = causal_labels(input_ids, doc_ids if cfg.document_mask else None)
-        return input_ids.to(device), labels.to(device), doc_ids.to(device)
 
-    @torch.no_grad()
-    def evaluate(ds) -> tuple[float, float]:
-        n = len(ds) if cfg.eval_batches == 0 else min(len(ds), cfg.eval_batches * cfg.batch_size)
-        model.eval()
-        total, count = 0.0, 0
-        mine = list(range(dist.rank, n, dist.world))
-        for i in range(0, len(mine), cfg.batch_size):
-            rows = mine[i:i + cfg.batch_size]
-            ids = torch.stack([ds[r]["input_ids"] for r in rows]).long()
-            docs = torch.stack([ds[r]["doc_ids"] for r in rows]).long()
-            if masker is not None:
-                gens = [sequence_generator(cfg.seed, r, salt=1) for r in rows]
-                ids, labels = masker(ids, docs if cfg.document_mask else None, gens)
-            else:
-                labels = causal_labels(ids, docs if cfg.document_mask else None)
-            total += float(loss_module(ids.to(device), labels.to(device), docs.to(device), 1.0))
-            count += int((labels != -100).sum())
-        model.train()
-        total, count = dist.sum([total, float(count)])
-        return total, count
+# ----------------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------------
 
-    def eval_record(step: int) -> dict[str, Any]:
-        rec: dict[str, Any] = {"type": "eval", "step": step}
-        if len(val_ds):
-            loss, count = evaluate(val_ds)
-            rec.update(domain_loss=loss / max(count, 1), domain_ppl=perplexity(loss, int(count)))
-        if general_val is not None and len(general_val):
-            loss, count = evaluate(general_val)
-            rec.update(general_loss=loss / max(count, 1), general_ppl=perplexity(loss, int(count)))
-        metrics.write(rec)
-        return rec
+def log_interval(cfg: AdaptConfig, total_steps: int) -> int:
+    """Steps between train log lines: as configured, else every step for runs under 100 steps and about 100
+    points otherwise (a short run logged every 10 steps draws 2 or 3 points, which can read as a rising loss)."""
+    if cfg.log_every:
+        return cfg.log_every
+    return 1 if total_steps < 100 else total_steps // 100
 
-    if start_step == 0:
-        history["initial"] = eval_record(0)
+
+def train(r: Run, data: Data, tr: Trainer, p: Progress) -> None:
+    from domainlm.flops import mfu
+
+    cfg, dist, device = r.cfg, r.dist, r.dist.device
+    if p.start_step == 0:
+        p.history["initial"] = eval_record(r, data, tr, p, 0)
+    every = log_interval(cfg, data.total_steps)
     pbar = None
     if dist.is_main:
         from tqdm.auto import tqdm
 
-        pbar = tqdm(total=total_steps, initial=start_step, desc=f"adapt {objective}/{cfg.method}", unit="step",
-                    dynamic_ncols=True, disable=os.environ.get("DOMAINLM_PROGRESS", "1") == "0")
+        pbar = tqdm(total=data.total_steps, initial=p.start_step, desc=f"adapt {r.prepared.objective}/{cfg.method}",
+                    unit="step", dynamic_ncols=True, disable=os.environ.get("DOMAINLM_PROGRESS", "1") == "0")
+    batches = Batches(data.builder, data.stream, p.start_step, data.total_steps, ahead=cfg.prefetch,
+                      pin=device.type == "cuda", rank=dist.rank, world=dist.world, batch_size=cfg.batch_size,
+                      grad_accum=cfg.grad_accum)
     t_loop = time.perf_counter()
-    tokens_done_session = 0
-    last = {"loss": float("nan")}
-    step = start_step
     try:
-        for step in range(start_step, total_steps):
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step, total_steps, warmup, cfg.schedule, cfg.min_lr_ratio)
-            first = stream.state.next_index
-            items = stream.take(global_batch)
-            micro = []
-            for k in range(cfg.grad_accum):
-                off = k * dist.world * cfg.batch_size + dist.rank * cfg.batch_size
-                chunk = items[off:off + cfg.batch_size]
-                micro.append(make_batch(chunk, first + off))
-            local_count = sum(int((m[1] != -100).sum()) for m in micro)
+        for batch in batches:
+            micro = [tuple(t.to(device, non_blocking=True) for t in m) for m in batch.micro]
+            local_count = sum(int((labels != IGNORE).sum()) for _, labels, _ in batch.micro)
             (global_count,) = dist.sum([float(local_count)])
-            scale = dist.world / max(global_count, 1.0)
+            scale = dist.world / max(global_count, 1.0)  # DDP and FSDP average gradients over processes
             loss_total = 0.0
             for k, (ids, labels, docs) in enumerate(micro):
-                sync = contextlib.nullcontext()
-                if dist.world > 1 and k < len(micro) - 1:
-                    sync = train_module.no_sync()
-                with sync:
-                    loss = train_module(ids, labels, docs, scale)
+                with no_sync(tr.train_module, last=k == len(micro) - 1):
+                    loss = tr.train_module(ids, labels, docs, scale)
                     loss.backward()
                 loss_total += float(loss.detach()) / dist.world
             (loss_total,) = dist.sum([loss_total])
+            if batch.step < cfg.head_warmup_steps:
+                # Head-first warm-up: drop the body's (already reduced) gradients, so AdamW neither moves the
+                # body nor fills its moments with the random head's gradients.
+                for param in tr.body_params:
+                    param.grad = None
             if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            done = step + 1
+                clip_grad_norm_(tr.params, cfg.max_grad_norm)
+            lr = tr.optimizer.param_groups[0]["lr"]
+            tr.optimizer.step()
+            tr.scheduler.step()
+            tr.optimizer.zero_grad(set_to_none=True)
+            done = batch.step + 1
+            p.stream_state = batch.state_after
             fault_point("step", done)
-            tokens_done_session += tokens_per_step
-            last["loss"] = loss_total
-            now = time.perf_counter()
-            tps = tokens_done_session / max(now - t_loop, 1e-9)
+            p.tokens_session += data.tokens_per_step
+            p.last_loss = loss_total
+            tps = p.tokens_session / max(time.perf_counter() - t_loop, 1e-9)
             if pbar is not None:
                 pbar.update(1)
                 pbar.set_postfix(loss=f"{loss_total:.3f}", tok_s=f"{tps:,.0f}")
-            if done % cfg.log_every == 0 or done == total_steps or done == start_step + 1:
-                rec = {"type": "train", "step": done, "loss": loss_total, "lr": optimizer.param_groups[0]["lr"],
-                       "tokens": done * tokens_per_step, "tokens_per_s": tps,
-                       "mfu": mfu(tps, fl.training_flops_per_token, peak * dist.world) if peak else None}
-                metrics.write(rec)
-            if cfg.eval_every and done % cfg.eval_every == 0 and done != total_steps:
-                eval_record(done)
-            if cfg.save_every and done % cfg.save_every == 0 and done != total_steps:
-                _save(run_dir, done, model, optimizer, stream, elapsed_before + now - t_start, history, cfg, dist,
-                      bf16)
+            if done % every == 0 or done == data.total_steps or done == p.start_step + 1:
+                p.metrics.write({"type": "train", "step": done, "loss": loss_total, "lr": lr,
+                                 "tokens": done * data.tokens_per_step, "tokens_per_s": tps,
+                                 "mfu": mfu(tps, tr.flops.training_flops_per_token, tr.peak * dist.world)
+                                 if tr.peak else None})
+            if cfg.eval_every and done % cfg.eval_every == 0 and done != data.total_steps:
+                eval_record(r, data, tr, p, done)
+            if cfg.save_every and done % cfg.save_every == 0 and done != data.total_steps:
+                save(r, data, tr, p, done)
     finally:
+        batches.close()
         if pbar is not None:
             pbar.close()
-    loop_s = time.perf_counter() - t_loop
-    history["final"] = eval_record(total_steps)
-    tokens_trained = total_steps * tokens_per_step
-    session_tps = tokens_done_session / max(loop_s, 1e-9)
-    s = stream.state
-    replay_actual = s.replay_used / max(1, s.replay_used + s.domain_used)
+    p.loop_s = time.perf_counter() - t_loop
+    p.state_bytes = state_bytes(tr.model, tr.optimizer)
+    p.peak_rss_training = peak_rss()  # before the final evaluation and the gathering of the full model
+
+
+def save(r: Run, data: Data, tr: Trainer, p: Progress, step: int) -> None:
+    extra = {"step": step, "stream": dataclasses.asdict(p.stream_state), "scheduler": tr.scheduler.state_dict(),
+             "elapsed": p.elapsed_before + time.perf_counter() - r.t_start, "history": p.history, "bf16": tr.bf16,
+             "world_size": r.dist.world, "global_batch": data.global_batch, "strategy": tr.strategy.name}
+    save_checkpoint(r.dir, step, tr.loss_module, tr.optimizer, extra, r.cfg.keep_last, rank=r.dist.rank,
+                    world=r.dist.world, device=r.dist.device)
+
+
+def eval_sequences(cfg: AdaptConfig) -> int:
+    """Validation sequences scored per evaluation (0: the whole split), the same for any number of processes."""
+    if cfg.eval_batches is not None:  # the older setting, in micro-batches of one process
+        return cfg.eval_batches * cfg.batch_size
+    return cfg.eval_sequences
+
+
+@torch.no_grad()
+def evaluate(r: Run, data: Data, tr: Trainer, ds) -> tuple[float, float]:
+    """(sum of token losses, target tokens) over the first ``eval_sequences`` of ``ds``, split over processes.
+
+    Every process runs the same number of forwards (FSDP gathers weights collectively); a process whose share
+    has run out scores a placeholder row and drops it.
+    """
+    cfg, dist, device = r.cfg, r.dist, r.dist.device
+    n = len(ds) if eval_sequences(cfg) == 0 else min(len(ds), eval_sequences(cfg))
+    mine = list(range(dist.rank, n, dist.world))
+    rounds = math.ceil(math.ceil(n / dist.world) / cfg.batch_size)
+    tr.model.eval()
+    total, count = 0.0, 0
+    for i in range(rounds):
+        rows = mine[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        ids, docs = read_rows(ds, rows or [0])
+        ids, labels, docs = data.builder.labelled(ids, docs, rows or [0], salt=1)
+        loss = float(tr.loss_module(ids.to(device), labels.to(device), docs.to(device), 1.0))
+        if rows:
+            total += loss
+            count += int((labels != IGNORE).sum())
+    tr.model.train()
+    total, count = dist.sum([total, float(count)])
+    return total, count
+
+
+def eval_record(r: Run, data: Data, tr: Trainer, p: Progress, step: int) -> dict[str, Any]:
+    rec: dict[str, Any] = {"type": "eval", "step": step}
+    if len(data.val):
+        loss, count = evaluate(r, data, tr, data.val)
+        rec.update(domain_loss=loss / max(count, 1), domain_ppl=perplexity(loss, int(count)))
+    if data.general_val is not None and len(data.general_val):
+        loss, count = evaluate(r, data, tr, data.general_val)
+        rec.update(general_loss=loss / max(count, 1), general_ppl=perplexity(loss, int(count)))
+    p.metrics.write(rec)
+    return rec
+
+
+# ----------------------------------------------------------------------------------------------------
+# finish: final evaluation, final model, manifest
+# ----------------------------------------------------------------------------------------------------
+
+def finish(r: Run, data: Data, tr: Trainer, p: Progress) -> dict[str, Any]:
+    from domainlm.flops import mfu
+
+    cfg, dist = r.cfg, r.dist
+    p.history["final"] = eval_record(r, data, tr, p, data.total_steps)
+    tokens_trained = data.total_steps * data.tokens_per_step
+    session_tps = p.tokens_session / max(p.loop_s, 1e-9)
+    s = data.stream.state
     stream_meta = {"domain_sequences": s.domain_used, "replay_sequences": s.replay_used,
-                   "replay_fraction_config": replay_fraction, "replay_fraction_actual": replay_actual,
-                   "replay_corpus": cfg.replay_corpus if replay_ds is not None else None}
+                   "replay_fraction_config": data.replay_fraction,
+                   "replay_fraction_actual": s.replay_used / max(1, s.replay_used + s.domain_used),
+                   "replay_corpus": cfg.replay_corpus if data.replay is not None else None}
     warnings_out = []
-    init, fin = history.get("initial", {}), history["final"]
+    init, fin = p.history.get("initial", {}), p.history["final"]
     if "general_ppl" in init and "general_ppl" in fin and math.isfinite(init["general_ppl"]):
         rise = fin["general_ppl"] / init["general_ppl"] - 1
         fin["general_ppl_rise"] = rise
@@ -427,70 +561,115 @@ def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
                    "replay (replay_fraction), a lower lr, or fewer steps.")
             log.warning(msg)
             warnings_out.append(msg)
-    elapsed = elapsed_before + time.perf_counter() - t_start
+    final_dir = save_final(r, data, tr)
+    peaks = peak_memory(dist, peak_rss_bytes_training=p.peak_rss_training)
+    elapsed = p.elapsed_before + time.perf_counter() - r.t_start
     result: dict[str, Any] = {}
     if dist.is_main:
-        final_dir = _save_final(run_dir, prepared, cfg, val_ds, device)
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png",
-                    f"{cfg.model} -> {cfg.corpus} ({objective}, {cfg.method})")
-        metrics.close()
+        plot_curves(r.dir / "metrics.jsonl", r.dir / "curves.png",
+                    f"{cfg.model} -> {cfg.corpus} ({r.prepared.objective}, {cfg.method})")
+        p.metrics.close()
+        fl, peak = tr.flops, tr.peak
         result = write_manifest(
-            run_dir, "run", complete=True, config=to_dict(cfg), base=base_info, corpus=corpus_info,
-            objective=objective, method=cfg.method, final_dir=str(final_dir.relative_to(run_dir)),
-            steps=total_steps, tokens_trained=tokens_trained, global_batch=global_batch, block_size=block,
-            world_size=dist.world, bf16=bf16, hardware=_hardware(device), wall_time_s=elapsed,
-            tokens_per_s=session_tps,
+            r.dir, "run", complete=True, config=to_dict(cfg), base=_base_info(r), corpus=_corpus_info(r, data),
+            objective=r.prepared.objective, method=cfg.method, final_dir=str(final_dir.relative_to(r.dir)),
+            steps=data.total_steps, tokens_trained=tokens_trained, global_batch=data.global_batch,
+            block_size=data.block, world_size=dist.world, strategy=tr.strategy.name,
+            strategy_reason=tr.strategy.reason, state_bytes_per_process=p.state_bytes, peak_memory=peaks,
+            bf16=tr.bf16, memory_features=_features_record(tr.model),  # issue 15: what apply_features did
+            hardware=_hardware(dist.device), wall_time_s=elapsed, tokens_per_s=session_tps,
             mfu=mfu(session_tps, fl.training_flops_per_token, peak * dist.world) if peak else None,
-            peak_flops=peak, parameters={"total": n_total, "trainable": n_trainable},
+            peak_flops=peak, parameters={"total": tr.n_total, "trainable": tr.n_trainable},
             flops={"training_per_token": fl.training_flops_per_token, "total": fl.training_flops_per_token *
                    tokens_trained, "kaplan_6n_per_token": fl.kaplan_6n, "chinchilla_6n_per_token": fl.chinchilla_6n,
                    "non_embedding_params": fl.non_embedding_params, "embedding_params": fl.embedding_params},
-            stream=stream_meta, fresh_parameters=prepared.report.fresh_parameters,
-            load_messages=prepared.report.messages, lora_modules_to_save=prepared.lora_modules_to_save,
+            stream=stream_meta, fresh_parameters=r.prepared.report.fresh_parameters,
+            load_messages=r.prepared.report.messages, lora_modules_to_save=r.prepared.lora_modules_to_save,
             metrics={"initial": init, "final": fin, "validation_loss": fin.get("domain_loss"),
-                     "train_loss": last["loss"]},
+                     "train_loss": p.last_loss},
             warnings=warnings_out)
-        result["run_dir"] = str(run_dir)
+        result["run_dir"] = str(r.dir)
         _print_summary(result)
     dist.barrier()
     return result
 
 
-def _save(run_dir, step, model, optimizer, stream, elapsed, history, cfg, dist, bf16: bool) -> None:
-    if dist.is_main:
-        save_checkpoint(run_dir, step, model, optimizer,
-                        {"step": step, "stream": stream.state_dict(), "elapsed": elapsed, "history": history,
-                         "bf16": bf16},
-                        cfg.keep_last)
-    dist.barrier()
+def save_final(r: Run, data: Data, tr: Trainer) -> Path:
+    """The final model (full weights, or the LoRA adapter with its base recorded) plus a logits probe.
 
-
-def _save_final(run_dir: Path, prepared: Prepared, cfg: AdaptConfig, val_ds, device) -> Path:
-    """The final model (full weights, or the LoRA adapter with its base recorded) plus a logits probe."""
+    Every process takes part: the weights are gathered into one full state dict on process 0 (from the shards
+    under FSDP) with ``get_model_state_dict``, and the probe's forward runs through the (sharded) model.
+    """
     from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    cfg, prepared, device = r.cfg, r.prepared, r.dist.device
     model = prepared.model
-    final = run_dir / "final"
-    with atomic_dir(final) as tmp:
-        if cfg.method == "lora":
-            resized = bool(prepared.lora_modules_to_save) or cfg.train_embeddings
-            model.save_pretrained(tmp, save_embedding_layers=resized if resized else "auto")
-            (tmp / "base_model.json").write_text(json.dumps(
-                {"model": cfg.model, "objective": prepared.objective, "path": prepared.source.path,
-                 "hub_id": prepared.source.hub_id, "vocab_size": len(prepared.tokenizer)}, indent=2))
-        else:
-            model.save_pretrained(tmp, safe_serialization=True)
-        prepared.tokenizer.save_pretrained(tmp)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # Tied weights (BERT's decoder and word embeddings) come back as separate gathered copies, which
+    # save_pretrained can no longer recognise as one storage: keep each parameter under its first name only.
+    first_names = {name for name, _ in model.named_parameters()}
+    for name, _ in model.named_parameters(remove_duplicate=False):
+        if name not in first_names:
+            full.pop(name, None)
+    probe = None
+    if len(data.val):
         # A probe of the trained model's logits, so publish can prove its export reproduces them.
-        if len(val_ds):
-            ids = val_ds[0]["input_ids"][:64].long().unsqueeze(0).to(device)
-            model.eval()
-            with torch.no_grad():
-                logits = model(input_ids=ids).logits.float()
-            model.train()
-            save_file({"input_ids": ids.cpu(), "logits": logits.cpu()}, str(tmp / "probe.safetensors"))
-        write_manifest(tmp, "final", complete=True, notes=[f"method: {cfg.method}"])
+        ids = data.val[0]["input_ids"][:64].long().unsqueeze(0)
+        model.eval()
+        with torch.no_grad():
+            probe = {"input_ids": ids, "logits": tr.loss_module(ids.to(device)).cpu()}
+        model.train()
+    final = r.dir / "final"
+    if r.dist.is_main:
+        with atomic_dir(final) as tmp:
+            if cfg.method in LORA_METHODS:
+                resized = bool(prepared.lora_modules_to_save) or cfg.train_embeddings
+                model.save_pretrained(tmp, state_dict=full, save_embedding_layers=resized if resized else "auto")
+                (tmp / "base_model.json").write_text(json.dumps(
+                    {"model": cfg.model, "objective": prepared.objective, "path": prepared.source.path,
+                     "hub_id": prepared.source.hub_id, "vocab_size": len(prepared.tokenizer),
+                     **prepared.base_storage}, indent=2))  # how the frozen base was held (quant.dequantized_base)
+            else:
+                model.save_pretrained(tmp, state_dict=full, safe_serialization=True)
+            prepared.tokenizer.save_pretrained(tmp)
+            if probe is not None:
+                save_file(probe, str(tmp / "probe.safetensors"))
+            write_manifest(tmp, "final", complete=True, notes=[f"method: {cfg.method}"])
+    r.dist.barrier()
     return final
+
+
+def _features_record(model: Any) -> dict[str, Any] | None:
+    """adapt.features' record (bf16 base, checkpointing, compiled blocks) plus the seconds spent compiling, which
+    are part of wall_time_s but are reported apart from the steady-state tokens/s (issue 15)."""
+    from domainlm.adapt.features import compile_seconds
+
+    applied = getattr(model, "_domainlm_features", None)
+    if applied is None:
+        return None
+    return {**applied.as_dict(), "compile_s": compile_seconds() if applied.compiled_blocks else 0.0}
+
+
+def _base_info(r: Run) -> dict[str, Any]:
+    src = r.prepared.source
+    return {"name": r.cfg.model, "kind": src.kind, "origin": src.origin, "path": src.path, "hub_id": src.hub_id,
+            "license": src.license, "gguf_file": src.gguf_file}
+
+
+def _corpus_info(r: Run, data: Data) -> dict[str, Any]:
+    return {"path": str(data.corpus_dir), "name": r.cfg.corpus,
+            "manifest_sha256": sha256_file(data.corpus_dir / "manifest.json"),
+            "counts": data.corpus_manifest.get("counts", {}), "splits": data.corpus_manifest.get("splits", {}),
+            "block_size": data.block}
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    from domainlm.flops import cpu_name
+
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def _print_summary(m: dict[str, Any]) -> None:
@@ -503,11 +682,3 @@ def _print_summary(m: dict[str, Any]) -> None:
             lines.append(f"  {label}: {init.get(key, float('nan')):.2f} -> {fin[key]:.2f}")
     lines.append(f"  FLOPs: {m['flops']['total']:.3g}   final model: {Path(m['run_dir']) / m['final_dir']}")
     print("\n".join(lines))
-
-
-def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a finished run, refusing unfinished ones."""
-    try:
-        return read_manifest(run_dir, "run")
-    except DomainLMError as exc:
-        raise DomainLMError(f"{run_dir}: {exc}") from None
