@@ -86,7 +86,9 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             continue  # perplexities are listed once, below, per token and per word
         rows.append({"metric": f"{t['name']} ({t['metric']})", "base": base.get("score"), "adapted": model.get("score"),
                      "delta": t.get("delta"), "delta_ci": t.get("delta_ci"),
-                     "higher_is_better": t.get("higher_is_better", True)})
+                     "higher_is_better": t.get("higher_is_better", True), "n_test": t.get("n_test"),
+                     "holm": ((report.get("aggregate") or {}).get("family_wise") or {}).get("verdicts", {}).get(
+                         t["name"])})
     task_ci = {t["name"]: t.get("delta_ci") for t in report.get("tasks", []) if t.get("metric") == "word_perplexity"}
     for kind, entry in (report.get("perplexity") or {}).items():
         m, b = entry.get("model") or {}, entry.get("baseline") or {}
@@ -122,15 +124,37 @@ def verdict(row: dict[str, Any]) -> str:
     return "better" if good else "worse"
 
 
+# The change a user usually hopes to see from domain adaptation on a 0-1 score (F1, accuracy).
+TARGET_EFFECT = 0.02
+
+
+def detectable(row: dict[str, Any]) -> str:
+    """Can this task's test set see a 2-point change? 'yes'/'no' with the minimum detectable effect.
+
+    The minimum detectable effect is the half-width of the paired-delta interval: a true change
+    smaller than it lands "within noise". Perplexity rows (no 0-1 scale) get '-'.
+    """
+    ci = row.get("delta_ci")
+    if not ci or ci[0] is None or "perplexity" in row["metric"]:
+        return "-"
+    mde = (ci[1] - ci[0]) / 2
+    return f"{'yes' if mde <= TARGET_EFFECT else 'no'} (±{mde:.2f})"
+
+
 def render_summary(rows: list[dict[str, Any]], facts: list[tuple[str, str]]) -> str:
     width = max([len(r["metric"]) for r in rows] + [24])
-    lines = [f"{'metric':<{width}}  {'base':>9}  {'adapted':>9}  {'delta':>9}  {'delta 95% CI':>18}  verdict",
-             "-" * (width + 75)]
+    lines = [f"{'metric':<{width}}  {'base':>9}  {'adapted':>9}  {'delta':>9}  {'delta 95% CI':>18}  "
+             f"{'sees 2 pts':>11}  verdict", "-" * (width + 90)]
     for r in rows:
         lines.append(f"{r['metric']:<{width}}  {_fmt(r['base']):>9}  {_fmt(r['adapted']):>9}  "
                      f"{'-' if r['delta'] is None else format(r['delta'], '+.3g'):>9}  "
-                     f"{_ci(r.get('delta_ci')):>18}  {verdict(r)}")
+                     f"{_ci(r.get('delta_ci')):>18}  {detectable(r):>11}  {verdict(r)}"
+                     + (f" (Holm: {r['holm']})" if r.get("holm") else ""))
     lines.append("")
+    if any(detectable(r).startswith("no") for r in rows):
+        lines += ["sees 2 pts: 'no' means the test set is too small to tell a 2-point change from noise (the number "
+                  "is the smallest change it can see: half the paired interval); use the real datasets "
+                  "(benchmarks/*/README.md) to see one.", ""]
     lines += [f"{k:<18} {v}" for k, v in facts]
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@ from domainlm.bench.readers import (
     read_hoc,
     read_jsonl,
     read_pairs,
+    read_paragraphs,
     read_pdb,
     read_pubmedqa,
     read_pubtator,
@@ -171,9 +172,16 @@ def test_hoc_folder_document_labels():
     assert recs[1].label == []  # NULL is no label
 
 
-def test_text_documents_and_pdb_contacts():
+def test_text_documents_and_pdb_contacts(tmp_path):
     docs = read_text(FIX / "general.txt", spec(format="text", head="lm"), "test")
     assert [d.text[:9] for d in docs] == ["The river", "She bough"]
+    # one meaning per format, shared with corpora: `text` is a document per line, `paragraphs` per blank line
+    two = tmp_path / "two.txt"
+    two.write_text("first line\nsame paragraph\n\nsecond paragraph\n")
+    assert [d.text for d in read_text(two, spec(format="text", head="lm"), "test")] == \
+        ["first line", "same paragraph", "second paragraph"]
+    assert [d.text for d in read_paragraphs(two, spec(format="paragraphs", head="lm"), "test")] == \
+        ["first line\nsame paragraph", "second paragraph"]
     s = spec(format="pdb", head="contacts")
     prots = read_pdb(PROTEIN / "structures" / "test", s, "test")
     assert len(prots) == 6
@@ -289,3 +297,31 @@ def test_real_brat_sofc_and_fasta(realdata):
                      spec(format="fasta", head="regression"), "test")
     assert len(dms) == 1000 and all(isinstance(r.label, float) for r in dms)
     assert len({len(r.text) for r in dms}) == 1  # single mutants of one protein
+
+
+def test_on_error_skip_counts_bad_records_and_raise_names_them(tmp_path):
+    """Matscholar-style CoNLL lines with a token and no tag: stop by default, or skip the sentence, counted."""
+    from domainlm.bench.tasks import load_task
+
+    good = "The\tO\naspirin\tB-Chemical\ndose\tO\n\n"
+    bad = "Iron\tB-Chemical\noxide\n\n"  # "oxide" has no tag
+    (tmp_path / "train.tsv").write_text(good * 3 + bad)
+    (tmp_path / "test.tsv").write_text(good + bad + bad + good)
+    yaml = ("version: 1\nformat: conll\nhead: token\nmetric: entity_f1\n"
+            "files: {train: train.tsv, test: test.tsv}\n")
+    (tmp_path / "t.yaml").write_text(yaml)
+    with pytest.raises(DataError, match=r"train.tsv:14: line has one column \('oxide'\).*on_error: skip"):
+        load_data(load_task(tmp_path / "t.yaml"))
+    (tmp_path / "t.yaml").write_text(yaml + "on_error: skip\n")
+    data = load_data(load_task(tmp_path / "t.yaml"))
+    assert len(data.train) == 3 and len(data.test) == 2
+    assert data.skipped["train"]["counts"] == {"bad token line (sentence skipped)": 1}
+    assert data.skipped["test"]["counts"] == {"bad token line (sentence skipped)": 2}
+    assert data.skipped["test"]["examples"]["bad token line (sentence skipped)"][0].startswith(f"{tmp_path}/test.tsv:6")
+    assert any("2 bad record(s) skipped" in n and "test.tsv:6" in n for n in data.notes)
+    # JSONL classification: a broken line and a record without its label field
+    (tmp_path / "c.jsonl").write_text('{"text": "a", "label": "x"}\n{broken\n{"text": "b"}\n{"text": "c", "label": "y"}\n')
+    s = spec(format="jsonl", head="sequence", mode="zeroshot", prompt="{text}", labels=["x", "y"], on_error="skip",
+             files={"test": str(tmp_path / "c.jsonl")})
+    data = load_data(s, needs_train=False)
+    assert [ex.text for ex in data.test] == ["a", "c"] and data.skipped["test"]["counts"] == {"bad JSONL record": 2}

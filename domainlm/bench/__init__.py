@@ -1,6 +1,7 @@
 """``domainlm bench``: evaluate a model, and optionally its base, on a domain task suite.
 
-Suites are folders of task YAMLs (``benchmarks/<suite>/``; see :mod:`domainlm.bench.tasks`).
+Suites are folders of task YAMLs (``benchmarks/<suite>/``; see :mod:`domainlm.bench.tasks`), and
+``harness:TASKS`` runs lm-evaluation-harness tasks on the same loaded model (:mod:`.harness`).
 Each task is read (:mod:`.readers`, :mod:`.data`), scored in its mode (:mod:`.modes`: frozen-feature
 probe, fixed-budget fine-tuning over seeds, zero-shot answer log-likelihood, perplexity, contacts
 from attention), and reported with bootstrap confidence intervals and a paired delta against the
@@ -15,10 +16,18 @@ Output folder ``OUT/`` (written atomically; a crash leaves no half report):
                 "model": {"score", "ci": [lo, hi], "seeds": [per-seed scores], "std", "extras": {...},
                           "mode", "wall_s", "examples_per_s", "notes": [...], "skipped": str | null},
                 "baseline": {same keys} | null,
-                "delta": model - baseline | null, "delta_ci": [lo, hi] | null,
-                "wall_s", "examples_per_s", "n_test", "files": {split: path}, "notes": [...]}],
+                "delta": model - baseline | null, "delta_ci": [lo, hi] | null, "p_value": float | null,
+                "verdict": "better" | "worse" | "within noise" | "-", "backend": "domainlm" | "lm-evaluation-harness",
+                "wall_s", "examples_per_s", "n_test", "files": {split: path}, "notes": [...],
+                "skipped_records": {split: {"counts": {reason: n}, "examples": {reason: [...]}}} | null,
+                # classification tasks: answer priors (see domainlm.bench.priors)
+                "gold_distribution": {label: n}, "calibrated": {"model", "baseline", "delta", "delta_ci"} | null}],
+     # each side also has "priors": {"predicted": {label: n}, "macro_f1", "acc_norm", "acc_calibrated"} | null
+     # and, in finetune mode with a dev split, "selection": [{"seed", "dev": [[step, score]], "chosen_step"}]
      "aggregate": {"blurb_style_macro": {"model", "baseline", "delta",
-                                         "families": {family: {"model", "baseline"}}}},
+                                         "families": {family: {"model", "baseline"}}},
+                   "family_wise": {"method": "holm", "alpha", "tasks_compared", "verdicts": {task: verdict},
+                                   "better": [...], "worse": [...]} | null},  # only when > 3 tasks compared
      "perplexity": {"domain" | "general": {"task", "model": {"per_token", "per_char", "per_word",
                     "bits_per_char", "tokens", "chars", "words", "method", ...}, "baseline": {...} | null}},
      "config": {...}, "wall_s": float, "created": iso time}
@@ -33,55 +42,10 @@ Output folder ``OUT/`` (written atomically; a crash leaves no half report):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from domainlm.config import as_config, opt
-
-
-@dataclass
-class BenchConfig:
-    model: str = opt(help="model to evaluate: a run folder from `adapt`, a local folder, a packaged name "
-                     "(minilm, smollm2), tiny-* or a Hub id")
-    baseline: str | None = opt(None, "the model to compare against (usually the base model adapt started from)")
-    suite: str = opt("biomed", "biomed, materials, protein, general, a folder of task YAMLs, or several "
-                     "joined by commas (biomed,general adds the forgetting check)")
-    tasks: list[str] | None = opt(None, "run only these tasks of the suite (names are the YAML file names)")
-    data_root: str | None = opt(None, "resolve task data files under this folder instead of beside the task "
-                                "files (e.g. ../shared/realdata with the real datasets)")
-    override: list[str] = opt(factory=list, help="per-task settings, TASK.KEY=VALUE: a split's file "
-                              "(ner.test=ncbi/test.tsv; empty removes the split) or any task key "
-                              "(ner.labels=Disease); @FILE reads one per line")
-    out: str = opt("runs/bench", "output folder: report.json, report.md, comparison.png, manifest.json")
-    seeds: int = opt(3, "seeds per fine-tuned task (mean +- std is reported); probes are deterministic")
-    mode: Literal["probe", "finetune"] | None = opt(None, "force every supervised task into this mode")
-    max_examples: int | None = opt(None, "cap each split at this many records (seeded sample) for quick runs")
-    objective: Literal["auto", "causal", "masked", "protein"] = opt(
-        "auto", "how to load the models; auto uses what the source or run folder says")
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
-    bf16: Literal["auto", "on", "off"] = opt("auto", "bf16 autocast for forward passes; auto: on for CUDA with "
-                                             "bf16 support and CPUs with native bf16 (AMX/AVX512-BF16), else off")
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's own choice, one per core)")
-    bootstrap: int = opt(1000, "bootstrap resamples for confidence intervals (0 skips them)")
-
-    def problems(self) -> list[str]:
-        out = []
-        if not self.model:
-            out.append("'model' is required: name the model to evaluate")
-        if self.seeds < 1:
-            out.append(f"'seeds' must be at least 1, got {self.seeds}")
-        if self.threads is not None and self.threads < 1:
-            out.append(f"'threads' must be at least 1, got {self.threads}")
-        if self.bootstrap < 0:
-            out.append(f"'bootstrap' must be 0 or more, got {self.bootstrap}")
-        if self.max_examples is not None and self.max_examples < 1:
-            out.append(f"'max_examples' must be at least 1, got {self.max_examples}")
-        dev = self.device
-        if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-            out.append(f"'device' must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
-        if self.baseline is not None and self.baseline == self.model:
-            out.append("'baseline' is the same as 'model'; compare against a different model or drop --baseline")
-        return out
+from domainlm.bench.config import BenchConfig
+from domainlm.config import as_config
 
 
 def bench(config: BenchConfig | str | None = None, **overrides: Any) -> dict[str, Any]:

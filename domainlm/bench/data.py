@@ -15,8 +15,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from domainlm.bench.builtin import FORMATS
 from domainlm.bench.readers import Example
-from domainlm.bench.tasks import FORMATS, TaskSpec
+from domainlm.bench.tasks import TaskSpec
 from domainlm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class TaskData:
     labels: list[str] | None
     files: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    skipped: dict[str, dict] = field(default_factory=dict)  # split -> {"counts": {reason: n}, "examples": ...}
 
     @property
     def train(self) -> list[Example]:
@@ -141,12 +143,30 @@ def _cap(examples: list[Example], n: int | None, seed: int) -> list[Example]:
     return [examples[i] for i in keep]
 
 
+def _read(reader, path: Path, spec: TaskSpec, split: str, skipped: dict[str, dict]) -> list[Example]:
+    """Run a reader with a skip log for ``on_error: skip`` (corpora's SkipLog: counts and examples)."""
+    from domainlm.bench.readers import _SKIPS
+    from domainlm.corpora.readers import SkipLog
+
+    skips = SkipLog()
+    token = _SKIPS.set(skips)
+    try:
+        out = reader(path, spec, split)
+    finally:
+        _SKIPS.reset(token)
+    if skips.counts:
+        skipped[split] = skips.snapshot()
+        log.warning("task %s, %s: skipped %s", spec.task_name, split, dict(skips.counts))
+    return out
+
+
 def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_examples: int | None = None,
               needs_train: bool = True) -> TaskData:
     """Read, split and check every split of ``spec``; see the module docstring for the checks."""
     reader = FORMATS.get(spec.format).fn
     splits: dict[str, list[Example]] = {}
     files: dict[str, str] = {}
+    skipped: dict[str, dict] = {}
     for split in ("train", "dev", "test"):
         if split not in spec.files:
             continue
@@ -156,7 +176,7 @@ def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_exampl
                 f"paths resolve beside {spec.source}"
             raise DataError(f"{spec.source}: files.{split} -> {path} does not exist ({how}). Fix: correct the path, "
                             f"or point it elsewhere with --override {spec.task_name}.{split}=PATH")
-        splits[split] = reader(path, spec, split)
+        splits[split] = _read(reader, path, spec, split, skipped)
         files[split] = str(path)
     if spec.test_ids:
         ids_path = Path(spec.test_ids).expanduser()
@@ -178,6 +198,11 @@ def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_exampl
         splits.pop("train", None)
         splits.pop("dev", None)
     notes: list[str] = []
+    for split, snap in skipped.items():
+        total = sum(snap["counts"].values())
+        first = next(iter(snap["examples"].values()))[0]
+        notes.append(f"{split}: {total} bad record(s) skipped (on_error: skip): "
+                     + ", ".join(f"{k} x{v}" for k, v in snap["counts"].items()) + f"; e.g. {first}")
     # Label list first (so the "differ between splits" check sees the labels actually scored).
     labels = list(spec.labels) if spec.labels is not None else None
     if labels is not None:
@@ -215,4 +240,4 @@ def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_exampl
     if spec.head == "sequence" and labels is not None and len(labels) < 2 and spec.mode != "zeroshot":
         raise DataError(f"{files.get('train', files['test'])}: task '{spec.task_name}' has only the label(s) "
                         f"{labels}; a classifier needs at least two. Fix: check label_field and the data")
-    return TaskData(splits, labels, files, notes)
+    return TaskData(splits, labels, files, notes, skipped)

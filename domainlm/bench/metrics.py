@@ -8,7 +8,7 @@ predictions into per-example statistics once (``prepare``) and a resample only s
 value equals seqeval's micro F1 exactly (tests check this on the same inputs). Deltas between a
 model and its baseline use a *paired* bootstrap: both are scored on the same resampled examples.
 
-A metric is registered on ``METRICS`` as a class with ``prepare(gold, pred, ctx) -> array`` (one
+A metric is registered on ``METRICS`` (built-ins: :mod:`domainlm.bench.builtin`) as a class with ``prepare(gold, pred, ctx) -> array`` (one
 row per example), ``reduce(rows) -> float`` and ``point(gold, pred, ctx) -> float``.
 """
 
@@ -18,8 +18,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from domainlm.bench.tasks import METRICS
 
 
 @dataclass
@@ -45,7 +43,6 @@ def _f1(tp: float, n_pred: float, n_gold: float) -> float:
     return 0.0 if n_pred + n_gold == 0 else 2.0 * tp / (n_pred + n_gold)
 
 
-@METRICS.register("entity_f1", heads=("token",), higher_is_better=True)
 class EntityF1:
     """Entity-level micro F1 (seqeval): a mention counts only with exact span and type."""
 
@@ -72,13 +69,20 @@ class EntityF1:
 
 
 def entity_report(gold, pred) -> dict[str, float]:
-    """seqeval precision, recall and F1 (micro) for the report's extra numbers."""
+    """seqeval precision, recall and F1 (micro), and F1 per entity type when there are several."""
     from seqeval.metrics import f1_score, precision_score, recall_score
 
     g, p = [list(x) for x in gold], [list(x) for x in pred]
-    return {"entity_precision": float(precision_score(g, p, zero_division=0)),
-            "entity_recall": float(recall_score(g, p, zero_division=0)),
-            "entity_f1": float(f1_score(g, p, zero_division=0))}
+    out = {"entity_precision": float(precision_score(g, p, zero_division=0)),
+           "entity_recall": float(recall_score(g, p, zero_division=0)),
+           "entity_f1": float(f1_score(g, p, zero_division=0))}
+    types = sorted({t[2:] for sent in g for t in sent if t != "O"})
+    if len(types) > 1:  # per entity type (BLURB scores BC5CDR's chemicals and diseases apart)
+        from seqeval.metrics import classification_report
+
+        per = classification_report(g, p, output_dict=True, zero_division=0)
+        out.update({f"entity_f1_{t}": float(per[t]["f1-score"]) for t in types if t in per})
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,7 +126,6 @@ def _positive_mask(ctx: Context, labels: list[str]):
     return np.array([label != ctx.negative_label for label in labels], dtype=bool)
 
 
-@METRICS.register("accuracy", heads=("sequence", "multilabel"), higher_is_better=True)
 class Accuracy:
     """Accuracy (scikit-learn): exact match of the label (the whole label set for multilabel)."""
 
@@ -201,14 +204,12 @@ class _F1Base:
         return float(f1_score(list(gold), list(pred), labels=scored, average=cls.average, zero_division=0))
 
 
-@METRICS.register("micro_f1", heads=("sequence", "multilabel"), higher_is_better=True)
 class MicroF1(_F1Base):
     """Micro-averaged F1 (scikit-learn); ``negative_label`` is left out (ChemProt/DDI convention)."""
 
     average = "micro"
 
 
-@METRICS.register("macro_f1", heads=("sequence", "multilabel"), higher_is_better=True)
 class MacroF1(_F1Base):
     """Macro-averaged F1 (scikit-learn) over the labels present in gold or predictions."""
 
@@ -242,14 +243,12 @@ class _CorrBase:
         return cls.reduce(cls.prepare(gold, pred, ctx))
 
 
-@METRICS.register("pearson", heads=("regression",), higher_is_better=True)
 class Pearson(_CorrBase):
     """Pearson correlation (scipy.stats.pearsonr)."""
 
     fn = "pearsonr"
 
 
-@METRICS.register("spearman", heads=("regression",), higher_is_better=True)
 class Spearman(_CorrBase):
     """Spearman rank correlation (scipy.stats.spearmanr)."""
 
@@ -273,39 +272,36 @@ class _PerplexityBase:
 
     @classmethod
     def reduce(cls, rows) -> float:
+        # the one perplexity formula (overflow and empty cases included); imported here because lm_loss
+        # imports torch and task validation should not
+        from domainlm.lm_loss import perplexity
+
         s = rows.sum(axis=0)
-        if not s[cls.column]:
-            return float("nan")
-        x = s[0] / s[cls.column]
-        return math.exp(x) if x < 709.0 else float("inf")  # a random model's per-word value can overflow
+        return perplexity(float(s[0]), float(s[cls.column]))
 
     @classmethod
     def point(cls, gold, pred, ctx: Context) -> float:
         return cls.reduce(cls.prepare(gold, pred, ctx))
 
 
-@METRICS.register("token_perplexity", heads=("lm",), higher_is_better=False)
 class TokenPerplexity(_PerplexityBase):
     """exp(mean negative log-likelihood per token); comparable only between models sharing a tokenizer."""
 
     column = 1
 
 
-@METRICS.register("char_perplexity", heads=("lm",), higher_is_better=False)
 class CharPerplexity(_PerplexityBase):
     """exp(total NLL / characters): tokenizer-independent."""
 
     column = 2
 
 
-@METRICS.register("word_perplexity", heads=("lm",), higher_is_better=False)
 class WordPerplexity(_PerplexityBase):
     """exp(total NLL / whitespace words), as lm-evaluation-harness reports for wikitext."""
 
     column = 3
 
 
-@METRICS.register("recovery_accuracy", heads=("lm",), higher_is_better=True)
 class RecoveryAccuracy:
     """Masked-token recovery: share of positions whose original token is the top prediction."""
 
@@ -325,7 +321,6 @@ class RecoveryAccuracy:
         return cls.reduce(cls.prepare(gold, pred, ctx))
 
 
-@METRICS.register("precision_at_l5", heads=("contacts",), higher_is_better=True)
 class PrecisionAtL5:
     """Long-range contact precision at L/5, averaged over proteins (Rao et al. 2020)."""
 
@@ -377,8 +372,9 @@ def bootstrap(model_rows: list[Any], reduce: Callable[[Any], float], baseline_ro
     """Percentile bootstrap over examples of the seed-averaged metric, paired with a baseline.
 
     ``model_rows`` holds one statistics array per seed (same examples, same order). Returns
-    ``{"ci": [lo, hi]}`` and, with a baseline, ``"baseline_ci"`` and ``"delta_ci"`` (model minus
-    baseline on the same resamples).
+    ``{"ci": [lo, hi]}`` and, with a baseline, ``"baseline_ci"``, ``"delta_ci"`` (model minus
+    baseline on the same resamples) and ``"p_value"`` (two-sided, of "no difference"; the dual of
+    the percentile interval, used by the Holm-corrected family-wise verdict).
     """
     import numpy as np
 
@@ -398,8 +394,11 @@ def bootstrap(model_rows: list[Any], reduce: Callable[[Any], float], baseline_ro
 
     out: dict[str, Any] = {"ci": pct(model_b)}
     if baseline_rows is not None:
+        from domainlm.bench.priors import bootstrap_p_value
+
         out["baseline_ci"] = pct(base_b)
         out["delta_ci"] = pct(model_b - base_b)
+        out["p_value"] = bootstrap_p_value(model_b - base_b)
     return out
 
 
@@ -421,7 +420,26 @@ def extras(head: str, gold, pred, ctx: Context) -> dict[str, float]:
     if head == "token":
         return entity_report(gold, pred)
     if head in ("sequence", "multilabel"):
-        return {name: METRICS.get(name).fn.point(gold, pred, ctx) for name in ("accuracy", "micro_f1", "macro_f1")}
+        return {"accuracy": Accuracy.point(gold, pred, ctx), "micro_f1": MicroF1.point(gold, pred, ctx),
+                "macro_f1": MacroF1.point(gold, pred, ctx)}
     if head == "regression":
-        return {name: METRICS.get(name).fn.point(gold, pred, ctx) for name in ("pearson", "spearman")}
+        return {"pearson": Pearson.point(gold, pred, ctx), "spearman": Spearman.point(gold, pred, ctx)}
     return {}
+
+
+class ItemMean:
+    """Mean of a per-item score (lm-evaluation-harness tasks whose per-item metric is not accuracy)."""
+
+    @staticmethod
+    def prepare(gold, pred, ctx: Context):
+        import numpy as np
+
+        return np.asarray(pred, dtype=np.float64).reshape(-1, 1)
+
+    @staticmethod
+    def reduce(rows) -> float:
+        return float(rows[:, 0].mean()) if len(rows) else 0.0
+
+    @classmethod
+    def point(cls, gold, pred, ctx: Context) -> float:
+        return cls.reduce(cls.prepare(gold, pred, ctx))

@@ -12,8 +12,9 @@
   (exp of total NLL over characters or words), so models with different tokenizers can be
   compared; bits per character too.
 
-Perplexity is ``exp(sum of token NLLs / number of scored tokens)`` everywhere; tests check it
-against ``exp(model(ids, labels=ids).loss)`` computed the plain way on a tiny model.
+Perplexity is ``exp(sum of token NLLs / number of scored tokens)``, computed by
+:func:`domainlm.lm_loss.perplexity` (the one definition: adapt, vocab and bench share it); tests check
+it against ``exp(model(ids, labels=ids).loss)`` computed the plain way on a tiny model.
 """
 
 from __future__ import annotations
@@ -37,18 +38,19 @@ class DocScore:
         return (self.nll, self.tokens, self.chars, self.words)
 
 
-def safe_exp(x: float) -> float:
-    """exp that returns inf instead of raising (a random model's per-word perplexity can exceed 1e308)."""
-    return math.exp(x) if x < 709.0 else float("inf")
-
-
 def summarise(scores: list[DocScore]) -> dict[str, float]:
-    """Per-token, per-character and per-word perplexity and bits per character over documents."""
+    """Per-token, per-character and per-word perplexity and bits per character over documents.
+
+    The exp (and its overflow and empty cases) is :func:`domainlm.lm_loss.perplexity`'s, the one
+    definition adapt, vocab and bench share.
+    """
+    from domainlm.lm_loss import perplexity
+
     nll = sum(s.nll for s in scores)
     tokens, chars, words = (sum(getattr(s, k) for s in scores) for k in ("tokens", "chars", "words"))
 
     def ppl(n: int) -> float:
-        return safe_exp(nll / n) if n else float("nan")
+        return perplexity(nll, n)
 
     return {"per_token": ppl(tokens), "per_char": ppl(chars), "per_word": ppl(words),
             "bits_per_char": (nll / chars / math.log(2)) if chars else float("nan"),
@@ -94,6 +96,25 @@ def special_wrap(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
+def budgeted(tokenizer, texts: list[str], max_tokens: int | None) -> list[tuple[list[int], str]]:
+    """Token ids (no specials) and the text they cover, per document, under one shared token budget.
+
+    Documents past the budget become empty (no ids, no text), so their rows stay aligned across
+    models; the document that crosses it is cut.
+    """
+    out = []
+    budget = max_tokens
+    for text in texts:
+        if budget is not None and budget <= 0:
+            out.append(([], ""))
+            continue
+        ids, covered = _content(tokenizer, text, budget)
+        if budget is not None:
+            budget -= len(ids)
+        out.append((ids, covered))
+    return out
+
+
 def _doc_score(text: str, nll: float, tokens: int, correct: int = 0) -> DocScore:
     return DocScore(nll, tokens, len(text), len(text.split()), correct)
 
@@ -124,16 +145,11 @@ def causal_scores(model, tokenizer, texts: list[str], *, window: int = 256, stri
     stride = stride or max(1, window // 2)
     prefix = _prefix_token(tokenizer)
     docs, jobs = [], []  # jobs: (doc index, input ids, number of scored targets at the end)
-    budget = max_tokens
-    for d, text in enumerate(texts):
-        if budget is not None and budget <= 0:
-            docs.append("")  # past the budget: an empty row keeps documents aligned across models
-            continue
-        ids, covered = _content(tokenizer, text, budget)
-        if budget is not None:
-            budget -= len(ids)
-        full = ([prefix] if prefix is not None else []) + ids
+    for d, (ids, covered) in enumerate(budgeted(tokenizer, texts, max_tokens)):
         docs.append(covered)
+        if not ids:
+            continue
+        full = ([prefix] if prefix is not None else []) + ids
         for begin, end, new in causal_windows(full, window, stride):
             jobs.append((d, full[begin:end], min(new, end - begin - 1)))
     nll = [0.0] * len(docs)
@@ -183,14 +199,7 @@ def masked_scores(model, tokenizer, texts: list[str], *, window: int = 128, max_
     prefix, suffix = special_wrap(tokenizer)
     size = max(1, window - len(prefix) - len(suffix))
     docs, rows = [], []  # rows: (doc index, input ids with specials, position masked)
-    budget = max_tokens
-    for d, text in enumerate(texts):
-        if budget is not None and budget <= 0:
-            docs.append("")  # past the budget: an empty row keeps documents aligned across models
-            continue
-        ids, covered = _content(tokenizer, text, budget)
-        if budget is not None:
-            budget -= len(ids)
+    for d, (ids, covered) in enumerate(budgeted(tokenizer, texts, max_tokens)):
         docs.append(covered)
         for c in range(0, len(ids), size):
             piece = ids[c:c + size]

@@ -1,6 +1,6 @@
 """Readers for benchmark data formats; each turns one file (or folder) into :class:`Example` records.
 
-Registered formats (``FORMATS`` in :mod:`domainlm.bench.tasks`): ``conll`` (2- or 4-column BIO),
+Built-in formats (listed in :mod:`domainlm.bench.builtin`): ``conll`` (2- or 4-column BIO),
 ``pubtator`` (title/abstract/mention/relation lines -> BIO, offsets checked against the text),
 ``brat`` (standoff .txt/.ann folders -> BIO), ``sofc`` (SOFC-Exp token/entity tables -> BIO),
 ``pubmedqa`` (JSON keyed by PMID), ``hoc`` (Hallmarks-of-Cancer text/ + labels/ folders), ``jsonl``
@@ -17,6 +17,7 @@ as the NCBI-disease and BC5CDR CoNLL releases do; span edges always become token
 from __future__ import annotations
 
 import bisect
+import contextvars
 import csv
 import json
 import logging
@@ -24,10 +25,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from domainlm.bench.tasks import FORMATS, TaskSpec
 from domainlm.errors import DataError
+
+if TYPE_CHECKING:
+    from domainlm.bench.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,21 @@ def _fail(where: str, what: str, fix: str) -> DataError:
     return DataError(f"{where}: {what}. Fix: {fix}")
 
 
+# Bad records under ``on_error: skip``: counted by reason with a few examples (corpora's SkipLog, the
+# same record of drops ``corpus prepare`` keeps). ``load_data`` sets one per split around the reader
+# call; readers registered by outsiders keep their (path, spec, split) signature.
+_SKIPS: contextvars.ContextVar[Any] = contextvars.ContextVar("bench_skips", default=None)
+
+
+def skip_or_raise(spec: TaskSpec, exc: DataError, reason: str) -> None:
+    """Raise ``exc`` (``on_error: raise``, the default) or count the bad record and go on (``skip``)."""
+    skips = _SKIPS.get()
+    if getattr(spec, "on_error", "raise") != "skip" or skips is None:
+        raise exc
+    where, _, detail = str(exc).partition(": ")
+    skips.skip(reason, where, detail.split(". Fix:")[0])
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -77,7 +95,6 @@ def check_tag(tag: str, where: str) -> str:
 # Token tasks
 # --------------------------------------------------------------------------------------------------
 
-@FORMATS.register("conll", heads=("token",))
 def read_conll(path: Path, spec: TaskSpec, split: str) -> list[Example]:
     """CoNLL/BIO: token first, tag last (2 or 4 columns), sentences separated by blank lines."""
     out: list[Example] = []
@@ -93,27 +110,40 @@ def read_conll(path: Path, spec: TaskSpec, split: str) -> list[Example]:
         tokens.clear(), tags.clear(), wheres.clear()
 
     width = None
+    bad = False  # on_error: skip drops the whole sentence holding a bad line (a lost token could join entities)
     for n, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
-            flush()
+            flush() if not bad else (tokens.clear(), tags.clear(), wheres.clear())
+            bad = False
             continue
         cols = line.split("\t") if "\t" in line else line.split()
         if cols[0] == "-DOCSTART-":
-            flush()
+            flush() if not bad else (tokens.clear(), tags.clear(), wheres.clear())
+            bad = False
             continue
-        if len(cols) < 2:
-            raise _fail(f"{path}:{n}", f"line has one column ({line.strip()!r})",
-                        "write TOKEN<TAB>TAG (2 columns) or TOKEN POS CHUNK TAG (4 columns)")
-        width = width or len(cols)
-        if len(cols) != width:
-            raise _fail(f"{path}:{n}", f"{len(cols)} columns where earlier lines have {width}",
-                        "use the same number of columns on every token line")
+        if bad:
+            continue
+        try:
+            if len(cols) < 2:
+                raise _fail(f"{path}:{n}", f"line has one column ({line.strip()!r})",
+                            "write TOKEN<TAB>TAG (2 columns) or TOKEN POS CHUNK TAG (4 columns), or set on_error: "
+                            "skip to drop such sentences (counted)")
+            width = width or len(cols)
+            if len(cols) != width:
+                raise _fail(f"{path}:{n}", f"{len(cols)} columns where earlier lines have {width}",
+                            "use the same number of columns on every token line")
+            tag = check_tag(cols[-1].strip(), f"{path}:{n}")
+        except DataError as exc:
+            skip_or_raise(spec, exc, "bad token line (sentence skipped)")
+            bad = True
+            continue
         if not tokens:
             start = n
         tokens.append(cols[0])
-        tags.append(check_tag(cols[-1].strip(), f"{path}:{n}"))
+        tags.append(tag)
         wheres.append(f"{path}:{n}")
-    flush()
+    if not bad:
+        flush()
     return out
 
 
@@ -187,7 +217,6 @@ def _newline_breaks(text: str) -> list[int]:
     return [m.end() for m in re.finditer(r"\n+", text)]
 
 
-@FORMATS.register("pubtator", heads=("token",))
 def read_pubtator(path: Path, spec: TaskSpec, split: str) -> list[Example]:
     """PubTator: ``PMID|t|title``, ``PMID|a|abstract``, mention and relation lines -> BIO sentences.
 
@@ -239,7 +268,6 @@ def read_pubtator(path: Path, spec: TaskSpec, split: str) -> list[Example]:
     return out
 
 
-@FORMATS.register("brat", heads=("token",))
 def read_brat(path: Path, spec: TaskSpec, split: str) -> list[Example]:
     """BRAT standoff folder: ``NAME.txt`` + ``NAME.ann``; T lines become BIO, other lines are ignored."""
     if not path.is_dir():
@@ -279,7 +307,6 @@ def read_brat(path: Path, spec: TaskSpec, split: str) -> list[Example]:
     return out
 
 
-@FORMATS.register("sofc", heads=("token",))
 def read_sofc(path: Path, spec: TaskSpec, split: str) -> list[Example]:
     """SOFC-Exp corpus folder (texts/, annotations/, SOFC-Exp-Metadata.csv): entity BIO per sentence.
 
@@ -344,7 +371,6 @@ def _load_json(path: Path) -> tuple[Any, str]:
                     "repair the JSON") from None
 
 
-@FORMATS.register("pubmedqa", heads=("sequence",))
 def read_pubmedqa(path: Path, spec: TaskSpec, split: str) -> list[Example]:
     """PubMedQA JSON keyed by PMID: QUESTION, CONTEXTS (list) and final_decision (yes/no/maybe)."""
     data, raw = _load_json(path)
@@ -371,7 +397,7 @@ def read_pubmedqa(path: Path, spec: TaskSpec, split: str) -> list[Example]:
         if label is not None and not isinstance(label, str):
             raise _fail(where, f"record {pmid}: final_decision must be one of yes/no/maybe, got {json.dumps(label)[:80]}",
                         "give the decision as a string")
-        context = " ".join(contexts)
+        context = "\n".join(contexts)  # lm-eval's pubmedqa joins the passages with newlines, as here
         out.append(Example(str(pmid), where, text=rec["QUESTION"], text_b=context, label=label,
                            meta={"question": rec["QUESTION"], "context": context}))
     return out
@@ -381,7 +407,6 @@ def _hallmark(name: str) -> str:
     return name.split("--")[0].strip().lower()
 
 
-@FORMATS.register("hoc", heads=("multilabel",))
 def read_hoc(path: Path, spec: TaskSpec, split: str) -> list[Example]:
     """Hallmarks of Cancer folder: ``text/<PMID>.txt`` (a sentence per line) + ``labels/<PMID>.txt``.
 
@@ -431,9 +456,10 @@ def _label_field(spec: TaskSpec) -> str:
     return spec.label_field or ("labels" if spec.head == "multilabel" else "label")
 
 
-@FORMATS.register("jsonl", heads=("sequence", "multilabel", "regression", "lm"))
 def read_jsonl(path: Path, spec: TaskSpec, split: str) -> list[Example]:
-    """JSON lines: ``text_field`` (+ ``text_b_field``) and ``label_field`` per record."""
+    """JSON lines: ``text_field`` (+ ``text_b_field``) and ``label_field`` per record (lm tasks: corpora's reader)."""
+    if spec.head == "lm":
+        return _via_corpora("jsonl", path, spec)
     out = []
     lf = _label_field(spec)
     for n, line in enumerate(_read_text(path).splitlines(), 1):
@@ -441,29 +467,38 @@ def read_jsonl(path: Path, spec: TaskSpec, split: str) -> list[Example]:
             continue
         where = f"{path}:{n}"
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise _fail(where, f"not valid JSON ({exc.msg})", "write one JSON object per line") from None
-        if not isinstance(rec, dict):
-            raise _fail(where, "the line is not a JSON object", "write one {...} object per line")
-        for key in [spec.text_field] + ([spec.text_b_field] if spec.text_b_field else []) + \
-                ([lf] if spec.head != "lm" else []):
-            if key not in rec:
-                from domainlm.config import did_you_mean
-
-                raise _fail(where, f"the record has no field {key!r}{did_you_mean(key, rec)}",
-                            f"add it or set the task's field names (fields here: {', '.join(rec)})")
-        ex = Example(str(rec.get(spec.id_field, f"line{n}")), where, text=str(rec[spec.text_field]),
-                     text_b=str(rec[spec.text_b_field]) if spec.text_b_field else None)
-        if spec.head != "lm":
-            ex.label = _labels_of(rec[lf], spec, where)
-        out.append(ex)
+            out.append(_jsonl_record(line, where, n, spec, lf))
+        except DataError as exc:
+            skip_or_raise(spec, exc, "bad JSONL record")
     return out
 
 
-@FORMATS.register("csv", heads=("sequence", "multilabel", "regression", "lm"))
+def _jsonl_record(line: str, where: str, n: int, spec: TaskSpec, lf: str) -> Example:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise _fail(where, f"not valid JSON ({exc.msg})", "write one JSON object per line") from None
+    if not isinstance(rec, dict):
+        raise _fail(where, "the line is not a JSON object", "write one {...} object per line")
+    for key in [spec.text_field] + ([spec.text_b_field] if spec.text_b_field else []) + \
+            ([lf] if spec.head != "lm" else []):
+        if key not in rec:
+            from domainlm.config import did_you_mean
+
+            raise _fail(where, f"the record has no field {key!r}{did_you_mean(key, rec)}",
+                        f"add it or set the task's field names (fields here: {', '.join(rec)})")
+    ex = Example(str(rec.get(spec.id_field, f"line{n}")), where, text=str(rec[spec.text_field]),
+                 text_b=str(rec[spec.text_b_field]) if spec.text_b_field else None)
+    if spec.head != "lm":
+        ex.label = _labels_of(rec[lf], spec, where)
+    return ex
+
+
 def read_csv(path: Path, spec: TaskSpec, split: str) -> list[Example]:
-    """CSV (TSV when the file ends in .tsv) with a header naming ``text_field`` and ``label_field``."""
+    """CSV (TSV when the file ends in .tsv) with a header naming ``text_field`` and ``label_field``
+    (lm tasks: corpora's reader)."""
+    if spec.head == "lm":
+        return _via_corpora("csv", path, spec)
     out = []
     lf = _label_field(spec)
     delimiter = "\t" if path.suffix == ".tsv" else ","
@@ -490,14 +525,17 @@ def read_csv(path: Path, spec: TaskSpec, split: str) -> list[Example]:
                 ex = Example(str(row.get(spec.id_field) or f"row{len(out) + 1}"), where, text=row[spec.text_field],
                              text_b=row[spec.text_b_field] if spec.text_b_field else None)
                 if spec.head != "lm":
-                    ex.label = _labels_of(row[lf], spec, where)
+                    try:
+                        ex.label = _labels_of(row[lf], spec, where)
+                    except DataError as exc:
+                        skip_or_raise(spec, exc, "bad CSV label")
+                        continue
                 out.append(ex)
         except (csv.Error, UnicodeDecodeError) as exc:
             raise _fail(f"{path}:{reader.line_num}", f"cannot read the CSV ({exc})", "check quoting") from None
     return out
 
 
-@FORMATS.register("pairs", heads=("regression", "sequence"))
 def read_pairs(path: Path, spec: TaskSpec, split: str) -> list[Example]:
     """Scored sentence pairs, BIOSSES style: ``sentence1<TAB>sentence2<TAB>score`` with an optional header.
 
@@ -525,11 +563,14 @@ def read_pairs(path: Path, spec: TaskSpec, split: str) -> list[Example]:
         if not row:
             continue
         where = f"{path}:{n}"
-        if len(row) < 3:
-            raise _fail(where, f"{len(row)} columns", "write sentence1<TAB>sentence2<TAB>score")
-        label = row[cols[2]]
-        ex = Example(f"pair{n}", where, text=row[cols[0]], text_b=row[cols[1]])
-        ex.label = _labels_of(label, spec, where)
+        try:
+            if len(row) < 3:
+                raise _fail(where, f"{len(row)} columns", "write sentence1<TAB>sentence2<TAB>score")
+            ex = Example(f"pair{n}", where, text=row[cols[0]], text_b=row[cols[1]])
+            ex.label = _labels_of(row[cols[2]], spec, where)
+        except DataError as exc:
+            skip_or_raise(spec, exc, "bad pair line")
+            continue
         out.append(ex)
     return out
 
@@ -538,13 +579,14 @@ def read_pairs(path: Path, spec: TaskSpec, split: str) -> list[Example]:
 # Sequences and text for lm / protein tasks
 # --------------------------------------------------------------------------------------------------
 
-@FORMATS.register("fasta", heads=("regression", "sequence", "lm"))
 def read_fasta(path: Path, spec: TaskSpec, split: str) -> list[Example]:
-    """FASTA via Bio.SeqIO; for labelled tasks the label is in the header.
+    """FASTA via Bio.SeqIO; for labelled tasks the label is in the header (lm tasks: corpora's reader).
 
     By default the label is the text after the last ``|`` (ESM's DMS files:
     ``>index|mutant|score``); with ``label_field: key`` it is the value of ``key=value``.
     """
+    if spec.head == "lm":  # plain sequences: corpora's protein FASTA reader (checked residues, counted skips)
+        return _via_corpora("fasta", path, spec)
     from Bio import SeqIO
 
     header_lines = [n for n, line in enumerate(_read_text(path).splitlines(), 1) if line.startswith(">")]
@@ -561,67 +603,75 @@ def read_fasta(path: Path, spec: TaskSpec, split: str) -> list[Example]:
             continue
         ex = Example(rec.id, where, text=seq)
         if spec.head != "lm":
-            desc = rec.description
-            if spec.label_field:
-                m = re.search(rf"(?:^|[\s|]){re.escape(spec.label_field)}=(\S+)", desc)
-                if not m:
-                    raise _fail(where, f"header has no {spec.label_field}=VALUE", f"add {spec.label_field}=... or "
-                                "set label_field")
-                value = m.group(1).rstrip("|")
-            else:
-                if "|" not in desc:
-                    raise _fail(where, f"header {desc[:60]!r} has no '|' before a label",
-                                "write >ID|...|LABEL or set label_field: KEY for KEY=VALUE headers")
-                value = desc.rsplit("|", 1)[1].strip()
-            ex.label = _labels_of(value, spec, where)
+            try:
+                ex.label = _fasta_label(rec.description, spec, where)
+            except DataError as exc:
+                skip_or_raise(spec, exc, "bad FASTA header label")
+                continue
         out.append(ex)
     return out
 
 
-@FORMATS.register("text", heads=("lm",))
-def read_text(path: Path, spec: TaskSpec, split: str) -> list[Example]:
-    """Plain text; documents are separated by blank lines."""
-    out = []
-    raw = _read_text(path)
-    line = 1
-    for block in re.split(r"\n\s*\n", raw):
-        if block.strip():
-            out.append(Example(f"doc{len(out)}", f"{path}:{line}", text=block.strip()))
-        line += block.count("\n") + 2
-    return out
+def _fasta_label(desc: str, spec: TaskSpec, where: str) -> Any:
+    """The label in a FASTA header: ``KEY=VALUE`` with ``label_field: KEY``, else the text after the last '|'."""
+    if spec.label_field:
+        m = re.search(rf"(?:^|[\s|]){re.escape(spec.label_field)}=(\S+)", desc)
+        if not m:
+            raise _fail(where, f"header has no {spec.label_field}=VALUE", f"add {spec.label_field}=... or "
+                        "set label_field")
+        return _labels_of(m.group(1).rstrip("|"), spec, where)
+    if "|" not in desc:
+        raise _fail(where, f"header {desc[:60]!r} has no '|' before a label",
+                    "write >ID|...|LABEL or set label_field: KEY for KEY=VALUE headers")
+    return _labels_of(desc.rsplit("|", 1)[1].strip(), spec, where)
 
 
 def _via_corpora(fmt: str, path: Path, spec: TaskSpec) -> list[Example]:
-    """Read held-out text through a :mod:`domainlm.corpora` reader (one parser for corpus and bench)."""
-    try:
-        from domainlm.corpora.readers import InputFile, ReadContext, ReaderOptions, SkipLog, get_reader
-    except ImportError:
-        raise DataError(f"{path}: reading {fmt} needs domainlm.corpora, which is not installed here; convert "
-                        "the text to JSONL and use format: jsonl") from None
+    """Read unlabelled text through a :mod:`domainlm.corpora` reader: one parser per format, with one
+    meaning, for corpus and bench (held-out text, sequences). corpora counts bad records as skips;
+    under ``on_error: raise`` the first one stops the read, under ``skip`` they are counted here too."""
+    from domainlm.corpora.readers import InputFile, ReadContext, ReaderOptions, SkipLog
+    from domainlm.corpora.registry import get_reader
+
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    skips = SkipLog()
+    local = SkipLog()
     options = ReaderOptions(text_field=spec.text_field)
-    ctx = ReadContext(options, skips, InputFile(path, fmt, path.stat().st_size, path.name), 0)
-    out = [Example(str(d.id), f"{path} record {d.id}", text=d.text) for d in get_reader(fmt).read(path, ctx) if d.text]
-    if skips.counts:
-        log.info("%s: skipped %s", path, dict(skips.counts))
+    ctx = ReadContext(options, local, InputFile(path, fmt, path.stat().st_size, path.name), 0)
+    out = []
+    for d in get_reader(fmt).read(path, ctx):
+        if d.text:
+            where = (d.metadata or {}).get("source") or f"{path} record {d.id}"
+            out.append(Example(str(d.id), str(where), text=d.text))
+    for reason, examples in local.examples.items():
+        n = local.counts[reason]
+        exc = DataError(f"{examples[0].split(': ', 1)[0]}: {reason} ({n} record(s) in {path.name}): "
+                        f"{examples[0].partition(': ')[2]}. Fix: repair the records, or set on_error: skip")
+        for _ in range(n):
+            skip_or_raise(spec, exc, reason)
     return out
 
 
-@FORMATS.register("pubmed-xml", heads=("lm",))
+def read_text(path: Path, spec: TaskSpec, split: str) -> list[Example]:
+    """Plain text, one document per non-empty line (corpora's ``text``; ``paragraphs`` splits at blank lines)."""
+    return _via_corpora("text", path, spec)
+
+
+def read_paragraphs(path: Path, spec: TaskSpec, split: str) -> list[Example]:
+    """Plain text, documents separated by blank lines (corpora's ``paragraphs``)."""
+    return _via_corpora("paragraphs", path, spec)
+
+
 def read_pubmed_xml(path: Path, spec: TaskSpec, split: str) -> list[Example]:
     """PubMed XML (title + abstract per article) through domainlm.corpora's streaming parser."""
     return _via_corpora("pubmed-xml", path, spec)
 
 
-@FORMATS.register("arxiv", heads=("lm",))
 def read_arxiv(path: Path, spec: TaskSpec, split: str) -> list[Example]:
     """arXiv metadata snapshot JSONL (title + abstract) through domainlm.corpora's reader."""
     return _via_corpora("arxiv", path, spec)
 
 
-@FORMATS.register("pdb", heads=("contacts",))
 def read_pdb(path: Path, spec: TaskSpec, split: str) -> list[Example]:
     """A folder (or one file) of PDB structures -> sequence + contact map per chain.
 

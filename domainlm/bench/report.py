@@ -10,9 +10,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from domainlm.bench.builtin import METRICS
 from domainlm.bench.data import TaskData
 from domainlm.bench.metrics import blurb_macro, bootstrap, mean_std
-from domainlm.bench.tasks import METRICS, TaskSpec
+from domainlm.bench.priors import answer_priors, holm, label_distribution, macro_f1, verdict
+from domainlm.bench.tasks import TaskSpec
 
 
 def _clean(x: Any) -> Any:
@@ -26,15 +28,66 @@ def _clean(x: Any) -> Any:
     return x
 
 
+def _priors(result) -> dict[str, Any] | None:
+    """Predicted-label distribution, macro-F1 and prior-corrected accuracies of a classification result."""
+    if not result.predictions or not result.gold or not isinstance(result.gold[0], str):
+        return None
+    preds = [p for seed in result.predictions for p in seed]  # all seeds pooled
+    gold = list(result.gold) * len(result.predictions)
+    out: dict[str, Any] = {"predicted": label_distribution(preds), "macro_f1": macro_f1(gold, preds)}
+    if result.choice_scores:
+        pri = answer_priors(result.choice_scores, result.choices, result.gold, result.choice_lengths)
+        out.update(acc_norm=pri["acc_norm"], acc_calibrated=pri["acc_calibrated"],
+                   calibrated_predicted=label_distribution(pri["calibrated_predictions"]),
+                   calibrated_hits=pri["calibrated_hits"])
+    return out
+
+
 def _side(result, ci: list[float] | None) -> dict[str, Any]:
     if result.skipped is not None:
         return {"score": None, "ci": None, "seeds": [], "std": None, "extras": {}, "mode": None, "wall_s": 0.0,
-                "examples_per_s": None, "notes": result.notes, "skipped": result.skipped}
+                "examples_per_s": None, "notes": result.notes, "skipped": result.skipped, "priors": None}
     score, std = mean_std(result.seed_scores)
     return {"score": score, "ci": ci, "seeds": result.seed_scores, "std": std, "extras": result.extras,
             "mode": result.mode, "wall_s": result.wall_s,
             "examples_per_s": (result.n_examples / result.wall_s) if result.wall_s > 0 else None,
-            "notes": result.notes, "skipped": None}
+            "notes": result.notes, "skipped": None, "priors": _priors(result),
+            "selection": result.selection or None}
+
+
+def _calibrated(task: dict[str, Any], n_boot: int) -> dict[str, Any] | None:
+    """Batch-calibrated accuracy of model and baseline, with a paired interval (same items)."""
+    import numpy as np
+
+    m = (task["model"].get("priors") or {}).get("calibrated_hits")
+    b = ((task["baseline"] or {}).get("priors") or {}).get("calibrated_hits")
+    if m is None:
+        return None
+    out: dict[str, Any] = {"model": float(np.mean(m)), "baseline": float(np.mean(b)) if b else None,
+                           "delta": None, "delta_ci": None}
+    if b and n_boot > 0:
+        boot = bootstrap([np.asarray(m).reshape(-1, 1)], lambda r: float(r[:, 0].mean()),
+                         [np.asarray(b).reshape(-1, 1)], n_boot=n_boot)
+        out.update(delta=out["model"] - out["baseline"], delta_ci=boot["delta_ci"])
+    return out
+
+
+def family_verdicts(tasks: list[dict[str, Any]], alpha: float = 0.05) -> dict[str, Any] | None:
+    """Holm-corrected verdict over the tasks with a paired p-value, when more than three are compared."""
+    pvals = {t["name"]: t["p_value"] for t in tasks if t.get("p_value") is not None}
+    if len(pvals) <= 3:
+        return None
+    rejected = holm(pvals, alpha)
+    verdicts = {}
+    for t in tasks:
+        if t["name"] in pvals:
+            if not rejected[t["name"]]:
+                verdicts[t["name"]] = "within noise"
+            else:
+                verdicts[t["name"]] = "better" if (t["delta"] > 0) == t["higher_is_better"] else "worse"
+    return {"method": "holm", "alpha": alpha, "tasks_compared": len(pvals), "verdicts": verdicts,
+            "better": sorted(k for k, v in verdicts.items() if v == "better"),
+            "worse": sorted(k for k, v in verdicts.items() if v == "worse")}
 
 
 def build_report(config, specs: list[TaskSpec], data: dict[str, TaskData], results: dict[str, dict[str, Any]],
@@ -66,9 +119,20 @@ def build_report(config, specs: list[TaskSpec], data: dict[str, TaskData], resul
             "higher_is_better": bool(metric.meta.get("higher_is_better", True)), "head": spec.head,
             "version": spec.version, "mode": model_side["mode"], "model": model_side, "baseline": base_side,
             "delta": delta, "delta_ci": boot.get("delta_ci") if both else None,
+            "p_value": boot.get("p_value") if both else None,
+            "verdict": verdict(delta, boot.get("delta_ci"), bool(metric.meta.get("higher_is_better", True)))
+            if both else "-",
             "wall_s": model_side["wall_s"], "examples_per_s": model_side["examples_per_s"],
             "n_test": len(data[name].test), "files": data[name].files, "notes": data[name].notes,
+            "backend": "lm-evaluation-harness" if spec.format == "harness" else "domainlm",
+            "skipped_records": data[name].skipped or None,
         })
+        if model_side.get("priors") is not None:
+            tasks[-1]["gold_distribution"] = label_distribution([ex.label for ex in data[name].test])
+            tasks[-1]["calibrated"] = _calibrated(tasks[-1], n_boot)
+            for side in (model_side, base_side):
+                if side and side.get("priors"):
+                    side["priors"].pop("calibrated_hits", None)
         if spec.head == "lm" and spec.metric != "recovery_accuracy" and spec.role not in perplexity:
             perplexity[spec.role] = {"task": name, "model": m.perplexity,
                                      "baseline": b.perplexity if b is not None else None}
@@ -86,7 +150,7 @@ def build_report(config, specs: list[TaskSpec], data: dict[str, TaskData], resul
                                   "baseline": agg["baseline"]["families"].get(fam) if has_base else None}
     return _clean({
         "model": config.model, "baseline": config.baseline, "suite": config.suite, "tasks": tasks,
-        "aggregate": {"blurb_style_macro": macro}, "perplexity": perplexity,
+        "aggregate": {"blurb_style_macro": macro, "family_wise": family_verdicts(tasks)}, "perplexity": perplexity,
         "config": to_dict(config), "device": device, "bf16": bf16, "bootstrap": n_boot,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     })
@@ -132,20 +196,55 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
         delta = "-" if t["delta"] is None else f"{_signed(t['delta'])} {_ci(t['delta_ci'])}".strip()
         modes = [t["model"]["mode"]] + ([t["baseline"]["mode"]] if t["baseline"] else [])
         mode = "/".join(dict.fromkeys(m for m in modes if m)) or "-"
-        rows.append([t["name"], t["metric"] + arrow, mode, _score(t["model"]), _score(t["baseline"]),
-                     delta, str(t["n_test"]), f"{t['wall_s']:.1f}",
-                     f"{t['examples_per_s']:.3g}" if t["examples_per_s"] else "-"])
+        fam = (report["aggregate"].get("family_wise") or {}).get("verdicts") or {}
+        row = [t["name"], t["metric"] + arrow, mode, _score(t["model"]), _score(t["baseline"]),
+               delta, t.get("verdict", "-")]
+        if report["aggregate"].get("family_wise"):
+            row.append(fam.get(t["name"], "-"))
+        rows.append(row + [str(t["n_test"]), f"{t['wall_s']:.1f}",
+                           f"{t['examples_per_s']:.3g}" if t["examples_per_s"] else "-"])
     return rows
 
 
-HEADER = ["task", "metric", "mode", "model [95% CI]", "baseline [95% CI]", "delta [95% CI]", "n_test", "wall_s",
-          "ex/s"]
+HEADER = ["task", "metric", "mode", "model [95% CI]", "baseline [95% CI]", "delta [95% CI]", "verdict", "n_test",
+          "wall_s", "ex/s"]
+
+
+def header(report: dict[str, Any]) -> list[str]:
+    """The table's columns; a Holm-corrected verdict column when more than three tasks are compared."""
+    if not report["aggregate"].get("family_wise"):
+        return HEADER
+    return HEADER[:7] + ["verdict (Holm)"] + HEADER[7:]
+
+
+def _dist(d: dict[str, int] | None) -> str:
+    return ", ".join(f"{k} {v}" for k, v in (d or {}).items()) or "-"
+
+
+def prior_lines(report: dict[str, Any]) -> list[str]:
+    """Markdown rows: predicted labels, macro-F1 and prior-corrected accuracies per classification task."""
+    lines = []
+    for t in report["tasks"]:
+        for who in ("model", "baseline"):
+            side = t[who] or {}
+            pri = side.get("priors")
+            if not pri:
+                continue
+            cal = t.get("calibrated") or {}
+            delta = ""
+            if who == "model" and cal.get("delta") is not None:
+                delta = f" ({_signed(cal['delta'])} {_ci(cal.get('delta_ci'))})"
+            lines.append(f"| {t['name']} | {who} | {_fmt(side['score'])} | {_fmt(pri.get('macro_f1'))} | "
+                         f"{_fmt(pri.get('acc_norm'))} | {_fmt(pri.get('acc_calibrated'))}{delta} | "
+                         f"{_dist(pri.get('predicted'))} | {_dist(t.get('gold_distribution'))} |")
+    return lines
 
 
 def print_table(report: dict[str, Any]) -> None:
     """A plain fixed-width table on stdout."""
-    rows = [HEADER] + table_rows(report)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    cols = header(report)
+    rows = [cols] + table_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     print(f"\nbench: {report['model']}" + (f" vs {report['baseline']}" if report["baseline"] else "") +
           f" on {report['suite']}")
     for k, r in enumerate(rows):
@@ -158,6 +257,18 @@ def print_table(report: dict[str, Any]) -> None:
         if macro["baseline"] is not None:
             line += f", baseline {_fmt(macro['baseline'])}, delta {macro['delta']:+.3f}"
         print(line)
+    fw = report["aggregate"].get("family_wise")
+    if fw:
+        print(f"Holm-corrected over {fw['tasks_compared']} tasks (family-wise alpha {fw['alpha']}): better: "
+              f"{', '.join(fw['better']) or 'none'}; worse: {', '.join(fw['worse']) or 'none'}")
+    for t in report["tasks"]:
+        pri = t["model"].get("priors") if t["model"] else None
+        if pri:
+            line = f"{t['name']}: predicted {_dist(pri['predicted'])} (gold {_dist(t.get('gold_distribution'))}); " \
+                   f"macro-F1 {_fmt(pri['macro_f1'])}"
+            if pri.get("acc_calibrated") is not None:
+                line += f", acc_norm {_fmt(pri['acc_norm'])}, calibrated acc {_fmt(pri['acc_calibrated'])}"
+            print(line)
     for role, p in report["perplexity"].items():
         m = p["model"] or {}
         line = f"{role} perplexity ({p['task']}): model per-token {_fmt(m.get('per_token'))}, per-word " \
@@ -172,8 +283,24 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Benchmark: {report['model']}" + (f" vs {report['baseline']}" if report["baseline"] else ""), "",
              f"Suite `{report['suite']}`, device {report['device']}, {report['bootstrap']} bootstrap resamples "
              f"(95% percentile CIs; deltas paired), created {report['created']}.", "",
-             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+             "| " + " | ".join(header(report)) + " |", "|" + "---|" * len(header(report))]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
+    lines += ["", "`verdict`: better or worse only when the paired 95% interval of the delta excludes 0."]
+    fw = report["aggregate"].get("family_wise")
+    if fw:
+        lines += [f"`verdict (Holm)`: the same question for all {fw['tasks_compared']} compared tasks at once, "
+                  f"Holm-corrected so that the chance of any false better/worse stays under {fw['alpha']} "
+                  f"(better: {', '.join(fw['better']) or 'none'}; worse: {', '.join(fw['worse']) or 'none'})."]
+    priors = prior_lines(report)
+    if priors:
+        lines += ["", "## Answer priors", "",
+                  "A gain that only shifts the answer prior moves accuracy but not macro-F1 or the prior-corrected "
+                  "accuracies: `acc_norm` is lm-eval's (log-likelihood per character of the choice), `calibrated` "
+                  "is batch calibration (each choice's probability divided by its mean over the test items; "
+                  "Zhou et al. 2024), with the paired delta against the baseline.", "",
+                  "| task | who | score | macro-F1 | acc_norm | calibrated acc | predicted labels | gold labels |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += priors
     macro = report["aggregate"]["blurb_style_macro"]
     if macro["model"] is not None:
         lines += ["", "## BLURB-style macro average", "",
@@ -275,8 +402,11 @@ def write_report(out: Path, report: dict[str, Any], config, specs: list[TaskSpec
 
     inputs = []
     for spec in specs:
-        inputs.append({"task": spec.task_name, "split": "task", "path": spec.source,
-                       "sha256": sha256_file(spec.source)})
+        if spec.source and Path(spec.source).is_file():
+            inputs.append({"task": spec.task_name, "split": "task", "path": spec.source,
+                           "sha256": sha256_file(spec.source)})
+        if spec.format == "harness":  # lm-eval resolves the data itself; its task YAML is hashed above
+            continue
         for split, path in data[spec.task_name].files.items():
             inputs.append({"task": spec.task_name, "split": split, **_hash_input(path)})
     with atomic_dir(out) as tmp:
@@ -284,7 +414,9 @@ def write_report(out: Path, report: dict[str, Any], config, specs: list[TaskSpec
         atomic_write_text(tmp / "report.md", markdown(report))
         chart(report, tmp / "comparison.png")
         write_manifest(tmp, "bench", config=to_dict(config), inputs=inputs,
-                       counts={"tasks": len(specs), "test_examples": {t["name"]: t["n_test"] for t in report["tasks"]}},
+                       counts={"tasks": len(specs), "test_examples": {t["name"]: t["n_test"] for t in report["tasks"]},
+                               "skipped_records": {t["name"]: t["skipped_records"] for t in report["tasks"]
+                                                   if t.get("skipped_records")}},
                        wall_time_s=report["wall_s"],
                        metrics={t["name"]: {"metric": t["metric"], "model": t["model"]["score"],
                                             "baseline": (t["baseline"] or {}).get("score"), "delta": t["delta"]}

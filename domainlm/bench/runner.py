@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from domainlm.bench import BenchConfig
+from domainlm.bench.config import BenchConfig
 from domainlm.bench.data import TaskData, load_data
 from domainlm.bench.tasks import TaskSpec, load_suite, parse_overrides
 from domainlm.errors import ConfigError
@@ -34,23 +34,10 @@ def pick_device(device: str) -> str:
     return device
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Native bf16 matmuls (AMX or AVX512-BF16); elsewhere bf16 autocast is several times slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def pick_bf16(setting: str, device: str) -> bool:
-    import torch
+    from domainlm.device import use_bf16  # the one bf16 decision (adapt and compute use it too)
 
-    if setting != "auto":
-        return setting == "on"
-    if device.startswith("cuda"):
-        return bool(torch.cuda.is_bf16_supported())
-    return device == "cpu" and cpu_has_fast_bf16()
+    return use_bf16(setting, device)
 
 
 def _check_model_arg(spec: str, flag: str) -> None:
@@ -96,9 +83,14 @@ def _check_out(out: Path) -> None:
 
 
 def load_all(config: BenchConfig) -> tuple[list[TaskSpec], dict[str, TaskData]]:
-    """Every task and its checked data (step 1)."""
+    """Every native task and its checked data (step 1); harness tasks are checked by :func:`plan_harness`."""
+    from domainlm.bench.harness import split_suite
+
     overrides = parse_overrides(config.override)
-    specs = load_suite(config.suite, config.tasks, overrides)
+    native, _ = split_suite(config.suite)
+    if not native and (config.tasks or overrides):
+        raise ConfigError(["'tasks' and 'override' select native tasks, but 'suite' names only harness tasks"])
+    specs = load_suite(native, config.tasks, overrides) if native else []
     data = {}
     for spec in specs:
         data[spec.task_name] = load_data(spec, data_root=config.data_root, max_examples=config.max_examples,
@@ -106,6 +98,70 @@ def load_all(config: BenchConfig) -> tuple[list[TaskSpec], dict[str, TaskData]]:
         sizes = ", ".join(f"{k} {len(v)}" for k, v in data[spec.task_name].splits.items())
         log.info("task %s: %s (%s)", spec.task_name, sizes, spec.format)
     return specs, data
+
+
+def _model_kind(spec: str, objective: str | None) -> str | None:
+    """causal / masked / protein as far as it is known before loading (run folders: their manifest)."""
+    import json
+
+    from domainlm import sources
+    from domainlm.bench.loading import is_run_folder
+
+    if objective:
+        return objective
+    if is_run_folder(spec):
+        manifest = json.loads((Path(spec).expanduser() / "manifest.json").read_text(encoding="utf-8"))
+        kind = (manifest.get("config") or {}).get("objective")
+        return kind if kind in ("causal", "masked", "protein") else None
+    return sources.resolve(spec).kind
+
+
+def _not_causal(spec: str, kind: str) -> ConfigError:
+    return ConfigError([f"'suite': harness tasks score causal language models; {spec} is a {kind} model, which "
+                        "lm-evaluation-harness does not support (EleutherAI/lm-evaluation-harness#1840). Use the "
+                        "native suites (biomed, materials, protein), which probe or fine-tune any model"])
+
+
+def plan_harness(config: BenchConfig, models: list[tuple[str, str]], objective: str | None):
+    """Check harness tasks (names, data, model kinds) before any weights load; None without harness tasks."""
+    from domainlm.bench.harness import plan, split_suite
+
+    _, names = split_suite(config.suite)
+    if not names:
+        return None
+    for _, spec in models:
+        kind = _model_kind(spec, objective)
+        if kind not in (None, "causal"):
+            raise _not_causal(spec, kind)
+    return plan(names, include=config.harness_include, num_fewshot=config.num_fewshot, limit=config.max_examples)
+
+
+def run_harness(hplan, loaded, config: BenchConfig, specs: list[TaskSpec], data: dict[str, TaskData],
+                role: str) -> dict[str, Any]:
+    """lm-eval on the loaded model; the first model's items define each harness task's spec and test set."""
+    from domainlm.bench import harness
+
+    if not loaded.is_causal:
+        raise _not_causal(loaded.spec, loaded.kind)
+    start = time.perf_counter()
+    items = harness.evaluate(hplan, loaded.model, loaded.tokenizer, batch_size=config.harness_batch_size)
+    wall = time.perf_counter() - start
+    total = sum(max(1, len(it.values)) for it in items.values())
+    out = {}
+    for task, it in items.items():
+        name = f"{harness.PREFIX}{task}"
+        if name not in data:
+            spec, td = harness.task_spec(hplan, task, it)
+            spec.name = name
+            specs.append(spec)
+            data[name] = td
+        elif [ex.id for ex in data[name].test] != [str(d) for d in it.doc_ids]:
+            raise ConfigError([f"harness task {task} scored other items for the {role} than for the model"])
+        result = harness.mode_result(it)
+        result.wall_s = wall * max(1, len(it.values)) / total  # one lm-eval call for all tasks: shared by items
+        result.notes.append(f"lm-eval ran all harness tasks in {wall:.1f} s; wall time split by items")
+        out[name] = result
+    return out
 
 
 def warm_imports() -> None:
@@ -128,6 +184,8 @@ def run(config: BenchConfig) -> dict[str, Any]:
     models = [("model", config.model)] + ([("baseline", config.baseline)] if config.baseline else [])
     for role, spec in models:
         _check_model_arg(spec, role)
+    objective = None if config.objective == "auto" else config.objective
+    hplan = plan_harness(config, models, objective)
     warm_imports()
     if config.threads:
         import torch
@@ -136,20 +194,21 @@ def run(config: BenchConfig) -> dict[str, Any]:
     device = pick_device(config.device)
     ctx = RunContext(device=device, bf16=pick_bf16(config.bf16, device), seeds=config.seeds,
                      force_mode=config.mode)
-    objective = None if config.objective == "auto" else config.objective
     results: dict[str, dict[str, Any]] = {}
     for role, model_spec in models:
         log.info("loading %s %s", role, model_spec)
         loaded = load_for_eval(model_spec, objective)
         loaded.model.to(device)
         results[role] = {}
-        for spec in specs:
+        for spec in [s for s in specs if s.format != "harness"]:
             log.info("%s: task %s", role, spec.task_name)
             results[role][spec.task_name] = run_task(loaded, spec, data[spec.task_name], ctx)
             r = results[role][spec.task_name]
             if r.skipped is None:
                 log.info("%s: task %s %s = %.4f (%.1f s)", role, spec.task_name, spec.metric,
                          sum(r.seed_scores) / len(r.seed_scores), r.wall_s)
+        if hplan is not None:
+            results[role].update(run_harness(hplan, loaded, config, specs, data, role))
         del loaded
         ctx.cache.clear()
         gc.collect()

@@ -6,83 +6,26 @@ per split, the ``head`` it trains or the scoring rule it uses (``mode``), its ``
 numbers are never compared with new ones). Every key is a field of :class:`TaskSpec`;
 ``domainlm validate TASK.yaml`` checks a file against it without loading any data.
 
-Formats (readers) and metrics are registries because outsiders add them: registration is explicit,
+Formats (readers) and metrics are registries because outsiders add them (:mod:`.registry`); the
+built-in ones are listed in one explicit table (:mod:`.builtin`). Registration is explicit,
 duplicates are refused and unknown names are answered with "did you mean" and the known names.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from domainlm.bench.builtin import FORMATS, METRICS
 from domainlm.config import did_you_mean, opt
 from domainlm.errors import ConfigError
 
 Head = Literal["token", "sequence", "multilabel", "regression", "lm", "contacts"]
 Mode = Literal["probe", "finetune", "zeroshot", "perplexity"]
 SUITES = ("biomed", "materials", "protein", "general")
-
-
-# --------------------------------------------------------------------------------------------------
-# Registries
-# --------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Entry:
-    """A registered reader or metric with what it can be used for."""
-
-    name: str
-    fn: Callable[..., Any]
-    heads: tuple[str, ...]
-    doc: str = ""
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-class Registry:
-    """Name -> :class:`Entry`. Duplicates are refused; unknown names get a did-you-mean."""
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        self._entries: dict[str, Entry] = {}
-
-    def register(self, name: str, *, heads: tuple[str, ...], **meta: Any) -> Callable:
-        """Decorator: ``@FORMATS.register("conll", heads=("token",))``."""
-
-        def wrap(fn: Callable) -> Callable:
-            if name in self._entries:
-                owner = self._entries[name].fn.__module__
-                raise ValueError(f"{self.kind} '{name}' is already registered (by {owner}); choose another name")
-            doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-            self._entries[name] = Entry(name, fn, tuple(heads), doc, dict(meta))
-            return fn
-
-        return wrap
-
-    def unknown(self, name: str) -> str:
-        return f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}; known: {', '.join(self.names())}"
-
-    def get(self, name: str) -> Entry:
-        if name not in self._entries:
-            raise ConfigError([self.unknown(name)])
-        return self._entries[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
-
-    def names(self) -> list[str]:
-        return sorted(self._entries)
-
-
-FORMATS = Registry("task format")
-METRICS = Registry("metric")
-
-
-def _populate() -> None:
-    """Import the modules whose decorators fill the registries (light modules: no torch)."""
-    from domainlm.bench import metrics, readers  # noqa: F401
 
 
 # --------------------------------------------------------------------------------------------------
@@ -113,6 +56,10 @@ class TaskSpec:
     other_labels: Literal["error", "drop"] = opt("error", "data labels outside 'labels': an error naming the line, "
                                                  "or drop them (entities become O, records are skipped; counted) "
                                                  "for real sets with types the task does not score")
+    on_error: Literal["raise", "skip"] = opt("raise", "a bad record in the data (a CoNLL line without a tag, a broken "
+                                             "JSON line, a label that is not a number): stop with its file and "
+                                             "line, or skip it; skips are counted by reason, with examples, in "
+                                             "the report and manifest")
     negative_label: str | None = opt(None, "label left out of micro-F1 (ChemProt/DDI style: the 'no relation' "
                                      "class)")
     text_field: str = opt("text", "jsonl/csv field (column) holding the text")
@@ -136,7 +83,12 @@ class TaskSpec:
     probe_c: float = opt(1.0, "inverse regularisation of the logistic-regression probe (ridge alpha = 1/C)")
     probe_c_grid: list[float] | None = opt(None, "when a dev split exists, choose the probe's C from these by "
                                            "the dev score")
-    finetune_steps: int = opt(100, "optimizer steps per seed in finetune mode (a fixed small budget)")
+    finetune_steps: int = opt(100, "optimizer steps per seed in finetune mode (a fixed small budget; "
+                              "finetune_epochs replaces it)")
+    finetune_epochs: float | None = opt(None, "finetune mode: train for this many passes over the train split "
+                                        "instead of finetune_steps (the BLURB protocol trains for epochs)")
+    finetune_evals: int = opt(4, "finetune mode with a dev split: score dev this many times, evenly over the "
+                              "budget, and score test with the best checkpoint on dev (BLURB's model selection)")
     finetune_lr: float = opt(5e-5, "AdamW learning rate in finetune mode (BERT fine-tuning's usual range)")
     finetune_batch_size: int = opt(16, "examples per step in finetune mode")
     carve_train: float | None = opt(None, "no train file: move this fraction of the test file's records "
@@ -179,7 +131,6 @@ class TaskSpec:
 
     def problems(self) -> list[str]:
         """Impossible combinations, each naming the keys involved and a fix."""
-        _populate()
         out: list[str] = []
         if self.version < 1:
             out.append(f"'version' must be 1 or more, got {self.version}")
@@ -228,7 +179,9 @@ class TaskSpec:
             out.append(f"'labels' does not apply to head '{self.head}'; remove it")
         if self.negative_label is not None and self.labels is not None and self.negative_label not in self.labels:
             out.append(f"'negative_label' {self.negative_label!r} is not in 'labels'")
-        for key in ("max_length", "batch_size", "finetune_steps", "finetune_batch_size"):
+        if self.finetune_epochs is not None and self.finetune_epochs <= 0:
+            out.append(f"'finetune_epochs' must be positive, got {self.finetune_epochs}")
+        for key in ("max_length", "batch_size", "finetune_steps", "finetune_batch_size", "finetune_evals"):
             if getattr(self, key) < 1:
                 out.append(f"'{key}' must be at least 1, got {getattr(self, key)}")
         for key in ("window", "masked_window"):
@@ -280,12 +233,15 @@ def suite_folder(suite: str) -> Path:
     from domainlm.resources import benchmarks_dir
 
     path = Path(suite).expanduser()
+    if suite.rstrip("/").endswith("harness") and (path.is_dir() or suite == "harness"):
+        raise ConfigError([f"suite '{suite}' holds lm-evaluation-harness task YAMLs, not native tasks; run them with "
+                           "--suite harness:TASK[,TASK] --harness-include benchmarks/harness"])
     if path.is_dir():
         return path
     shipped = benchmarks_dir() / suite
     if suite in SUITES or shipped.is_dir():
         return shipped
-    known = [p.name for p in sorted(benchmarks_dir().iterdir()) if p.is_dir()]
+    known = [p.name for p in sorted(benchmarks_dir().iterdir()) if p.is_dir() and p.name != "harness"]
     raise ConfigError([f"suite '{suite}' is neither a folder nor a shipped suite{did_you_mean(suite, known)}; "
                        f"shipped suites: {', '.join(known)}"])
 

@@ -15,40 +15,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 from domainlm.bench.data import TaskData
 from domainlm.bench.loading import LoadedModel
-from domainlm.bench.tasks import METRICS, TaskSpec
+from domainlm.bench.modes.result import ModeResult, RunContext, finish
+from domainlm.bench.tasks import TaskSpec
+
+__all__ = ["ModeResult", "RunContext", "effective_mode", "finish", "run_task"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunContext:
-    """Settings shared by every task of one bench run."""
-
-    device: str = "cpu"
-    bf16: bool = False
-    seeds: int = 3
-    force_mode: str | None = None
-    cache: dict[Any, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ModeResult:
-    """One model on one task."""
-
-    mode: str
-    rows: list[Any] = field(default_factory=list)  # metric statistics per seed (same examples, same order)
-    seed_scores: list[float] = field(default_factory=list)
-    extras: dict[str, float] = field(default_factory=dict)
-    n_examples: int = 0  # examples processed (train + test ...), for examples/s
-    wall_s: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    perplexity: dict[str, float] | None = None
-    skipped: str | None = None
 
 
 def effective_mode(spec: TaskSpec, loaded: LoadedModel, force: str | None) -> tuple[str | None, str | None]:
@@ -88,19 +63,4 @@ def run_task(loaded: LoadedModel, spec: TaskSpec, data: TaskData, ctx: RunContex
     result = fn(loaded, spec, data, ctx)
     result.mode = mode
     result.wall_s = time.perf_counter() - start
-    return result
-
-
-def finish(spec: TaskSpec, data: TaskData, gold: list[Any], preds: list[list[Any]], result: ModeResult) -> ModeResult:
-    """Fill metric statistics, per-seed scores and extras from per-seed predictions."""
-    from domainlm.bench.metrics import Context, extras
-
-    metric = METRICS.get(spec.metric).fn
-    mctx = Context(labels=data.labels, negative_label=spec.negative_label)
-    for pred in preds:
-        result.rows.append(metric.prepare(gold, pred, mctx))
-        result.seed_scores.append(float(metric.point(gold, pred, mctx)))
-    per_seed = [extras(spec.head, gold, pred, mctx) for pred in preds]
-    if per_seed and per_seed[0]:
-        result.extras = {k: sum(d[k] for d in per_seed) / len(per_seed) for k in per_seed[0]}
     return result

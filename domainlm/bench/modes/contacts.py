@@ -17,7 +17,7 @@ from domainlm.bench.data import TaskData
 from domainlm.bench.features import autocast, model_max_length
 from domainlm.bench.loading import LoadedModel
 from domainlm.bench.metrics import precision_at_k
-from domainlm.bench.modes import ModeResult, RunContext, finish
+from domainlm.bench.modes.result import ModeResult, RunContext, finish
 from domainlm.bench.tasks import TaskSpec
 from domainlm.errors import ConfigError
 

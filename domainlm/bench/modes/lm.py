@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from domainlm.bench.data import TaskData
 from domainlm.bench.loading import LoadedModel
-from domainlm.bench.modes import ModeResult, RunContext, finish
+from domainlm.bench.modes.result import ModeResult, RunContext, finish
 from domainlm.bench.perplexity import score_texts, summarise
 from domainlm.bench.tasks import TaskSpec
 

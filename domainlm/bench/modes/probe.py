@@ -15,11 +15,12 @@ import logging
 import warnings
 from typing import Any
 
+from domainlm.bench.builtin import METRICS
 from domainlm.bench.data import TaskData
 from domainlm.bench.features import sequence_features, use_spacing, word_features
 from domainlm.bench.loading import LoadedModel
-from domainlm.bench.modes import ModeResult, RunContext, finish
-from domainlm.bench.tasks import METRICS, TaskSpec
+from domainlm.bench.modes.result import ModeResult, RunContext, finish
+from domainlm.bench.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,15 @@
 
 For each example the prompt template is filled in, every answer choice is appended after a space
 (lm-eval's ``target_delimiter``) and the summed log-probability of the choice's tokens is computed;
-the highest-scoring choice is the prediction. As in lm-eval, the continuation's tokens are those of
-``encode(prompt + " " + choice)`` beyond ``encode(prompt)``, so merges across the boundary are
-handled the same way, and long prompts lose tokens from the left.
+the highest-scoring choice is the prediction. Tokenisation follows lm-eval's ``HFLM`` exactly, so
+the two agree item by item (measured on PubMedQA in benchmarks/biomed/README.md): the text is
+encoded with the tokenizer's own special tokens (a BOS only where the tokenizer adds one), the
+continuation's tokens are those of ``encode(prompt + " " + choice)`` beyond ``len(encode(prompt))``,
+and long inputs lose tokens from the left.
+
+Besides the prediction, every choice's log-likelihood is kept per item, so the report can show the
+answer prior: the predicted-label distribution, macro-F1, lm-eval's ``acc_norm`` (log-likelihood per
+character of the choice) and a batch-calibrated accuracy (:func:`domainlm.bench.priors.answer_priors`).
 """
 
 from __future__ import annotations
@@ -14,8 +20,7 @@ from typing import Any
 from domainlm.bench.data import TaskData
 from domainlm.bench.features import autocast, ensure_pad
 from domainlm.bench.loading import LoadedModel
-from domainlm.bench.modes import ModeResult, RunContext, finish
-from domainlm.bench.perplexity import _prefix_token
+from domainlm.bench.modes.result import ModeResult, RunContext, finish
 from domainlm.bench.tasks import TaskSpec
 from domainlm.errors import ConfigError
 
@@ -31,18 +36,19 @@ def fill_prompt(template: str, ex) -> str:
 
 
 def choice_requests(tokenizer, prompt: str, choices: list[str], max_length: int) -> list[tuple[list[int], int]]:
-    """(input ids, number of continuation tokens at the end) for each choice."""
-    prefix = _prefix_token(tokenizer)
-    ctx = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    """(input ids, number of continuation tokens at the end) for each choice, as lm-eval's HFLM builds them."""
+    # lm-eval moves trailing spaces of the context into the continuation (_encode_pair)
+    stripped = prompt.rstrip()
+    delim = prompt[len(stripped):] + " "
+    ctx = list(tokenizer(stripped)["input_ids"])
     out = []
     for choice in choices:
-        whole = list(tokenizer(prompt + " " + choice, add_special_tokens=False)["input_ids"])
+        whole = list(tokenizer(stripped + delim + choice)["input_ids"])
         cut = len(ctx)
-        while cut > 0 and whole[:cut] != ctx[:cut]:
-            cut -= 1  # the boundary merged into one token: the continuation starts where they agree
+        if cut >= len(whole):  # the boundary merged the whole choice into the context's last token
+            cut = len(whole) - 1
         cont = whole[cut:]
-        ids = ([prefix] if prefix is not None else []) + whole
-        ids = ids[-(max_length + 1):]
+        ids = whole[-(max_length + 1):]
         out.append((ids, min(len(cont), len(ids) - 1)))
     return out
 
@@ -87,15 +93,21 @@ def run_zeroshot(loaded: LoadedModel, spec: TaskSpec, data: TaskData, ctx: RunCo
     result = ModeResult(mode="zeroshot")
     choices = list(spec.choices or data.labels or [])
     requests: list[tuple[list[int], int]] = []
+    # A request is at most max_length + 1 tokens; models with a position table (GPT-2, BioGPT) cannot go past it.
+    positions = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    max_length = min(spec.max_length, positions - 1) if isinstance(positions, int) else spec.max_length
+    if max_length < spec.max_length:
+        result.notes.append(f"inputs cut to the model's {positions} positions (task max_length {spec.max_length})")
     for ex in data.test:
-        requests.extend(choice_requests(loaded.tokenizer, fill_prompt(spec.prompt or "", ex), choices,
-                                        spec.max_length))
+        requests.extend(choice_requests(loaded.tokenizer, fill_prompt(spec.prompt or "", ex), choices, max_length))
     scores = loglikelihoods(loaded, requests, batch_size=spec.batch_size, device=ctx.device, bf16=ctx.bf16)
     pred: list[Any] = []
     k = len(choices)
     for e in range(len(data.test)):
         row = scores[e * k:(e + 1) * k]
+        result.choice_scores.append(row)
         pred.append(choices[max(range(k), key=row.__getitem__)])
+    result.choices = choices
     result.n_examples = len(data.test)
     result.notes.append(f"zero-shot over choices {choices}")
     return finish(spec, data, [ex.label for ex in data.test], [pred], result)

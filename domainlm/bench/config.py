@@ -1,0 +1,67 @@
+"""The options of ``domainlm bench``: one dataclass, whose fields are the CLI flags and YAML keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from domainlm.config import opt
+
+
+@dataclass
+class BenchConfig:
+    model: str = opt(help="model to evaluate: a run folder from `adapt`, a local folder, a packaged name "
+                     "(minilm, smollm2), tiny-* or a Hub id")
+    baseline: str | None = opt(None, "the model to compare against (usually the base model adapt started from)")
+    suite: str = opt("biomed", "biomed, materials, protein, general, a folder of task YAMLs, or several "
+                     "joined by commas (biomed,general adds the forgetting check); harness:TASKS runs "
+                     "lm-evaluation-harness tasks or groups (causal models), after any native suites: "
+                     "biomed,harness:pubmedqa,medmcqa")
+    tasks: list[str] | None = opt(None, "run only these tasks of the suite (names are the YAML file names)")
+    data_root: str | None = opt(None, "resolve task data files under this folder instead of beside the task "
+                                "files (e.g. ../shared/realdata with the real datasets)")
+    override: list[str] = opt(factory=list, sep=None, help="per-task settings, TASK.KEY=VALUE: a split's file "
+                              "(ner.test=ncbi/test.tsv; empty removes the split) or any task key "
+                              "(ner.labels=Disease); @FILE reads one per line")
+    out: str = opt("runs/bench", "output folder: report.json, report.md, comparison.png, manifest.json")
+    seeds: int = opt(3, "seeds per fine-tuned task (mean +- std is reported); probes are deterministic")
+    mode: Literal["probe", "finetune"] | None = opt(None, "force every supervised task into this mode")
+    max_examples: int | None = opt(None, "cap each split at this many records (seeded sample) for quick runs")
+    objective: Literal["auto", "causal", "masked", "protein"] = opt(
+        "auto", "how to load the models; auto uses what the source or run folder says")
+    device: str = opt("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
+    bf16: Literal["auto", "on", "off"] = opt("auto", "bf16 autocast for forward passes; auto: on for CUDA with "
+                                             "bf16 support and CPUs with native bf16 (AMX/AVX512-BF16), else off")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's own choice, one per core)")
+    bootstrap: int = opt(1000, "bootstrap resamples for confidence intervals (0 skips them)")
+    harness_include: str | None = opt(None, "folder of extra lm-evaluation-harness task YAMLs (lm-eval's "
+                                      "include_path; relative data_files resolve under it), e.g. benchmarks/harness "
+                                      "for the offline pubmedqa_local and medmcqa_local")
+    num_fewshot: int | None = opt(None, "few-shot examples for harness tasks (default: each task's own setting)")
+    harness_batch_size: int = opt(8, "examples per forward pass for harness tasks")
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.model:
+            out.append("'model' is required: name the model to evaluate")
+        if self.seeds < 1:
+            out.append(f"'seeds' must be at least 1, got {self.seeds}")
+        if self.threads is not None and self.threads < 1:
+            out.append(f"'threads' must be at least 1, got {self.threads}")
+        if self.bootstrap < 0:
+            out.append(f"'bootstrap' must be 0 or more, got {self.bootstrap}")
+        if self.max_examples is not None and self.max_examples < 1:
+            out.append(f"'max_examples' must be at least 1, got {self.max_examples}")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            out.append(f"'device' must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
+        if "harness:" not in self.suite and (self.harness_include or self.num_fewshot is not None):
+            out.append("'harness_include' and 'num_fewshot' apply to harness tasks only; add harness:TASKS to "
+                       "'suite' or drop them")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            out.append(f"'num_fewshot' must be 0 or more, got {self.num_fewshot}")
+        if self.harness_batch_size < 1:
+            out.append(f"'harness_batch_size' must be at least 1, got {self.harness_batch_size}")
+        if self.baseline is not None and self.baseline == self.model:
+            out.append("'baseline' is the same as 'model'; compare against a different model or drop --baseline")
+        return out
