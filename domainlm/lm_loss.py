@@ -10,22 +10,38 @@
   models through :class:`FusedLinearCrossEntropy`, which never materialises the full
   ``tokens x vocabulary`` logits (the cost that dominates small-model training on CPU).
 * Perplexity is ``exp(sum of token losses / number of target tokens)``.
+
+Families that do not fit the generic path get their inputs adjusted in :func:`family_inputs` (one place, each
+case covered by tests/test_architectures.py): ESM embeds first (its embedding layer reads a 2-D mask),
+BioGPT gets an explicit block-diagonal causal mask (it never hands ``position_ids`` to transformers' mask
+builder, so packed documents would be invisible to it), ModernBERT gets one mask per layer type (a
+ready 4-D mask would otherwise switch off its local-attention window), DeBERTa's embedding layer gets the
+per-token mask it expects, and eager attention gets the additive form of the mask.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+log = logging.getLogger(__name__)
+
 IGNORE = -100
 
 # Families whose causal-LM forward is exactly `logits = lm_head(final_hidden)` (no soft-capping or
-# logit scaling), so the fused head below computes the same loss as the model's own forward.
+# logit scaling), so the fused head below computes the same loss as the model's own forward. Gemma
+# families qualify only without final-logit soft-capping (Gemma 2 caps at 30; Gemma 3 ships without).
 FUSED_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "olmo", "olmo2", "phi3", "biogpt",
-                       "stablelm", "starcoder2", "smollm3"}
+                       "stablelm", "starcoder2", "smollm3", "gemma", "gemma2", "gemma3_text"}
+# Causal families whose model never passes ``position_ids`` to transformers' mask builder, so restarting
+# positions alone do not block attention across packed documents: they get an explicit 4-D mask.
+EXPLICIT_CAUSAL_MASK = {"biogpt"}
+# Families whose own attention code takes a boolean 4-D mask even under eager attention.
+OWN_BOOLEAN_MASK = {"deberta", "deberta-v2"}
 
 
 def positions_from_doc_ids(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -42,6 +58,27 @@ def positions_from_doc_ids(doc_ids: torch.Tensor) -> torch.Tensor:
 def bidirectional_doc_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     """[batch, 1, L, L] boolean mask: True where query and key belong to the same document."""
     return (doc_ids[:, :, None] == doc_ids[:, None, :]).unsqueeze(1)
+
+
+def causal_doc_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """[batch, 1, L, L] boolean mask: True where the key is at or before the query in the same document."""
+    n = doc_ids.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=doc_ids.device).tril()
+    return bidirectional_doc_mask(doc_ids) & causal
+
+
+def fused_head_refusal(config: Any) -> str | None:
+    """Why the fused causal head would not reproduce this model's loss, or None when it does."""
+    model_type = getattr(config, "model_type", "")
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        return (f"{model_type} soft-caps its final logits (final_logit_softcapping={cap}), which the fused head "
+                "does not apply")
+    if getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+        return f"{model_type} scales its logits (logit_scale={config.logit_scale})"
+    if model_type not in FUSED_HEAD_FAMILIES:
+        return f"{model_type} is not among the families whose logits are known to be lm_head(hidden)"
+    return None
 
 
 def causal_labels(input_ids: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
@@ -74,13 +111,22 @@ def split_head(model: Any, objective: str) -> HeadSplit | None:
     model_type = getattr(inner.config, "model_type", "")
     if objective == "causal":
         head = inner.get_output_embeddings()
-        if model_type not in FUSED_HEAD_FAMILIES or not isinstance(head, torch.nn.Linear):
+        why = fused_head_refusal(inner.config)
+        if why is None and not isinstance(head, torch.nn.Linear):
+            why = f"{model_type}'s output layer is a {type(head).__name__}, not a Linear"
+        if why is not None:
+            log.info("fused output head off, the model's own logits are used: %s", why)
             return None
         return HeadSplit(body, head, head.weight, head.bias)
-    for name in ("cls", "lm_head"):
+    for name in ("cls", "lm_head", "lm_predictions"):
         head = getattr(inner, name, None)
         if isinstance(head, torch.nn.Module):
             return HeadSplit(body, head, None, None)
+    if isinstance(getattr(inner, "head", None), torch.nn.Module) and isinstance(inner.get_output_embeddings(),
+                                                                               torch.nn.Linear):
+        # ModernBERT: logits = decoder(head(hidden)), with the transform and the vocabulary projection apart.
+        return HeadSplit(body, torch.nn.Sequential(inner.head, inner.get_output_embeddings()), None, None)
+    log.info("masked-only output head off for %s: its head module is not recognised", model_type)
     return None
 
 
@@ -165,15 +211,54 @@ def model_inputs(input_ids: torch.Tensor, doc_ids: torch.Tensor | None, objectiv
     return kwargs
 
 
-def _esm_embeds(module: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """ESM's embedding layer multiplies by a 2-D padding mask; with a 4-D document mask we embed first."""
-    mask = kwargs.get("attention_mask")
+def _deberta_embedding_mask(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """DeBERTa's embedding layer multiplies by the mask it gets and only understands a per-token one."""
+    mask = kwargs.get("mask")
+    if mask is not None and mask.dim() == 4 and mask.shape[-1] == mask.shape[-2]:
+        kwargs = {**kwargs, "mask": mask.diagonal(dim1=-2, dim2=-1)[:, 0]}  # a token sees itself unless padding
+        return args, kwargs
+    return None
+
+
+def family_inputs(module: Any, kwargs: dict[str, Any], doc_ids: torch.Tensor | None) -> dict[str, Any]:
+    """Adjust :func:`model_inputs`' kwargs to the family of ``module`` (see the module docstring)."""
     inner = module.get_base_model() if hasattr(module, "get_base_model") else module
-    if mask is None or mask.dim() != 4 or getattr(inner.config, "model_type", "") != "esm":
-        return kwargs
-    emb = getattr(inner, "embeddings", None) or inner.esm.embeddings
+    config = getattr(inner, "config", None)
+    model_type = getattr(config, "model_type", "")
+    mask = kwargs.get("attention_mask")
     out = dict(kwargs)
-    out["inputs_embeds"] = emb(input_ids=out.pop("input_ids"), position_ids=out.get("position_ids"))
+    if "position_ids" in out:
+        # RoBERTa-style learned positions (a position table with a padding row: RoBERTa, ESM-1b) start after
+        # the padding row, at padding_idx + 1, as the model's own positions do; restarting ones must too.
+        table = next((m.position_embeddings for m in inner.modules()
+                      if isinstance(getattr(m, "position_embeddings", None), torch.nn.Embedding)), None)
+        if table is not None and table.padding_idx is not None:
+            out["position_ids"] = out["position_ids"] + table.padding_idx + 1
+    if doc_ids is not None and mask is None and "position_ids" in kwargs and model_type in EXPLICIT_CAUSAL_MASK:
+        mask = out["attention_mask"] = causal_doc_mask(doc_ids)
+    if not torch.is_tensor(mask) or mask.dim() != 4:  # none, or already a FlexAttention BlockMask
+        return out
+    if model_type == "esm":
+        # ESM's embedding layer multiplies by a 2-D padding mask; with a 4-D document mask we embed first.
+        emb = getattr(inner, "embeddings", None) or inner.esm.embeddings
+        out["inputs_embeds"] = emb(input_ids=out.pop("input_ids"), position_ids=out.get("position_ids"))
+    elif model_type == "modernbert":
+        half = config.local_attention // 2  # transformers' bidirectional window: |q - k| <= local_attention / 2
+        idx = torch.arange(mask.shape[-1], device=mask.device)
+        out["attention_mask"] = {"full_attention": mask,
+                                 "sliding_attention": mask & ((idx[:, None] - idx[None, :]).abs() <= half)}
+        return out
+    elif model_type in OWN_BOOLEAN_MASK:
+        for sub in inner.modules():
+            if type(sub).__name__.endswith("Embeddings") and not getattr(sub, "_domainlm_mask_hook", False):
+                sub.register_forward_pre_hook(_deberta_embedding_mask, with_kwargs=True)
+                sub._domainlm_mask_hook = True
+        return out
+    if getattr(config, "_attn_implementation", "sdpa") == "eager" and mask.dtype == torch.bool:
+        # Eager attention adds the mask to the scores (SDPA also takes booleans).
+        dtype = next(inner.parameters()).dtype
+        out["attention_mask"] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(dtype).min)
     return out
 
 
@@ -187,15 +272,22 @@ def loss_sum(model: Any, objective: str, input_ids: torch.Tensor, labels: torch.
     original tokens at masked positions for MLM. With ``split`` the head runs only on target rows.
     """
     kwargs = model_inputs(input_ids, doc_ids, objective, document_mask)
+    # --- attention hook (issue 15, domainlm/attention.py): a model switched to FlexAttention gets its dense 4-D
+    # document mask as a BlockMask; models on SDPA (the default) get exactly family_inputs' kwargs. ---
+    from domainlm.attention import flex_inputs
+
+    def inputs(module: Any) -> dict[str, Any]:
+        return flex_inputs(module, family_inputs(module, kwargs, doc_ids), doc_ids)
+    # --- end attention hook ---
     if split is not None and fused:
-        hidden = split.body(**_esm_embeds(split.body, kwargs)).last_hidden_state
+        hidden = split.body(**inputs(split.body)).last_hidden_state
         if objective == "causal":
             return fused_linear_cross_entropy(hidden, split.fused_weight, split.fused_bias, labels, scale,
                                               compute_dtype=compute_dtype)
         rows = labels != IGNORE
         logits = split.head(hidden[rows]).float()
         return torch.nn.functional.cross_entropy(logits, labels[rows], reduction="sum") * scale
-    logits = model(**_esm_embeds(model, kwargs)).logits.float()
+    logits = model(**inputs(model)).logits.float()
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                              ignore_index=IGNORE, reduction="sum") * scale
 

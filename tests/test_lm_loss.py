@@ -10,7 +10,9 @@ import torch
 from domainlm.lm_loss import (
     IGNORE,
     bidirectional_doc_mask,
+    causal_doc_mask,
     causal_labels,
+    fused_head_refusal,
     fused_linear_cross_entropy,
     loss_sum,
     perplexity,
@@ -25,6 +27,21 @@ def test_positions_restart_at_each_document():
     assert positions_from_doc_ids(docs).tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]
     mask = bidirectional_doc_mask(docs)[0, 0]
     assert mask[0, 2] and not mask[2, 3] and mask[3, 4] and not mask[4, 5]
+
+
+def test_causal_doc_mask_is_block_diagonal_and_causal():
+    mask = causal_doc_mask(torch.tensor([[0, 0, 0, 1, 1]]))[0, 0]
+    expect = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]])
+    assert torch.equal(mask, expect.bool())
+
+
+def test_fused_head_refused_for_soft_capped_and_unknown_families():
+    from transformers import Gemma2Config, Gemma3TextConfig, LlamaConfig, OPTConfig
+
+    assert "soft-caps its final logits" in fused_head_refusal(Gemma2Config())
+    assert fused_head_refusal(Gemma3TextConfig()) is None  # Gemma 3 ships without final soft-capping
+    assert fused_head_refusal(LlamaConfig()) is None
+    assert "not among the families" in fused_head_refusal(OPTConfig())
 
 
 def test_causal_labels_do_not_cross_documents():
