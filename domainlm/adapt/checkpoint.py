@@ -152,10 +152,12 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.
     saved_world = int(state.get("world_size", 1))
     try:
         model_sd, optim_sd = get_state_dict(module, optimizer, options=_options())
+        absent = _stateless_in_checkpoint(path, optim_sd)
         both = {"model": model_sd, "optimizer": optim_sd}
         _dcp(dcp.load, both, checkpoint_id=path / "dcp", no_dist=world == 1)
         set_state_dict(module, optimizer, model_state_dict=both["model"], optim_state_dict=both["optimizer"],
                        options=_options())
+        _drop_optimizer_state(module, optimizer, absent)
         # A checkpoint written by fewer processes has no generator for the extra ranks: they take one of the
         # saved ones (the engine has already said that the dropout noise then differs from an uninterrupted run).
         rng = torch.load(path / f"rng-{rank % saved_world:05d}.pt", weights_only=True)
@@ -168,6 +170,36 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.
     if device.type == "cuda" and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"], device)
     return state
+
+
+def _stateless_in_checkpoint(path: Path, optim_sd: dict[str, Any]) -> set[str]:
+    """Trainable parameters that had no optimizer state when ``path`` was saved (never had a gradient, e.g. a
+    head the objective does not reach), removed from the load template ``optim_sd``.
+
+    get_state_dict fills a fresh optimizer's state for every parameter (one zero-gradient step), so without this
+    the load would ask the checkpoint for state it never had.
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+
+    prefix = "optimizer.state."
+    saved = {key[len(prefix):].rsplit(".", 1)[0] for key in
+             FileSystemReader(str(path / "dcp")).read_metadata().state_dict_metadata if key.startswith(prefix)}
+    absent = {fqn for fqn in optim_sd.get("state", {}) if fqn not in saved}
+    for fqn in absent:
+        del optim_sd["state"][fqn]
+    return absent
+
+
+def _drop_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer, absent: set[str]) -> None:
+    """Forget the placeholder state get_state_dict gave the parameters in ``absent``, so that they start their
+    Adam moments and step count at their first real gradient, as in the run without the interruption."""
+    if not absent:
+        return
+    from torch.distributed.checkpoint.state_dict import _get_fqns  # the name mapping get_state_dict itself uses
+
+    for name, param in module.named_parameters():
+        if _get_fqns(module, name) & absent:
+            optimizer.state.pop(param, None)
 
 
 def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
