@@ -67,11 +67,34 @@ class ComputeConfig:
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to run the probe; auto picks a GPU when present")
     out: str | None = opt(None, "also write the result as JSON to this file")
     trust_remote_code: bool = opt(False, "allow model code from the model folder to run (custom architectures)")
+    # --- memory planner (--memory) ----------------------------------------------------------------
+    memory: bool = opt(False, "plan memory instead of time: peak per device (weights, gradients, optimizer, "
+                       "activations) and the settings that fit; needs no budget")
+    params: float | None = opt(None, "with --memory: plan a Llama-shaped model of this many parameters (e.g. 8e9) "
+                               "instead of --model's config")
+    method: Literal["full", "lora", "qlora"] = opt("full", "with --memory: training method to plan")
+    strategy: Literal["auto", "ddp", "fsdp"] = opt("auto", "with --memory: ddp (a full copy per GPU) or fsdp "
+                                                   "(sharded); auto: fsdp on several GPUs")
+    gpus: int = opt(1, "with --memory: number of GPUs")
+    gpu_memory: float = opt(80.0, "with --memory: memory of one GPU in GB")
+    micro_batch: int = opt(1, "with --memory: sequences per micro-batch per GPU")
+    gradient_checkpointing: bool = opt(False, "with --memory: activation checkpointing on")
+    lora_r: int = opt(16, "with --memory: LoRA rank (sets the adapter size)")
 
     def problems(self) -> list[str]:
         out = []
         given = [k for k in ("tokens", "flops", "hours") if getattr(self, k) is not None]
-        if len(given) != 1:
+        if self.memory:
+            for key in ("gpus", "micro_batch", "lora_r"):
+                if getattr(self, key) < 1:
+                    out.append(f"'{key}' must be at least 1, got {getattr(self, key)}")
+            if self.gpu_memory <= 0:
+                out.append(f"'gpu_memory' must be positive (GB), got {self.gpu_memory}")
+            if self.params is not None and self.params < 1e6:
+                out.append(f"'params' is a parameter count (e.g. 8e9), got {self.params}")
+            if given:
+                out.append(f"--memory plans memory and takes no budget; drop {', '.join('--' + g for g in given)}")
+        elif len(given) != 1:
             out.append("give exactly one budget: --tokens D, --flops C or --hours H"
                        + (f" (got {', '.join(given)})" if given else ""))
         for key in given:
@@ -119,7 +142,7 @@ def probe_throughput(model_config: Any, objective: str, seq_len: int, *, seconds
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from domainlm.flops import bf16_is_fast
+    from domainlm.device import use_bf16 as bf16_decision  # the one bf16 decision (adapt, bench)
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     auto = AutoModelForCausalLM if objective == "causal" else AutoModelForMaskedLM
@@ -131,7 +154,7 @@ def probe_throughput(model_config: Any, objective: str, seq_len: int, *, seconds
                            f"({str(exc).splitlines()[0][:200]}); use --objective auto"]) from None
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    use_bf16 = bf16_is_fast(device)
+    use_bf16 = bf16_decision("auto", device)
     vocab = int(model_config.get_text_config().vocab_size)
     gen = torch.Generator().manual_seed(0)
 
@@ -227,6 +250,41 @@ def log_scale_bar(marks: list[tuple[str, float]], *, width: int = 48) -> list[st
 # The verb
 # --------------------------------------------------------------------------------------------------
 
+def memory_plan(cfg: ComputeConfig) -> dict[str, Any]:
+    """``compute --memory``: the planner of :mod:`domainlm.memory` for a model config or ``--params``."""
+    from domainlm.artifacts import atomic_write_json
+    from domainlm.memory import estimate, plan_report, shape_from_config, shape_from_params
+
+    if cfg.params is not None:
+        shape, kind = shape_from_params(cfg.params), "causal"
+    else:
+        from transformers import AutoConfig
+
+        from domainlm.sources import materialise, resolve
+
+        src = resolve(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        try:
+            model_config = AutoConfig.from_pretrained(materialise(src).path, trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"could not read the config of '{cfg.model}' ({src.path}): "
+                              f"{str(exc).splitlines()[0]}") from None
+        shape = shape_from_config(model_config)
+        shape.source = f"{src.name} ({shape.source})"
+        kind = src.kind if cfg.objective == "auto" else cfg.objective
+    seq_len = cfg.seq_len or (2048 if cfg.params is not None else _DEFAULT_SEQ_LEN[kind])
+    chosen = estimate(shape, method=cfg.method, strategy=cfg.strategy, gpus=cfg.gpus, gpu_memory_gb=cfg.gpu_memory,
+                      seq_len=seq_len, batch=cfg.micro_batch, gradient_checkpointing=cfg.gradient_checkpointing,
+                      lora_r=cfg.lora_r)
+    lines = plan_report(shape, chosen, gpus=cfg.gpus, gpu_memory_gb=cfg.gpu_memory, seq_len=seq_len,
+                        batch=cfg.micro_batch, lora_r=cfg.lora_r)
+    print("\n" + "\n".join(lines))
+    result = {"model": shape.source, "params": shape.params, "seq_len": seq_len, "estimate": chosen.as_dict(),
+              "fits": chosen.fits, "report": lines}
+    if cfg.out:
+        atomic_write_json(cfg.out, {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, **result})
+    return result
+
+
 def compute(config: ComputeConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
     """FLOPs, wall time here and on an accelerator, and Chinchilla-optimal tokens for a training budget.
 
@@ -246,6 +304,8 @@ def compute(config: ComputeConfig | str | None = None, **overrides: Any) -> dict
     from domainlm.sources import materialise, resolve
 
     cfg = as_config(ComputeConfig, config, overrides)
+    if cfg.memory:
+        return memory_plan(cfg)
     src = resolve(cfg.model, trust_remote_code=cfg.trust_remote_code)
     from transformers import AutoConfig
 

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from domainlm.adapt.config import AdaptConfig
 from domainlm.adapt.data import Masker, SequenceStream, replay_draws, sequence_generator, word_start_table
-from domainlm.adapt.engine import lr_factor
+from domainlm.adapt.engine import make_schedule
 from domainlm.lm_loss import IGNORE
 from domainlm.sources import load_tokenizer
 
@@ -66,8 +67,18 @@ def test_whole_word_masking_masks_all_pieces_of_a_word():
 
 
 def test_lr_schedule_warms_then_decays():
-    total, warm = 100, 10
-    lrs = [lr_factor(s, total, warm, "cosine", 0.1) for s in range(total)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    def factors(schedule: str, total: int = 100) -> list[float]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make_schedule(opt, AdaptConfig(schedule=schedule, warmup_ratio=0.1, min_lr_ratio=0.1), total)
+        out = []
+        for _ in range(total):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    lrs = factors("cosine")  # warmup: 10 steps from 0.1 (never a step at lr 0), then cosine down to 0.1
+    assert lrs[0] == pytest.approx(0.1) and lrs[10] == pytest.approx(1.0) and lrs[5] == pytest.approx(0.55)
     assert lrs[-1] == pytest.approx(0.1, abs=0.01) and all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
-    assert lr_factor(50, total, warm, "constant", 0.1) == 1.0
+    assert factors("linear")[55] == pytest.approx(0.55)  # halfway through the decay: 1 - 0.9 / 2
+    assert factors("constant")[10:] == [1.0] * 90

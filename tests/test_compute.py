@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from domainlm.compute import ComputeConfig, compute, log_scale_bar
 from domainlm.config import as_config
@@ -93,3 +94,110 @@ def test_cli(capsys):
 def test_objective_that_does_not_fit_the_model_is_a_config_error():
     with pytest.raises(ConfigError, match="objective: masked"):
         compute(model="tiny-llama", tokens=1000, objective="masked", probe_seconds=0.1, seq_len=16)
+
+
+# --------------------------------------------------------------------------------------------------
+# the memory planner (compute --memory, domainlm.memory)
+# --------------------------------------------------------------------------------------------------
+
+def _shape(**kw):
+    from domainlm.memory import ModelShape
+
+    base = dict(params=1_000_000_000, embedding_params=131_072_000, hidden=2048, layers=16, intermediate=5504,
+                kv_hidden=2048, vocab=32000)
+    base.update(kw)
+    return ModelShape(**base)
+
+
+def test_planner_worked_example_full_lora_qlora():
+    from domainlm.memory import GB, estimate
+
+    s = _shape()
+    # body linears: 16 x (2*2048*2048 + 2*2048*2048 + 3*2048*5504) = 16 x 50,593,792
+    assert s.body_linear_params == 809_500_672
+    full = estimate(s, method="full", seq_len=2048, batch=1, bf16=True, device="cpu")
+    assert (full.weights, full.gradients, full.optimizer) == (4e9, 4e9, 8e9)  # fp32 master, grads, AdamW moments
+    # activations: 16 layers x 2048 tokens x (11*2048 + 4*2048 + 4*5504) values x 2.5 bytes (autocast mix),
+    # + working set 2*2048*5504*4 + chunked head 3 * 2^24 * 4
+    per_layer = (11 * 2048 + 4 * 2048 + 4 * 5504) * 2048 * 2.5
+    assert full.activations == pytest.approx(16 * per_layer + 2 * 2048 * 5504 * 4 + 3 * (1 << 24) * 4)
+    # the optimizer step's foreach temporaries (one fp32 tensor per trainable) come after the activations are
+    # freed: the peak holds the larger of the two
+    assert full.step_working == 4e9 and full.total == pytest.approx(16e9 + max(full.activations, 4e9))
+    short = estimate(s, method="full", seq_len=256, bf16=True, device="cpu")
+    assert short.activations < 4e9 and short.total == pytest.approx(20e9)
+    lora = estimate(s, method="lora", seq_len=2048, bf16=True, device="cpu", lora_r=16)
+    trainable = 16 * 16 * (9 * 2048 + 2 * 2048 + 3 * 5504)  # r x layers x sum(in + out) of the 7 projections
+    assert lora.settings["trainable_params"] == trainable
+    assert lora.weights == pytest.approx(2 * 1e9 + 4 * trainable)  # bf16 frozen base + fp32 adapters
+    assert lora.optimizer == 8 * trainable
+    qlora = estimate(s, method="qlora", seq_len=2048, bf16=True, device="cpu", lora_r=16)
+    assert qlora.weights == pytest.approx(4.127 / 8 * 809_500_672 + 2 * (1e9 - 809_500_672) + 4 * trainable)
+    lora_fp32 = estimate(s, method="lora", seq_len=2048, bf16=False, device="cpu", lora_r=16)  # before issue 15
+    assert lora_fp32.weights == pytest.approx(4 * 1e9 + 4 * trainable)
+    assert qlora.weights < 0.25 * lora_fp32.weights
+    # LoRA's dropout keeps a copy of each wrapped layer's input (6h + I more values); checkpointing keeps one
+    # hidden state per layer and token, plus one layer recomputed
+    per_layer_lora = per_layer + (6 * 2048 + 5504) * 2048 * 2.5
+    assert lora.activations == pytest.approx(16 * per_layer_lora + 2 * 2048 * 5504 * 4 + 3 * (1 << 24) * 4)
+    ck = estimate(s, method="qlora", seq_len=2048, bf16=True, device="cpu", gradient_checkpointing=True)
+    assert ck.activations == pytest.approx(16 * 2048 * 2048 * 4 + per_layer_lora + 2 * 2048 * 5504 * 4
+                                           + 3 * (1 << 24) * 4)
+    assert qlora.activations / ck.activations > 3
+    assert estimate(s, device="cuda").runtime == 1 * GB
+
+
+def test_planner_8b_on_one_80gb_gpu_and_fsdp():
+    from domainlm.memory import GB, estimate, plan_report, shape_from_params
+
+    s = shape_from_params(8e9, vocab=128256)
+    assert s.params == 8_000_000_000 and 30 <= s.layers <= 36
+    full = estimate(s, method="full", gpus=1, gpu_memory_gb=80, seq_len=2048)
+    assert full.fits is False and 130 * GB < full.total < 170 * GB  # "8B full on 1x80 GB: does not fit (~150 GB)"
+    q = estimate(s, method="qlora", gpus=1, gpu_memory_gb=80, seq_len=2048, gradient_checkpointing=True)
+    assert q.fits and 6 * GB < q.total < 16 * GB  # "QLoRA with checkpointing: ~14 GB"
+    sharded = estimate(s, method="full", strategy="fsdp", gpus=8, gpu_memory_gb=80, seq_len=2048,
+                       gradient_checkpointing=True)
+    assert sharded.fits and sharded.optimizer == pytest.approx(full.optimizer / 8)
+    lines = plan_report(s, full, gpus=1, gpu_memory_gb=80, seq_len=2048, batch=1)
+    text = "\n".join(lines)
+    assert "does not fit" in text and "qlora + checkpointing" in text and "lora" in text
+
+
+def test_planner_shape_matches_a_real_model():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from domainlm.memory import shape_from_config
+    from domainlm.sources import resolve
+
+    config = AutoConfig.from_pretrained(resolve("tiny-llama").path)
+    shape = shape_from_config(config)
+    model = AutoModelForCausalLM.from_config(config)
+    linear = sum(m.weight.numel() for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and ".layers." in n)
+    assert shape.body_linear_params == linear
+    assert shape.params == sum(p.numel() for p in model.parameters())
+
+
+def test_compute_memory_verb(capsys, tmp_path):
+    out = compute(model="tiny-llama", memory=True, method="qlora", gpu_memory=2, seq_len=256,
+                  out=str(tmp_path / "m.json"))
+    assert out["fits"] is True and out["estimate"]["settings"]["method"] == "qlora"
+    assert "fits" in capsys.readouterr().out
+    big = compute(memory=True, params=7e9, method="full", gpus=1, gpu_memory=24)
+    assert big["fits"] is False and big["seq_len"] == 2048
+    printed = capsys.readouterr().out
+    assert "does not fit" in printed and "qlora" in printed
+    assert json.loads((tmp_path / "m.json").read_text())["config"]["memory"] is True
+    with pytest.raises(ConfigError, match="takes no budget"):
+        compute(memory=True, tokens=10)
+
+
+def test_adapt_startup_warning_when_the_run_will_not_fit():
+    from domainlm.memory import check_fits, shape_from_params
+
+    shape = shape_from_params(7e9)
+    msg = check_fits(shape, device_memory_bytes=24e9, method="full", seq_len=2048, batch=1)
+    assert msg and "does not fit" in msg and "--gradient-checkpointing" in msg
+    assert check_fits(shape, device_memory_bytes=80e9, method="qlora", seq_len=2048, batch=1,
+                      gradient_checkpointing=True) is None

@@ -236,7 +236,8 @@ def _resolve_corpus(spec: str, cfg: AdaptConfig, objective: str, block_size: int
     path = Path(spec)
     if path.is_dir():
         return path, read_corpus_manifest(path)
-    from domainlm.corpora.cards import load_card, prepare_card
+    from domainlm.corpora.cards import load_card
+    from domainlm.corpora.prepare import prepare_card
 
     load_card(spec)  # unknown names fail here with a did-you-mean
     out = r.dir / "corpora" / spec
@@ -612,6 +613,10 @@ def save_final(r: Run, data: Data, tr: Trainer) -> Path:
     for name, _ in model.named_parameters(remove_duplicate=False):
         if name not in first_names:
             full.pop(name, None)
+    if tr.strategy.name != "fsdp":  # issue 15: a bf16-stored frozen base back to fp32 (exact) for the fp32 probe
+        from domainlm.adapt.features import restore_fp32
+
+        restore_fp32(model)
     probe = None
     if len(data.val):
         # A probe of the trained model's logits, so publish can prove its export reproduces them.

@@ -34,6 +34,18 @@ class Prepared:
     objective: str
     report: LoadReport
     lora_modules_to_save: list[str] = field(default_factory=list)
+    method: str = "full"
+    quantization: dict[str, Any] | None = None  # QLoRA's BitsAndBytesConfig settings
+
+    @property
+    def base_storage(self) -> dict[str, Any]:
+        """How the frozen base is held (for final/base_model.json): nf4 with its settings, bf16 when
+        adapt.features stored it so, else float32. ``domainlm.quant.dequantized_base`` rebuilds it at publish."""
+        from domainlm.quant import base_storage
+
+        applied = getattr(self.model, "_domainlm_features", None)
+        return base_storage(self.method, frozen_bf16=bool(getattr(applied, "frozen_bf16", False)),
+                            quantization=self.quantization)
 
 
 def resolve_objective(cfg: AdaptConfig, src: ModelSource) -> str:
@@ -42,17 +54,21 @@ def resolve_objective(cfg: AdaptConfig, src: ModelSource) -> str:
     return src.kind
 
 
-def _linear_targets(model: Any, exclude_prefixes: list[str]) -> str:
-    """A peft regex matching every nn.Linear inside the transformer body (not the output head)."""
+def _lora_targets(model: Any, exclude: list[str]) -> dict[str, Any]:
+    """LoraConfig arguments wrapping every linear layer of the transformer body.
+
+    peft's ``all-linear`` (which also wraps bitsandbytes' 4-bit and fused layers such as Phi-3's ``qkv_proj``)
+    excludes only the output embedding. A masked LM's head has linear layers of its own
+    (``cls.predictions.transform.dense``, ESM's ``lm_head.dense``), and MiniLM's is freshly initialised and
+    trained fully (modules_to_save), so everything outside ``base_model_prefix`` is excluded as well.
+    """
     prefix = getattr(model, "base_model_prefix", "")
-    names = set()
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.startswith(prefix + ".") and not any(
-                name.startswith(p) for p in exclude_prefixes):
-            names.add(name.rsplit(".", 1)[-1])
-    if not names:
-        raise ConfigError([f"found no linear layers under '{prefix}' to wrap with LoRA; set lora_target_modules"])
-    return rf"{re.escape(prefix)}\..*\.({'|'.join(sorted(names))})"
+    outside = [n for n, _ in model.named_children() if n != prefix] if prefix and hasattr(model, prefix) else []
+    if hasattr(getattr(model, prefix, None), "contact_head"):  # ESM's, frozen in prepare_model: no adapter there
+        outside.append(f"{prefix}.contact_head")
+    names = sorted(set(outside) | set(exclude))
+    return {"target_modules": "all-linear",
+            "exclude_modules": rf"^({'|'.join(re.escape(n) for n in names)})(\..*)?$" if names else None}
 
 
 def _embedding_module_names(model: Any) -> list[str]:
@@ -96,14 +112,26 @@ def _new_row_targets(model: Any, added: list[int], tied: bool, modules_to_save: 
     return rows
 
 
+def _set_attention(model: Any, cfg: AdaptConfig, objective: str) -> None:
+    """Switch from the SDPA the model was loaded with to the configured packed-document attention (domainlm.attention)."""
+    from domainlm.attention import resolve_attention
+
+    name = resolve_attention(getattr(cfg, "attention", "auto"), objective, type(model),
+                             "cuda" if torch.cuda.is_available() else "cpu")
+    if name != "sdpa":
+        model.set_attn_implementation(name)
+        log.info("attention: %s for packed documents", name)
+
+
 def prepare_model(cfg: AdaptConfig) -> Prepared:
     src = resolve(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     objective = resolve_objective(cfg, src)
     tokenizer = load_tokenizer(src, trust_remote_code=cfg.trust_remote_code)
     if objective == "causal" and tokenizer.eos_token_id is None:
         raise ConfigError([f"the tokenizer of {cfg.model} has no EOS token to separate documents"])
-    # SDPA takes the boolean 4-D document masks directly; eager attention would need an additive mask.
-    kwargs = {"attn_implementation": "sdpa"}
+    # None is transformers' "SDPA, else eager": families without SDPA (Gemma 2's soft-capped attention,
+    # DeBERTa) get eager, and lm_loss.family_inputs hands eager attention the additive form of the mask.
+    kwargs = {"attn_implementation": None}
     torch.manual_seed(cfg.seed)  # fresh heads and from-scratch weights depend on the seed only
     if cfg.from_scratch:
         from transformers import AutoConfig
@@ -112,9 +140,23 @@ def prepare_model(cfg: AdaptConfig) -> Prepared:
         config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
         model = auto_class(objective).from_config(config, trust_remote_code=cfg.trust_remote_code, **kwargs)
         report = LoadReport(messages=["weights initialised from the config (from_scratch: true)"])
+    elif cfg.method == "qlora":
+        from domainlm import quant
+
+        quant.require_bitsandbytes()
+        if getattr(cfg, "strategy", "auto") == "fsdp":
+            # FSDP2 would shard bitsandbytes' packed uint8 weights and their quant_state apart; not supported here
+            raise ConfigError(["'method: qlora' with 'strategy: fsdp' is not supported: use strategy: ddp (QLoRA's "
+                               "4-bit base is small enough to replicate) or method: lora with FSDP"])
+        compute_dtype, why = quant.qlora_compute_dtype(cfg.bf16, "cuda" if torch.cuda.is_available() else "cpu")
+        log.info("QLoRA: NF4 base with double quantisation, computing in %s (%s)", compute_dtype, why)
+        settings = quant.qlora_settings(compute_dtype)
+        model, report = quant.load_4bit(src, objective, settings, trust_remote_code=cfg.trust_remote_code,
+                                        allow_pickle=cfg.allow_pickle, **kwargs)
     else:
         model, report = load_model(src, objective, trust_remote_code=cfg.trust_remote_code,
                                    allow_pickle=cfg.allow_pickle, **kwargs)
+    _set_attention(model, cfg, objective)
     # Resize before any wrapping (a known peft pitfall): the adapter then saves the new size.
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         log.info("resizing embeddings %d -> %d to match the tokenizer", model.get_input_embeddings().weight.shape[0],
@@ -128,11 +170,18 @@ def prepare_model(cfg: AdaptConfig) -> Prepared:
             if hasattr(module, "token_dropout"):
                 module.token_dropout = False
         log.warning("token_dropout turned off: it would leak information across packed documents")
+    contact_head = getattr(getattr(model, "esm", None), "contact_head", None)
+    if contact_head is not None:
+        # ESM's contact head reads attention maps and gets no gradient from the masked-LM loss; left trainable it
+        # sits in the optimizer without state, and resuming a checkpoint then fails on the missing state.
+        contact_head.requires_grad_(False)
     if getattr(model.config, "use_cache", None):
         model.config.use_cache = False
     model.train()
     modules_to_save: list[str] = []
-    if cfg.method == "lora":
+    if cfg.method == "qlora":
+        model = quant.prepare_for_kbit_training(model)
+    if cfg.method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
         fresh_top = sorted({p.split(".")[0] for p in report.fresh_parameters})
@@ -149,10 +198,10 @@ def prepare_model(cfg: AdaptConfig) -> Prepared:
             log.info("training only the %d added embedding rows (%s) under LoRA", len(added), ", ".join(token_rows))
         elif cfg.train_embeddings:
             modules_to_save += [n for n in _embedding_module_names(model) if n not in modules_to_save]
-        targets: Any = cfg.lora_target_modules or _linear_targets(
-            model, modules_to_save + list(token_rows or {}))
+        targets: dict[str, Any] = ({"target_modules": cfg.lora_target_modules} if cfg.lora_target_modules
+                                   else _lora_targets(model, modules_to_save + list(token_rows or {})))
         lora_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                              target_modules=targets, modules_to_save=modules_to_save or None, bias="none",
+                              **targets, modules_to_save=modules_to_save or None, bias="none",
                               trainable_token_indices=token_rows,
                               ensure_weight_tying=tied and cfg.train_embeddings)
         try:
@@ -162,4 +211,5 @@ def prepare_model(cfg: AdaptConfig) -> Prepared:
         if fresh_top:
             log.warning("%s: the freshly initialised %s is trained fully under LoRA (modules_to_save)",
                         cfg.model, ", ".join(fresh_top))
-    return Prepared(model, tokenizer, src, objective, report, modules_to_save)
+    return Prepared(model, tokenizer, src, objective, report, modules_to_save, method=cfg.method,
+                    quantization=settings if cfg.method == "qlora" else None)
