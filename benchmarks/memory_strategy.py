@@ -92,7 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="memory-strategy-") as tmp:
         root = Path(tmp)
         n = build_model(root / "model", a.hidden, a.layers, a.vocab)
-        from domainlm.corpora.cards import prepare_card
+        from domainlm.corpora.prepare import prepare_card
 
         prepare_card("pubmed-sample", str(root / "model"), root / "corpus", block_size=a.seq)
         rows = []

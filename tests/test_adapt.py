@@ -20,7 +20,7 @@ FAST = dict(batch_size=4, eval_batches=2, log_every=1, seed=0)
 
 @pytest.fixture(scope="module")
 def llama_corpus(tmp_path_factory) -> Path:
-    from domainlm.corpora.cards import prepare_card
+    from domainlm.corpora.prepare import prepare_card
 
     out = tmp_path_factory.mktemp("corpus") / "pubmed-tiny-llama"
     prepare_card("pubmed-sample", "tiny-llama", out, block_size=64)
@@ -158,7 +158,7 @@ def test_lora_with_extended_vocab_saves_adapter_and_merges(llama_corpus, tmp_pat
     # the corpus was tokenised with the base tokenizer: adapt must refuse the mismatch clearly
     with pytest.raises(ConfigError, match="prepare the corpus with this model's tokenizer"):
         adapt(model=str(ext), corpus=str(llama_corpus), out=str(tmp_path / "bad"), max_steps=1)
-    from domainlm.corpora.cards import prepare_card
+    from domainlm.corpora.prepare import prepare_card
 
     corpus = tmp_path / "corpus-ext"
     prepare_card("pubmed-sample", str(ext), corpus, block_size=64)
@@ -189,7 +189,7 @@ def test_bf16_on_and_off_agree(llama_corpus, tmp_path):
 
 
 def test_masked_and_protein_objectives(tmp_path):
-    from domainlm.corpora.cards import prepare_card
+    from domainlm.corpora.prepare import prepare_card
 
     corpus = tmp_path / "prot"
     prepare_card("uniprot-sample", "tiny-esm", corpus, block_size=128)

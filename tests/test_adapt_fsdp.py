@@ -27,7 +27,7 @@ COMMON = dict(max_steps=STEPS, eval_every=0, save_every=2, eval_sequences=4, log
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    from domainlm.corpora.cards import prepare_card
+    from domainlm.corpora.prepare import prepare_card
 
     out = tmp_path_factory.mktemp("fsdp-corpus") / "pubmed-tiny-llama"
     prepare_card("pubmed-sample", "tiny-llama", out, block_size=64)
@@ -177,7 +177,7 @@ def test_fsdp_masked_lm_matches_ddp(tmp_path):
     """A masked LM whose head runs on masked positions only, inside the sharded root (BERT's tied decoder and
     its embeddings stay in the root unit). Compared with DDP on the same 2 processes, not with 1 process: BERT's
     dropout draws its masks per process, so only the same layout gives the same noise."""
-    from domainlm.corpora.cards import prepare_card
+    from domainlm.corpora.prepare import prepare_card
 
     mat = tmp_path / "mat"
     prepare_card("arxiv-materials-sample", "tiny-bert", mat, block_size=64)

@@ -176,7 +176,7 @@ def corpus_for(name: str, root: Path) -> Path:
     first = next(a.name for a in ARCHS if a.objective == objective)
     folder = model_folder(first, root)
     if objective == "protein":
-        from domainlm.corpora.cards import prepare_card
+        from domainlm.corpora.prepare import prepare_card
 
         prepare_card("uniprot-sample", str(folder), out, block_size=64)
     else:

@@ -195,7 +195,8 @@ def _drop_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimi
     Adam moments and step count at their first real gradient, as in the run without the interruption."""
     if not absent:
         return
-    from torch.distributed.checkpoint.state_dict import _get_fqns  # the name mapping get_state_dict itself uses
+    # the name mapping get_state_dict itself uses
+    from torch.distributed.checkpoint.state_dict import _get_fqns
 
     for name, param in module.named_parameters():
         if _get_fqns(module, name) & absent:

@@ -42,7 +42,8 @@ def _read_files(inputs: list[str], fmt: str, text_field: str, max_documents: int
                 categories: list[str] | None = None, keep_title_only: bool = False, min_chars: int = 0) -> Texts:
     from domainlm.corpora.clean import clean_text, exact_key
     from domainlm.corpora.pubmed import scan_pubmed_events
-    from domainlm.corpora.readers import ReaderOptions, SkipLog, iter_documents, resolve_inputs
+    from domainlm.corpora.readers import ReaderOptions, SkipLog
+    from domainlm.corpora.registry import iter_documents, resolve_inputs
 
     skips = SkipLog()
     files = resolve_inputs(inputs, fmt, skips=skips)

@@ -55,7 +55,8 @@ def _corpus_run(fmt: str, names: tuple[str, ...], **options: Any) -> Callable[[P
     def run(folder: Path) -> tuple[int, Any]:
         from domainlm.corpora.clean import clean_text
         from domainlm.corpora.pubmed import scan_pubmed_events
-        from domainlm.corpora.readers import InputFile, ReaderOptions, SkipLog, iter_documents
+        from domainlm.corpora.readers import InputFile, ReaderOptions, SkipLog
+        from domainlm.corpora.registry import iter_documents
 
         files = [InputFile(folder / n, fmt, (folder / n).stat().st_size, n) for n in names]
         skips = SkipLog()
