@@ -430,7 +430,11 @@ def train(r: Run, data: Data, tr: Trainer, p: Progress) -> None:
     batches = Batches(data.builder, data.stream, p.start_step, data.total_steps, ahead=cfg.prefetch,
                       pin=device.type == "cuda", rank=dist.rank, world=dist.world, batch_size=cfg.batch_size,
                       grad_accum=cfg.grad_accum)
-    t_loop = time.perf_counter()
+    from domainlm.adapt.features import compile_seconds
+
+    # tokens/s is steady-state: compile time spent inside the loop (--compile compiles at the first steps) is
+    # subtracted and reported on its own (manifest memory_features.compile_s).
+    t_loop, compile_before = time.perf_counter(), compile_seconds()
     try:
         for batch in batches:
             micro = [tuple(t.to(device, non_blocking=True) for t in m) for m in batch.micro]
@@ -460,7 +464,7 @@ def train(r: Run, data: Data, tr: Trainer, p: Progress) -> None:
             fault_point("step", done)
             p.tokens_session += data.tokens_per_step
             p.last_loss = loss_total
-            tps = p.tokens_session / max(time.perf_counter() - t_loop, 1e-9)
+            tps = p.tokens_session / max(time.perf_counter() - t_loop - (compile_seconds() - compile_before), 1e-9)
             if pbar is not None:
                 pbar.update(1)
                 pbar.set_postfix(loss=f"{loss_total:.3f}", tok_s=f"{tps:,.0f}")
@@ -477,7 +481,7 @@ def train(r: Run, data: Data, tr: Trainer, p: Progress) -> None:
         batches.close()
         if pbar is not None:
             pbar.close()
-    p.loop_s = time.perf_counter() - t_loop
+    p.loop_s = time.perf_counter() - t_loop - (compile_seconds() - compile_before)
     p.state_bytes = state_bytes(tr.model, tr.optimizer)
     p.peak_rss_training = peak_rss()  # before the final evaluation and the gathering of the full model
 

@@ -213,6 +213,11 @@ class AdaptTrials:
 # Killed `domainlm corpus prepare`
 # ====================================================================================================
 
+def _completions(out: Path) -> int:
+    """How many datatrove tasks of an interrupted prepare in ``out`` have written their completion marker."""
+    return len(list((out / ".work" / "logs").glob("*/completions/*")))
+
+
 class PrepareTrials:
     """Kill ``domainlm corpus prepare`` (PubMed sample, baseline + update file, 16 documents a shard) and run it
     again; the finished folder must equal an uninterrupted run's: manifest counts, splits, drops, fingerprint,
@@ -289,19 +294,20 @@ class PrepareTrials:
                 how = f"SIGKILL at {delay:.1f} s (random)" if proc.sleep(delay) else "random kill came too late"
                 proc.kill()
             elif m == "shard":
-                extra = rng.uniform(0.0, 0.15)
-                record = out / ".progress" / f"shard-{shard:05d}.json"
-                proc.wait_for(record.is_file)
+                # datatrove writes a completion marker per finished task of each stage (OUT/.work/logs/<stage>/
+                # completions/<rank>); kill shortly after the n-th one appears.
+                extra, nth = rng.uniform(0.0, 0.15), rng.randrange(1, 4)
+                proc.wait_for(lambda nth=nth: _completions(out) >= nth)
                 proc.sleep(extra)
                 proc.kill()
-                how = f"SIGKILL {extra * 1000:.0f} ms after shard {shard}'s progress record appeared"
+                how = f"SIGKILL {extra * 1000:.0f} ms after the stage completion marker {nth} appeared"
             else:
                 how = f"SIGKILL at the end of shard {shard} (in-process hook)"
             rc = proc.wait()
             if rc == 0:
                 notes.append(f"{how}: the run had finished")
                 continue
-            done = len(list((out / ".progress").glob("shard-*.json"))) if (out / ".progress").is_dir() else 0
+            done = _completions(out)
             looks_complete = (out / "manifest.json").is_file()
             try:
                 load_prepared(out)
@@ -312,7 +318,7 @@ class PrepareTrials:
                 problems.append(f"loading the killed folder raised {type(exc).__name__}: {exc}")
             if looks_complete:
                 problems.append("a manifest.json exists after the kill")
-            notes.append(f"{how} -> {done} shard(s) recorded, no manifest" if not looks_complete else how)
+            notes.append(f"{how} -> {done} task(s) recorded complete, no manifest" if not looks_complete else how)
         final = Proc(self.args(out), self.logs, f"prepare-{seed}-final", launcher=self.launcher)
         rc = final.wait()
         if rc != 0:
