@@ -279,16 +279,14 @@ def _prepare_child(args_json: str) -> None:
                       "rss_worker_mb": peak["worker"] / 2**20, "pss_total_mb": peak["total"] / 2**20}))
 
 
-def run_prepare(folder: Path, out: Path, model: str, tasks: int, old_engine: str | None = None, **extra) -> dict:
-    """prepare in a fresh subprocess: the datatrove engine (``tasks`` tasks), or with ``old_engine`` the previous
-    engine's own copy of this script (its ``num_proc`` worker pool of the same size)."""
+def run_prepare(folder: Path, out: Path, model: str, tasks: int, old_engine: str | None = None,
+                legacy: bool = True, **extra) -> dict:
+    """prepare in a fresh subprocess: this engine (``tasks`` tasks), or with ``old_engine`` that checkout's own copy
+    of this script: the previous engine's (``legacy``: its ``num_proc`` worker pool of the same size) or an earlier
+    datatrove engine's (``tasks`` tasks)."""
     kw = {"inputs": [str(folder)], "model": model, "out": str(out), "overwrite": True, **extra}
-    if old_engine:
-        kw["num_proc"] = tasks
-        script = str(Path(old_engine) / "benchmarks" / "speed_prepare.py")
-    else:
-        kw["tasks"] = tasks
-        script = __file__
+    kw["num_proc" if old_engine and legacy else "tasks"] = tasks
+    script = str(Path(old_engine) / "benchmarks" / "speed_prepare.py") if old_engine else __file__
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     res = subprocess.run([sys.executable, script, "--_prepare", json.dumps(kw)], env=env, capture_output=True,
                          text=True)
@@ -339,6 +337,9 @@ def main() -> None:
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--tasks", type=int, default=2, help="datatrove tasks (and old-engine worker processes)")
     ap.add_argument("--old-engine", default=None, help="a checkout of the engine before datatrove, run side by side")
+    ap.add_argument("--baseline", default=None, help="a checkout of an earlier datatrove engine (e.g. "
+                    "`git archive fed954b domainlm benchmarks/speed_prepare.py | tar -x -C /tmp/base`), run side by "
+                    "side: same tasks, and its kept documents must equal this engine's")
     ap.add_argument("--skip-10x", action="store_true")
     ap.add_argument("--work", default=None, help="folder for the inputs and outputs (default: a temporary one)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
@@ -368,15 +369,28 @@ def main() -> None:
         ceiling = results["bare_two_processes"]["tokens_per_s"]
         cpu_ceiling = results["bare_two_processes"]["tokens_per_cpu_s"]
         runs = [("datatrove_near_dup_on", None, {}), ("datatrove_near_dup_off", None, {"near_dup": False})]
+        if args.baseline:
+            runs += [("baseline_near_dup_on", args.baseline, {}),
+                     ("baseline_near_dup_off", args.baseline, {"near_dup": False})]
         if args.old_engine:
             runs += [("old_near_dup_on", args.old_engine, {}), ("old_near_dup_off", args.old_engine, {"near_dup": False})]
         results["prepare_1x"] = {}
         for name, old, extra in runs:
-            r = run_prepare(x1, work / f"out-{name}", args.model, args.tasks, old, **extra)
+            r = run_prepare(x1, work / f"out-{name}", args.model, args.tasks, old, legacy=name.startswith("old"),
+                            **extra)
             r["fraction_of_bare_two_process"] = r["tokens_per_s"] / ceiling
             r["cpu_efficiency_vs_bare"] = r["tokens_per_cpu_s"] / cpu_ceiling
             results["prepare_1x"][name] = r
             print(name, json.dumps(r), flush=True)
+            save()
+        if args.baseline:
+            p1 = results["prepare_1x"]
+            results["baseline_same_output"] = {
+                k: kept_ids(work / f"out-datatrove_near_dup_{k}") == kept_ids(work / f"out-baseline_near_dup_{k}")
+                and p1[f"datatrove_near_dup_{k}"]["tokens"] == p1[f"baseline_near_dup_{k}"]["tokens"]
+                and p1[f"datatrove_near_dup_{k}"]["drops"] == p1[f"baseline_near_dup_{k}"]["drops"]
+                for k in ("on", "off")}
+            print("baseline_same_output", results["baseline_same_output"], flush=True)
             save()
         if args.old_engine:
             new_ids, old_ids = kept_ids(work / "out-datatrove_near_dup_on"), kept_ids(work / "out-old_near_dup_on")

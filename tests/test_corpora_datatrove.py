@@ -177,3 +177,54 @@ def test_decontamination_drops_a_planted_test_sentence(tmp_path):
     (tmp_path / "t.txt").write_text(planted + "\n" + " ".join(texts[3].split()[:12]) + "\n")
     m2 = prepare(out=str(tmp_path / "o2"), decontaminate=[str(tmp_path / "t.txt")], **kw)
     assert m2["decontamination"]["dropped_by_task"] == {"file:t.txt": 1}
+
+
+def test_batched_minhash_signatures_are_datatroves_bytes(tmp_path, monkeypatch):
+    """Signature permutes many documents' shingles at once (and reduces modulo the Mersenne prime with shifts):
+    its band files must be byte for byte what datatrove's per-document MinhashDedupSignature writes with the same
+    shingles, across batch boundaries, for documents without shingles and for proteins."""
+    from datatrove.data import Document
+    from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
+
+    from domainlm.corpora.clean import shingle_hashes
+    from domainlm.corpora.steps import Signature, Whitespace, minhash_config
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(300)]
+    texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(0, 120, size=60)]
+    texts[5:5] = ["", "two words", "three small words"]
+    proteins = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), size=int(n))) for n in rng.integers(1, 400, size=20)]
+
+    class PerDocument(MinhashDedupSignature):  # datatrove's own stage 1, fed our shingles
+        kind = "text"
+
+        def get_shingles(self, text):
+            return shingle_hashes(text, self.kind).astype(np.uint64).reshape((-1, 1))
+
+    monkeypatch.setattr(Signature, "BATCH_SHINGLES", 64)  # many batches, and documents larger than one batch
+    for kind, docs in (("text", texts), ("protein", proteins)):
+        for threshold, perm in ((0.8, 128), (0.5, 32)):
+            cfg = minhash_config(threshold, perm)
+            ours, ref = tmp_path / f"ours-{kind}-{perm}", tmp_path / f"ref-{kind}-{perm}"
+            Signature(str(ours), cfg).run(
+                iter([Document(text=t, id=str(i), metadata={"kind": kind}) for i, t in enumerate(docs)]), 0, 1)
+            reference = PerDocument(str(ref), config=cfg, language=Whitespace())
+            reference.kind = kind
+            reference.run(iter([Document(text=t, id=str(i)) for i, t in enumerate(docs)]), 0, 1)
+            files = sorted(p.relative_to(ref) for p in ref.rglob("*.sig"))
+            assert len(files) == cfg.num_buckets
+            assert sorted(p.relative_to(ours) for p in ours.rglob("*.sig")) == files
+            for f in files:
+                assert (ours / f).read_bytes() == (ref / f).read_bytes(), (kind, perm, f)
+            assert (ref / files[0]).stat().st_size > 0
+
+
+def test_mersenne_modulo_matches_numpy_on_the_edges():
+    from domainlm.corpora.steps import mod_mersenne61
+
+    p = (1 << 61) - 1
+    edges = [0, 1, p - 8, p - 1, p, p + 1, 2 * p - 1, 2 * p, 2 * p + 7, (1 << 64) - 1, (1 << 64) - 8,
+             (7 << 61) + p - 3, (7 << 61) + p - 7, (1 << 63) + 12345]
+    x = np.array(edges + list(np.random.default_rng(1).integers(0, 2**63, size=1000, dtype=np.uint64) * 2 + 1),
+                 dtype=np.uint64)
+    assert (mod_mersenne61(x.copy()) == x % np.uint64(p)).all()

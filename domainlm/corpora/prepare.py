@@ -373,6 +373,8 @@ class _Run:
                               "shingles": "lower-cased word 3-grams; residue 5-mers for proteins"}
                              if mh is not None else None),
                 "executor": {"kind": c.executor, "tasks": tasks, "workers": self.workers}}
+        if c.executor == "local" and self.workers != 1:
+            _preload()
         with _quiet_datatrove(c.executor == "local"):
             try:
                 if c.executor == "slurm":  # submitted at once as jobs that depend on each other
@@ -410,6 +412,19 @@ class _Run:
         manifest = json.loads((self.out / MANIFEST).read_text(encoding="utf-8"))
         shutil.rmtree(self.work, ignore_errors=True)
         return manifest
+
+
+def _preload() -> None:
+    """Import, once in this process, what every forked task would otherwise import for itself: the readers, the
+    tokenizers and Arrow. pyarrow imports pandas (and builds pyarrow.compute) the first time ``pa.array`` gets a
+    numpy array, about 1 CPU-s, which every task of the tokenise stage paid again (benchmarks/SPEED_PREPARE.md)."""
+    import numpy as np
+    import pyarrow as pa
+    import tokenizers  # noqa: F401
+
+    from domainlm.corpora import clean, registry  # noqa: F401
+
+    pa.array(np.zeros(1, dtype=np.int32))
 
 
 class _quiet_datatrove:

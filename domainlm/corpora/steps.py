@@ -366,26 +366,88 @@ def minhash_config(threshold: float, num_perm: int) -> MinhashConfig:
                          hash_config=HashConfig(precision=32))
 
 
+def mod_mersenne61(x: np.ndarray) -> np.ndarray:
+    """``x % (2**61 - 1)`` in place on a uint64 array, as (x & p) + (x >> 61), less p when that reaches p: integer
+    division is the slowest step of the MinHash permutation, these are a few cheap passes (same values)."""
+    p = np.uint64((1 << 61) - 1)
+    high = x >> np.uint64(61)
+    x &= p
+    x += high
+    np.subtract(x, p, out=high)  # wraps above x unless x >= p, so the minimum is the reduced value
+    np.minimum(x, high, out=x)
+    return x
+
+
 class Signature(MinhashDedupSignature):
     """datatrove's MinHash stage 1, shingling as before: lower-cased word trigrams, residue 5-mers for proteins
     (datatrove's shingles are word n-grams of one language, which would make every protein one shingle)."""
 
     def __init__(self, output_folder: str, config: MinhashConfig) -> None:
         super().__init__(output_folder, config=config, language=Whitespace())
-        self._kind = "text"
 
-    def _track_kind(self, data):
-        for doc in data:
-            self._kind = doc.metadata.get("kind", "text")  # read by get_shingles for this very document
-            yield doc
-
-    def get_shingles(self, text: str) -> np.ndarray:
-        from domainlm.corpora.clean import shingle_hashes
-
-        return shingle_hashes(text, self._kind).astype(np.uint64).reshape((-1, 1))
+    # Shingles per batch: the permuted hashes of a batch are (shingles x bands*rows) uint64, ~4 MB at 128
+    # permutations (measured: a batch that fits the cache is faster than a bigger one).
+    BATCH_SHINGLES = 1 << 12
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        return super().run(self._track_kind(data), rank, world_size)
+        """datatrove's stage 1 with the same bytes on disk, batched: datatrove permutes each document's shingles
+        and writes one ``struct.pack`` per band and document; here the permutation and minimum run over many
+        documents at once (``np.minimum.reduceat``) and each band gets one write per batch. datatrove's own
+        ``run`` then sorts and verifies the band files (it skips writing when they already hold whole records)."""
+        from datatrove.utils.typeshelper import StatHints
+
+        from domainlm.corpora.clean import shingle_hashes
+
+        cfg = self.config
+        rows = cfg.hashes_per_bucket
+        dtype = np.dtype([(f"field{i + 1}", f"<{cfg.hash_config.struct_format}") for i in range(rows)]
+                         + [(f"field{rows + 1}", "<I")])
+        a, b = self.parameters
+        with self.track_time():
+            buckets = [self.output_folder.open(f"bucket_{bi:03d}/{rank:05d}.minhash.sig", mode="wb")
+                       for bi in range(cfg.num_buckets)]
+            shingles: list[np.ndarray] = []
+            indices: list[int] = []
+            pending = 0
+
+            def flush() -> None:
+                starts = np.cumsum([0] + [len(s) for s in shingles[:-1]])
+                # (x * a + b) % p as datatrove computes it: the product wraps at 2^64, then the Mersenne modulo.
+                phv = np.concatenate(shingles).reshape(-1, 1) * a
+                phv += b
+                mod_mersenne61(phv)
+                if cfg.hash_config.precision == 32:
+                    phv &= np.uint64(cfg.hash_config.max)
+                sig = np.minimum.reduceat(phv, starts, axis=0).astype(cfg.hash_config.np_dtype)
+                rec = np.empty(len(indices), dtype=dtype)
+                rec[f"field{rows + 1}"] = indices
+                for bi, fh in enumerate(buckets):
+                    for j in range(rows):
+                        rec[f"field{j + 1}"] = sig[:, bi * rows + j]
+                    fh.write(rec.tobytes())
+                shingles.clear()
+                indices.clear()
+
+            for doc_idx, doc in enumerate(data):
+                self.stat_update(StatHints.total)
+                sh = shingle_hashes(doc.text, doc.metadata.get("kind", "text")).astype(np.uint64)
+                if sh.size == 0:
+                    continue
+                shingles.append(sh)
+                indices.append(doc_idx)
+                pending += sh.size
+                if pending >= self.BATCH_SHINGLES:
+                    flush()
+                    pending = 0
+            if indices:
+                flush()
+            for fh in buckets:
+                fh.close()
+        self.skip_existing_sigs = True  # the files are complete: datatrove's run only sorts and verifies them
+        try:
+            super().run(iter(()), rank, world_size)
+        finally:
+            self.skip_existing_sigs = False
 
 
 class ExcludedLog(DiskWriter):
