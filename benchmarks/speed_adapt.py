@@ -53,7 +53,7 @@ def _model(name: str, root: Path) -> str:
 
 
 def _corpus(model: str, block: int, root: Path) -> Path:
-    from domainlm.corpora.cards import prepare_card
+    from domainlm.corpora.prepare import prepare_card
 
     out = root / f"corpus-{model.lstrip('@')}-{block}"
     prepare_card("pubmed-sample", _model(model, root), out, block_size=block)

@@ -108,12 +108,3 @@ def heldout_inputs(name: str | Path) -> list[str]:
     base = Path(card["path"]).parent
     return [resolve_card_path(p, base) for p in card.get("heldout", []) or []]
 
-
-def __getattr__(name: str) -> Any:
-    # prepare_card moved to domainlm.corpora.prepare (cards are read by prepare, so this module stays below
-    # it); the name still resolves here for callers written before the move.
-    if name == "prepare_card":
-        from domainlm.corpora.prepare import prepare_card
-
-        return prepare_card
-    raise AttributeError(f"module 'domainlm.corpora.cards' has no attribute '{name}'")

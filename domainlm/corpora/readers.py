@@ -399,17 +399,3 @@ def _sniff_arxiv(head: bytes, path: Path) -> bool:
 def _sniff_jsonl(head: bytes, path: Path) -> bool:
     return head.startswith(b"{") and not _sniff_arxiv(head, path)
 
-
-# The registry and the input driver moved to domainlm.corpora.registry (one floor up: it imports every
-# built-in reader, so the readers no longer import it back). These names still resolve here for callers
-# written before the move; new code imports them from domainlm.corpora.registry.
-_MOVED = {"register_reader", "get_reader", "reader_names", "ReaderSpec", "detect_format", "resolve_inputs",
-          "iter_documents", "Position"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module("domainlm.corpora.registry"), name)
-    raise AttributeError(f"module 'domainlm.corpora.readers' has no attribute '{name}'")
