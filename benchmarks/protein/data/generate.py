@@ -2,9 +2,14 @@
 
     python benchmarks/protein/data/generate.py
 
-* ``property/{train,test}.fasta``: synthetic sequences whose header label is a learnable property
-  of the sequence plus noise: the fraction of hydrophobic residues (A V I L M F W C) + N(0, 0.03).
-  Headers follow ESM's DMS files, ``>ID|property|LABEL``, so one reader serves both.
+* ``property/{train,test}.fasta``: synthetic sequences whose header label depends on residue
+  *order*, not composition: the mean helical hydrophobic moment (Eisenberg et al. 1982; binary
+  hydrophobicity, 100 degrees per residue, 11-residue windows) + N(0, 0.02). Every sequence has
+  exactly 45% hydrophobic residues (A V I L M F W C), drawn at random within each class, and only
+  their placement varies (from periodic, amphipathic-helix-like, to random), so amino-acid counts
+  carry no signal. (The first version's label was the hydrophobic fraction itself, which even a
+  random-weights model recovered at Spearman 0.98.) Headers follow ESM's DMS files,
+  ``>ID|property|LABEL``, so one reader serves both.
 * ``structures/{train,test}/*.pdb``: small idealised proteins built with Bio.PDB from generated
   coordinates -- helix bundles (3.8 A C-alpha spacing, 100 degrees and 1.5 A rise per residue,
   helix axes ~10 A apart) and antiparallel beta meanders (3.3 A rise, strands 4.8 A apart) joined by
@@ -36,7 +41,9 @@ AA3 = {"A": "ALA", "C": "CYS", "D": "ASP", "E": "GLU", "F": "PHE", "G": "GLY", "
 # Property regression
 # --------------------------------------------------------------------------------------------------
 
-def property_records(n: int, rng: random.Random, prefix: str) -> list[tuple[str, str, float]]:
+def composition_records(n: int, rng: random.Random, prefix: str) -> list[tuple[str, str, float]]:
+    """The first version's property (hydrophobic fraction + noise): no longer written, but drawn so
+    that the random stream of the structures below, and so the shipped PDB files, stay the same."""
     out = []
     for i in range(n):
         length = rng.randint(40, 140)
@@ -48,11 +55,34 @@ def property_records(n: int, rng: random.Random, prefix: str) -> list[tuple[str,
     return out
 
 
+def hydrophobic_moment(seq: str, window: int = 11, angle: float = 100.0) -> float:
+    """Mean over windows of |sum_j h_j exp(i j angle)| / window, h = +1 hydrophobic, -1 otherwise."""
+    h = np.array([1.0 if c in HYDROPHOBIC else -1.0 for c in seq])
+    phase = np.exp(1j * np.deg2rad(angle) * np.arange(len(seq)))
+    z = h * phase
+    sums = np.convolve(z, np.ones(window), mode="valid")
+    return float(np.mean(np.abs(sums)) / window)
+
+
+def property_records(n: int, rng: random.Random, prefix: str) -> list[tuple[str, str, float]]:
+    out = []
+    for i in range(n):
+        length = rng.randint(60, 140)
+        n_h = round(0.45 * length)
+        a = rng.random()                      # 0: random placement, 1: ideal amphipathic helix
+        phi = rng.uniform(0, 2 * math.pi)
+        score = [a * math.cos(math.radians(100.0) * k + phi) + (1 - a) * rng.uniform(-1, 1) for k in range(length)]
+        hydro = set(sorted(range(length), key=lambda k: -score[k])[:n_h])
+        seq = "".join(rng.choice(HYDROPHOBIC) if k in hydro else rng.choice(POLAR) for k in range(length))
+        out.append((f"{prefix}{i:04d}", seq, round(hydrophobic_moment(seq) + rng.gauss(0.0, 0.02), 4)))
+    return out
+
+
 def write_fasta(path: Path, records: list[tuple[str, str, float]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for rid, seq, label in records:
-        lines.append(f">{rid}|hydrophobic_fraction_noisy|{label}")
+        lines.append(f">{rid}|hydrophobic_moment_noisy|{label}")
         lines.extend(seq[k:k + 60] for k in range(0, len(seq), 60))
     path.write_text("\n".join(lines) + "\n")
 
@@ -190,8 +220,10 @@ def structures(folder: Path, n: int, rng: random.Random, prefix: str) -> None:
 
 def main() -> None:
     rng = random.Random(20240601)
-    write_fasta(HERE / "property" / "train.fasta", property_records(200, rng, "prop_tr"))
-    write_fasta(HERE / "property" / "test.fasta", property_records(80, rng, "prop_te"))
+    composition_records(280, rng, "")           # keeps the structures' random stream (see its docstring)
+    prop_rng = random.Random(20261204)
+    write_fasta(HERE / "property" / "train.fasta", property_records(1000, prop_rng, "prop_tr"))
+    write_fasta(HERE / "property" / "test.fasta", property_records(400, prop_rng, "prop_te"))
     structures(HERE / "structures" / "train", 14, rng, "syn_tr")
     structures(HERE / "structures" / "test", 6, rng, "syn_te")
     print(f"wrote {HERE}/property and {HERE}/structures")
