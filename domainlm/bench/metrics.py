@@ -321,24 +321,6 @@ class RecoveryAccuracy:
         return cls.reduce(cls.prepare(gold, pred, ctx))
 
 
-class PrecisionAtL5:
-    """Long-range contact precision at L/5, averaged over proteins (Rao et al. 2020)."""
-
-    @staticmethod
-    def prepare(gold, pred, ctx: Context):
-        import numpy as np
-
-        return np.asarray(pred, dtype=np.float64).reshape(-1, 1)  # precision per protein
-
-    @staticmethod
-    def reduce(rows) -> float:
-        return float(rows[:, 0].mean()) if len(rows) else 0.0
-
-    @classmethod
-    def point(cls, gold, pred, ctx: Context) -> float:
-        return cls.reduce(cls.prepare(gold, pred, ctx))
-
-
 def precision_at_k(scores, contacts, *, min_separation: int, k: int | None = None) -> float:
     """Precision of the top-``k`` scored residue pairs with ``|i - j| >= min_separation``.
 
@@ -443,3 +425,8 @@ class ItemMean:
     @classmethod
     def point(cls, gold, pred, ctx: Context) -> float:
         return cls.reduce(cls.prepare(gold, pred, ctx))
+
+
+class PrecisionAtL5(ItemMean):
+    """Long-range contact precision at L/5, averaged over proteins (Rao et al. 2020): the item is a protein,
+    its score the precision that :func:`precision_at_k` computed for it."""
