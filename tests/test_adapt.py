@@ -18,15 +18,6 @@ from domainlm.errors import ConfigError
 FAST = dict(batch_size=4, eval_batches=2, log_every=1, seed=0)
 
 
-@pytest.fixture(scope="module")
-def llama_corpus(tmp_path_factory) -> Path:
-    from domainlm.corpora.prepare import prepare_card
-
-    out = tmp_path_factory.mktemp("corpus") / "pubmed-tiny-llama"
-    prepare_card("pubmed-sample", "tiny-llama", out, block_size=64)
-    return out
-
-
 def _train_losses(run: Path) -> list[float]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows if r["type"] == "train"]

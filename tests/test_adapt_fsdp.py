@@ -25,15 +25,6 @@ STEPS = 6
 COMMON = dict(max_steps=STEPS, eval_every=0, save_every=2, eval_sequences=4, log_every=1, bf16="off", lr=3e-3, seed=0)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    from domainlm.corpora.prepare import prepare_card
-
-    out = tmp_path_factory.mktemp("fsdp-corpus") / "pubmed-tiny-llama"
-    prepare_card("pubmed-sample", "tiny-llama", out, block_size=64)
-    return out
-
-
 def _flags(settings: dict) -> list[str]:
     out = []
     for key, value in settings.items():
@@ -68,19 +59,19 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
-def pair(corpus: Path, root: Path, model: str = "tiny-llama", **extra) -> tuple[Path, Path]:
+def pair(llama_corpus: Path, root: Path, model: str = "tiny-llama", **extra) -> tuple[Path, Path]:
     """A 1-process run at batch 4 and a 2-process FSDP run at batch 2 per process: the same global batch."""
     one, two = root / "one", root / "two"
-    adapt(model=model, corpus=str(corpus), out=str(one), batch_size=4, **COMMON, **extra)
-    p = torchrun(dict(model=model, corpus=corpus, out=two, batch_size=2, strategy="fsdp", **COMMON, **extra))
+    adapt(model=model, corpus=str(llama_corpus), out=str(one), batch_size=4, **COMMON, **extra)
+    p = torchrun(dict(model=model, corpus=llama_corpus, out=two, batch_size=2, strategy="fsdp", **COMMON, **extra))
     assert p.returncode == 0, p.stderr[-4000:]
     assert "strategy: fsdp (--strategy fsdp)" in p.stdout
     return one, two
 
 
 @pytest.fixture(scope="module")
-def full_pair(corpus, tmp_path_factory) -> tuple[Path, Path]:
-    return pair(corpus, tmp_path_factory.mktemp("fsdp-full"))
+def full_pair(llama_corpus, tmp_path_factory) -> tuple[Path, Path]:
+    return pair(llama_corpus, tmp_path_factory.mktemp("fsdp-full"))
 
 
 def test_fsdp_two_processes_match_one_process(full_pair):
@@ -123,8 +114,8 @@ def test_fsdp_run_publishes_and_reloads_with_plain_transformers(full_pair, tmp_p
 
 
 @pytest.mark.slow
-def test_fsdp_lora_matches_one_process(corpus, tmp_path):
-    one, two = pair(corpus, tmp_path, method="lora", lora_r=4, lora_dropout=0.0)
+def test_fsdp_lora_matches_one_process(llama_corpus, tmp_path):
+    one, two = pair(llama_corpus, tmp_path, method="lora", lora_r=4, lora_dropout=0.0)
     a, b = losses(one), losses(two)
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
     wa, wb = weights(one), weights(two)
@@ -135,10 +126,10 @@ def test_fsdp_lora_matches_one_process(corpus, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fault,complete", [("step:3", ["step-00000002"]), ("ckpt:4", ["step-00000002"])])
-def test_fsdp_sigkill_then_resume_matches_uninterrupted(full_pair, corpus, tmp_path, fault, complete):
+def test_fsdp_sigkill_then_resume_matches_uninterrupted(full_pair, llama_corpus, tmp_path, fault, complete):
     _, ref = full_pair
     cut = tmp_path / "cut"
-    settings = dict(model="tiny-llama", corpus=corpus, out=cut, batch_size=2, strategy="fsdp", **COMMON)
+    settings = dict(model="tiny-llama", corpus=llama_corpus, out=cut, batch_size=2, strategy="fsdp", **COMMON)
     killed = torchrun(settings, fault=fault)
     assert killed.returncode != 0
     assert not json.loads((cut / "manifest.json").read_text())["complete"]
@@ -154,19 +145,19 @@ def test_fsdp_sigkill_then_resume_matches_uninterrupted(full_pair, corpus, tmp_p
     if fault == "step:3":
         # the same checkpoint resumed on ONE process with the same global batch: DCP reshards the weights and the
         # optimizer state; the run continues to the same result (fp32 summation order aside)
-        one = adapt(model="tiny-llama", corpus=str(corpus), out=str(spare), batch_size=4, resume=True,
+        one = adapt(model="tiny-llama", corpus=str(llama_corpus), out=str(spare), batch_size=4, resume=True,
                     **COMMON)
         assert one["world_size"] == 1
         assert max_diff(weights(ref), weights(spare)) < 1e-5
         with pytest.raises(ConfigError, match="global batch of 4 sequences"):
-            adapt(model="tiny-llama", corpus=str(corpus), out=str(spare), batch_size=2, resume=True,
+            adapt(model="tiny-llama", corpus=str(llama_corpus), out=str(spare), batch_size=2, resume=True,
                   **{**COMMON, "max_steps": STEPS + 2})
 
 
 @pytest.mark.slow
-def test_fsdp_lora_with_trained_embeddings_matches_one_process(corpus, tmp_path):
+def test_fsdp_lora_with_trained_embeddings_matches_one_process(llama_corpus, tmp_path):
     """LoRA + --train-embeddings: peft's trainable copies of the embeddings and the head sit in the root unit."""
-    one, two = pair(corpus, tmp_path, method="lora", lora_r=4, lora_dropout=0.0, train_embeddings=True)
+    one, two = pair(llama_corpus, tmp_path, method="lora", lora_r=4, lora_dropout=0.0, train_embeddings=True)
     assert max(abs(x - y) for x, y in zip(losses(one), losses(two), strict=True)) < 1e-5
     wa, wb = weights(one), weights(two)
     assert any("embed_tokens" in k for k in wa) and max_diff(wa, wb) < 1e-5
