@@ -71,9 +71,11 @@ def test_format_registry_rejects_duplicates_and_suggests():
 def test_overrides_parse_files_fields_and_at_files(tmp_path):
     f = tmp_path / "real.overrides"
     f.write_text("# comment\nner.test=ncbi/test.tsv  # trailing\nner.dev=\nner.labels=Disease\n")
-    out = parse_overrides([f"@{f}", "relation.labels=A", "B", "relation.negative_label=B"])
+    out = parse_overrides([f"@{f}", "relation.labels=A,B", "relation.negative_label=B"])
     assert out["ner"] == {"files": {"test": "ncbi/test.tsv", "dev": ""}, "labels": "Disease"}
-    assert out["relation"] == {"labels": "A,B", "negative_label": "B"}  # the CLI's comma split is undone
+    assert out["relation"] == {"labels": "A,B", "negative_label": "B"}  # commas stay inside the value
+    with pytest.raises(ConfigError, match="'B' is not TASK.KEY=VALUE"):  # a stray word is not glued on
+        parse_overrides(["relation.labels=A", "B"])
     with pytest.raises(ConfigError, match=r"unknown task key 'lables' \(did you mean 'labels'\?\)"):
         parse_overrides(["ner.lables=x"])
     with pytest.raises(ConfigError, match="is not TASK.KEY=VALUE"):

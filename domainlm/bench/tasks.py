@@ -254,8 +254,8 @@ def parse_overrides(entries: list[str] | None) -> dict[str, dict[str, Any]]:
     """``["ner.train=path", "ner.labels=Disease", "@file"]`` -> {task: {key: value}}.
 
     ``@FILE`` reads one override per line (``#`` comments). Split names (train/dev/test) set data
-    files; any other key sets a :class:`TaskSpec` field. An entry without ``=`` continues the previous
-    value after a comma, because the command line splits list flags at commas.
+    files; any other key sets a :class:`TaskSpec` field. Every entry is one whole TASK.KEY=VALUE (the
+    command line keeps ``--override`` words whole, commas included), so a stray word is an error.
     """
     out: dict[str, dict[str, Any]] = {}
     lines: list[tuple[str, str]] = []
@@ -268,9 +268,6 @@ def parse_overrides(entries: list[str] | None) -> dict[str, dict[str, Any]]:
                 line = line.split("#", 1)[0].strip()
                 if line:
                     lines.append((line, f"{path}:{n}"))
-        elif "=" not in entry and lines:
-            prev, where = lines[-1]
-            lines[-1] = (f"{prev},{entry}", where)
         else:
             lines.append((entry, "override"))
     problems = []
