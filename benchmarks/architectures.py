@@ -106,11 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from domainlm.flops import cpu_name
+    from domainlm.flops import cpu_flags, cpu_name
 
-    flags = sorted({f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-                    if f in Path("/proc/cpuinfo").read_text(errors="ignore").split()}) if Path(
-        "/proc/cpuinfo").is_file() else []
+    flags = cpu_flags()
     default_s = sum(c["seconds"] for c in cells.values() if c["tier"] != "slow")
     machine = (f"{cpu_name()} ({', '.join(flags) or 'no AVX flags read'}), {os.cpu_count()} cores, torch "
                f"{torch.__version__}, transformers {transformers.__version__}")

@@ -553,18 +553,10 @@ def trend(arms: dict[str, Any], key: str = "ncbi/ner", family: str = "minilm-war
 
 
 def _machine() -> dict[str, Any]:
-    from domainlm.flops import cpu_name
+    from domainlm.flops import SIMD_FLAGS, cpu_flags, cpu_name
 
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        pass
-    want = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma"]
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "flags": {f: f" {f}" in flags for f in want},
+    present = cpu_flags()
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "flags": {f: f in present for f in SIMD_FLAGS},
             "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "note": "shared with 7 other agents' jobs during the whole run: timings are pessimistic"}
 

@@ -277,11 +277,10 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from domainlm.flops import cpu_name
+    from domainlm.flops import cpu_flags, cpu_name
     from domainlm.sources import byte_level_tokenizer
 
-    flags = sorted({f for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
-                    for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma", "f16c"))})
+    flags = cpu_flags()
     results = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cpu_flags": flags, "threads": torch.get_num_threads(), "model": MODEL,
                "torch": torch.__version__, "shared_machine": "2 cores and 24 GiB shared by 8 agents, nice -n 10",
                "runs": []}

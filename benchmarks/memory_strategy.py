@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -58,14 +57,10 @@ def run(args: list[str], nproc: int) -> tuple[dict, float]:
 
 
 def cpu_flags() -> str:
-    from domainlm.flops import cpu_name
+    from domainlm.flops import SIMD_FLAGS, cpu_flags, cpu_name
 
-    try:
-        flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).split())
-    except (OSError, AttributeError):
-        flags = set()
-    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma"]
-    return f"{cpu_name()}; flags: " + ", ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
+    present = cpu_flags()
+    return f"{cpu_name()}; flags: " + ", ".join(f"{f}={'yes' if f in present else 'no'}" for f in SIMD_FLAGS)
 
 
 def write_section(text: str) -> None:

@@ -312,18 +312,10 @@ def kept_ids(out: Path) -> list[str]:
 
 
 def cpu_flags() -> dict:
+    from domainlm.flops import cpu_flags as simd_flags
     from domainlm.flops import cpu_name
 
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = ("avx", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma", "sse4_2")
-    return {"cpu": cpu_name(), "flags": [f for f in wanted if f in flags]}
+    return {"cpu": cpu_name(), "flags": simd_flags()}
 
 
 def main() -> None:

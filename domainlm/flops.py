@@ -316,6 +316,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The SIMD extensions that decide CPU matmul speed (AVX2 only: bf16 emulated; AVX512-BF16/AMX: bf16 fast).
+SIMD_FLAGS = ("sse4_2", "fma", "f16c", "avx", "avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's :data:`SIMD_FLAGS` (from /proc/cpuinfo; empty where there is none), recorded with benchmarks."""
+    import contextlib
+    from pathlib import Path
+
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [f for f in SIMD_FLAGS if f in present]
+    return []
+
+
 def measure_matmul_peak(dtype: str = "bf16", seconds: float = 0.5, size: int | None = None, *,
                         device: str = "cpu") -> float:
     """Measured matmul throughput in FLOP/s: ``torch.matmul`` on square ``size`` matrices.

@@ -94,7 +94,9 @@ def main() -> int:
     (tmp / "pubmedqa_real.yaml").write_text(YAML.format(data=tmp / "test.jsonl"), encoding="utf-8")
 
     loaded = load_for_eval(args.model, "causal")
-    flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in Path("/proc/cpuinfo").read_text()]
+    from domainlm.flops import cpu_flags
+
+    flags = cpu_flags()
     t = time.perf_counter()
     ours = run_zeroshot(loaded, spec, data, RunContext(device="cpu", bf16=False, seeds=1))
     t_ours = time.perf_counter() - t
