@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from domainlm.config import opt
+from domainlm.config import at_least, opt
 
 Executor = Literal["local", "slurm", "ray"]
 
@@ -68,8 +68,7 @@ class PrepareConfig:
         out = []
         if not self.inputs and not self.card:
             out.append("'inputs' is empty: name files, folders or globs to read (or a corpus card with 'card')")
-        if self.block_size < 8:
-            out.append(f"'block_size' must be at least 8, got {self.block_size}")
+        out += at_least(self, block_size=8, near_dup_num_perm=16, tasks=1, workers=1)
         if not 0 <= self.validation_fraction < 1:
             out.append(f"'validation_fraction' must be in [0, 1), got {self.validation_fraction}")
         if self.min_chars < 0 or self.min_length < 0:
@@ -80,15 +79,10 @@ class PrepareConfig:
             out.append(f"'max_length' ({self.max_length}) must be larger than 'min_length' ({self.min_length})")
         if not 0 < self.near_dup_threshold < 1:
             out.append(f"'near_dup_threshold' must be between 0 and 1, got {self.near_dup_threshold}")
-        if self.near_dup_num_perm < 16:
-            out.append(f"'near_dup_num_perm' must be at least 16, got {self.near_dup_num_perm}")
         if self.decontaminate_ngram < 5:
             out.append(f"'decontaminate_ngram' must be at least 5 words, got {self.decontaminate_ngram}")
         if self.shard_size < 1:
             out.append(f"'shard_size' must be positive, got {self.shard_size}")
-        for name in ("tasks", "workers"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                out.append(f"'{name}' must be at least 1, got {getattr(self, name)}")
         if self.executor == "slurm" and not self.partition:
             out.append("--executor slurm needs --partition (the slurm partition to submit the jobs to)")
         if self.executor != "slurm" and self.partition:
