@@ -65,10 +65,10 @@ def _mlm(tokens: int, *, lr: float = 3e-4, warmup: int = 0, ratio: float = 1.0, 
     return arm
 
 
-def _smol(method: str, lr: float, replay: float) -> dict[str, Any]:
+def _smol(method: str, lr: float, replay: float, tokens: int = 200_000) -> dict[str, Any]:
     return {"adapt": {"model": "smollm2", "method": method, "lr": lr, "batch_size": 4, "warmup_ratio": 0.05,
                       "eval_every": 0, "eval_batches": 8, "save_every": 0, "replay_fraction": replay},
-            "tokens": 200_000, "corpus": "domain"}
+            "tokens": tokens, "corpus": "domain"}
 
 
 # The warm-up recipe: 15 head-only steps (of 49 at 0.1M tokens), then the body at a tenth of the head's lr.
@@ -86,12 +86,14 @@ ARMS: dict[str, dict[str, Any]] = {
     "minilm-warmup-0.3m": _mlm(300_000, **WARM),
     "minilm-warmup-0.3m-s1": _mlm(300_000, **WARM, seed=1),
     "minilm-warmup-1m": _mlm(1_000_000, **WARM),
+    "minilm-warmup-1m-s1": _mlm(1_000_000, **WARM, seed=1),
     "minilm-warmup-3m": _mlm(3_000_000, **WARM),
     # TAPT (Gururangan et al. 2020): the evaluated task's own unlabelled training text (~1 epoch), and DAPT -> TAPT
     "minilm-tapt-ncbi": _mlm(160_000, **WARM, corpus="tapt_ncbi"),
     "minilm-dapt-tapt-ncbi": _mlm(160_000, **WARM, corpus="tapt_ncbi", init="minilm-warmup-0.3m"),
     # SmolLM2-135M causal LM: ~80-100 training tokens/s on this CPU when idle, so only small budgets fit
     "smollm2-lora": _smol("lora", 2e-4, 0.0),
+    "smollm2-lora-0.06m": _smol("lora", 2e-4, 0.0, tokens=60_000),  # what fits ~20 min of a shared core
     "smollm2-lora-replay5": _smol("lora", 2e-4, 0.05),
     "smollm2-lora-replay25": _smol("lora", 2e-4, 0.25),
     "smollm2-full": _smol("full", 5e-5, 0.05),
@@ -100,7 +102,10 @@ QUICK_ARM = "minilm-warmup-0.1m"
 # Head-to-head comparisons (paired bootstrap on the same test sentences) where the question is "which recipe",
 # not "better than the base": (arm, reference arm, group).
 PAIRS = [("minilm-warmup-0.1m", "minilm-recipe-0.1m", "ncbi"), ("minilm-lora-0.1m", "minilm-recipe-0.1m", "ncbi"),
-         ("minilm-lowlr-0.1m", "minilm-recipe-0.1m", "ncbi")]
+         ("minilm-lowlr-0.1m", "minilm-recipe-0.1m", "ncbi"),
+         # more DAPT tokens, and TAPT / DAPT -> TAPT against the DAPT arm they start from (Gururangan's table 5)
+         ("minilm-warmup-1m", "minilm-warmup-0.3m", "ncbi"), ("minilm-warmup-1m", "minilm-warmup-0.3m", "bc5cdr"),
+         ("minilm-tapt-ncbi", "minilm-warmup-0.3m", "ncbi"), ("minilm-dapt-tapt-ncbi", "minilm-warmup-0.3m", "ncbi")]
 
 # Evaluation groups: one bench run each (suite + tasks + overrides). Paths in overrides are relative to
 # --realdata, except {work} which is the work folder. "cheap" groups run for every arm.
@@ -491,6 +496,9 @@ def collect(work: Path) -> dict[str, Any]:
                  "tokens": man["tokens_trained"], "flops": man["flops"]["total"], "wall_s": man["wall_time_s"],
                  "tokens_per_s": man["tokens_per_s"], "adapt_metrics": man["metrics"], "tasks": {}}
         entry["head_to_head"] = {}
+        cman = work / "corpora" / f"{entry['corpus']}-{arm_model(arm)}" / "manifest.json"
+        if cman.is_file():  # tokens in one pass over the training corpus (epochs = tokens / this)
+            entry["corpus_train_tokens"] = json.loads(cman.read_text())["splits"]["train"]["tokens"]
         for group in GROUPS:
             hits = sorted((work / "bench").glob(f"{arm}-vs-*/{group}/report.json"))
             for path in hits:
@@ -558,7 +566,8 @@ def _machine() -> dict[str, Any]:
     present = cpu_flags()
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "flags": {f: f in present for f in SIMD_FLAGS},
             "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "note": "shared with 7 other agents' jobs during the whole run: timings are pessimistic"}
+            "note": "shared with other agents' jobs (two sessions, 4-8 jobs at a time) while the arms ran: timings "
+                    "are pessimistic"}
 
 
 def plot(arms: dict[str, Any], path: Path) -> None:
@@ -617,7 +626,8 @@ def write_all(out: Path, work: Path, realdata: Path, decon: dict[str, Any], data
     arms = collect(work)
     machine = _machine()
     tr = trend(arms)
-    result = {"arms": arms, "decontamination": decon, "data": data_info, "trend_ncbi": tr, "machine": machine,
+    result = {"arms": arms, "decontamination": decon, "data": data_info, "trend_ncbi": tr,
+              "trend_bc5cdr": trend(arms, key="bc5cdr/ner"), "machine": machine,
               "quick": quick, "wall_s_this_call": wall_s,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -671,12 +681,86 @@ def _reading(arms: dict[str, Any]) -> list[str]:
     if not seeds:
         out.append("- **One seed per arm.** The second seed of the warm-up arm did not fit in this session; a "
                    "single seed cannot separate a recipe effect of this size from seed noise.")
-    out.append("- **What would most likely reach a significant gain:** first more tokens with the warm-up recipe "
-               "(the 0.3M, 1M and 3M arms are defined; Gururangan et al.'s DAPT ran 12.5k steps of 2,048 sequences, billions of tokens), then the "
+    budgets = sorted({a["tokens"] for n, a in arms.items() if n.startswith("minilm-warmup-") and a["init"] is None})
+    defined = sorted({ARMS[n]["tokens"] for n in ARMS if n.startswith("minilm-warmup-")})
+    not_run = [t for t in defined if not any(abs(b - t) / t < 0.05 for b in budgets)]
+    head = ("What would make the gain firmer" if goal(arms) else "What would most likely reach a significant gain")
+    out.append(f"- **{head}:** first more tokens with the warm-up recipe "
+               f"(run here: {', '.join(_tok(b) for b in budgets) or 'none'}"
+               + (f"; defined, not run: {', '.join(_tok(t) for t in not_run)}" if not_run else "")
+               + "; Gururangan et al.'s DAPT ran 12.5k steps of 2,048 sequences, billions of tokens), then the "
                "fine-tuning protocol instead of a frozen-feature probe (DAPT changes what the body encodes; a probe on "
                "frozen features of a sentence-embedding model measures how much of that survives, not what a "
                "fine-tuned model can use). A base model that ships its MLM head (BERT, PubMedBERT-style) removes the "
                "fresh-head problem altogether. Vocabulary extension was not tested here.")
+    if any(k.startswith(("ncbi/", "bc5cdr/")) and _verdict(t) == "better" for a in arms.values()
+           for k, t in a["tasks"].items()):
+        out.append("- **Caveat on what the gain covers.** The adaptation corpus is ten other NER corpora's sentences "
+                   "(none of NCBI-disease or BC5CDR; 13-gram-decontaminated), tokenised the same way as the NER "
+                   "evaluation text (\"IL - 2 ( 10 ng / ml )\"). Part of a NER gain may be adaptation to that "
+                   "text style as well as to the field; the ChemProt/HoC/PubMedQA rows (raw text) separate the two "
+                   "where they were scored.")
+    out += _tapt_reading(arms)
+    return out
+
+
+def _tok(n: float) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def _ci_str(t: dict[str, Any]) -> str:
+    return (f"{_sfmt(t['delta'])} [{_sfmt(t['delta_ci'][0])}, {_sfmt(t['delta_ci'][1])}] ({_verdict(t)})"
+            if t.get("delta_ci") else f"{_sfmt(t.get('delta'))} (no CI)")
+
+
+def _task_keys(a: dict[str, Any]) -> list[str]:
+    return [k for k in a["tasks"] if not k.startswith(("ppl/", "pubmed/"))]
+
+
+def goal(arms: dict[str, Any]) -> list[dict[str, Any]]:
+    """Arms meeting the issue's goal: at least one task with a significant gain and no significant loss on any
+    other task this arm was scored on. Returned with the tasks they were scored on (one task is a weak test)."""
+    met = []
+    for name, a in arms.items():
+        keys = _task_keys(a)
+        verdicts = {k: _verdict(a["tasks"][k]) for k in keys}
+        if any(v == "better" for v in verdicts.values()) and not any(v == "worse" for v in verdicts.values()):
+            met.append({"arm": name, "better": [a["tasks"][k]["label"] for k, v in verdicts.items() if v == "better"],
+                        "scored_on": [a["tasks"][k]["label"] for k in keys]})
+    return met
+
+
+def replication(arms: dict[str, Any]) -> list[str]:
+    """Per task, the same recipe and budget under seed 0 and seed 1 (arm names X and X-s1)."""
+    out = []
+    for name, a in arms.items():
+        if not name.endswith("-s1") or name[:-3] not in arms:
+            continue
+        b = arms[name[:-3]]
+        for k in _task_keys(a):
+            if k not in b["tasks"]:
+                continue
+            t0, t1 = b["tasks"][k], a["tasks"][k]
+            n_sig = sum(_verdict(t) == "better" for t in (t0, t1))
+            out.append(f"`{name[:-3]}` on {t1['label']}: seed 0 {_ci_str(t0)}, seed 1 {_ci_str(t1)}; significant "
+                       f"gain in {n_sig} of 2 seeds")
+    return out
+
+
+def _tapt_reading(arms: dict[str, Any]) -> list[str]:
+    """TAPT and DAPT -> TAPT against the base and against the DAPT arm they start from."""
+    out = []
+    for name, what in (("minilm-tapt-ncbi", "TAPT alone"), ("minilm-dapt-tapt-ncbi", "DAPT -> TAPT")):
+        a = arms.get(name)
+        if not a or "ncbi/ner" not in a["tasks"]:
+            continue
+        h = a.get("head_to_head", {}).get("ncbi/ner")
+        vs = (f"; against `{str(h['against']).split('/')[-1]}` (DAPT, {_tok(arms.get('minilm-warmup-0.3m', {}).get('tokens', 0))} "
+              f"tokens) {_ci_str(h)}") if h else ""
+        epochs = a["tokens"] / a["corpus_train_tokens"] if a.get("corpus_train_tokens") else float("nan")
+        out.append(f"- **{what}** (`{name}`: {_tok(a['tokens'])} tokens of NCBI-disease training-split text, about "
+                   f"{epochs:.1f} epoch(s); Gururangan et al. ran 100): NCBI-disease vs base "
+                   f"{_ci_str(a['tasks']['ncbi/ner'])}{vs}.")
     return out
 
 
@@ -698,12 +782,28 @@ def render(r: dict[str, Any], stem: str) -> str:
                 gains.append(item)
             elif item and v == "worse" and not k.startswith(("ppl/", "pubmed/")):
                 losses.append(item)
+    n_cmp = sum(len(_task_keys(a)) for a in arms.values())
     if gains:
-        L.append("- **Significant task gains (paired 95% CI above 0):** " + "; ".join(gains) + ".")
+        L.append("- **Significant task gains (paired 95% CI above 0):** " + "; ".join(gains) + f". Each CI is a "
+                 f"separate 95% interval; {n_cmp} arm-task comparisons are in this file, no correction for multiple "
+                 f"comparisons (about {0.025 * n_cmp:.1f} spurious gains expected if nothing worked), so a gain "
+                 "counts most where it repeats across seeds and tasks (below).")
     else:
         L.append("- **No arm improved any task with a paired 95% CI above 0.** The goal (one real task with a "
                  "significant gain and no significant loss) is **not met**.")
     L.append("- **Significant task losses (CI below 0):** " + ("; ".join(losses) + "." if losses else "none."))
+    met = goal(arms)
+    if met:
+        L.append("- **The issue's goal (a significant gain on a real task, no significant loss on the others):** met by "
+                 + "; ".join(f"`{m['arm']}` (better on {', '.join(m['better'])}; scored on {len(m['scored_on'])} "
+                             f"task{'s' if len(m['scored_on']) > 1 else ''}: {', '.join(m['scored_on'])})" for m in met)
+                 + "." + (" An arm scored on one task only meets it weakly." if any(len(m["scored_on"]) < 2 for m in met)
+                          else ""))
+    else:
+        L.append("- **The issue's goal (a significant gain on a real task, no significant loss on the others):** "
+                 "**not met** by any arm.")
+    if rep := replication(arms):
+        L.append("- **Seeds (same recipe and budget, seed 0 vs seed 1):** " + "; ".join(rep) + ".")
     forget = []
     for name, a in arms.items():
         t = a["tasks"].get("ppl/general_perplexity")
@@ -711,10 +811,21 @@ def render(r: dict[str, Any], stem: str) -> str:
             forget.append(f"`{name}` {_sfmt(t['delta'], 1)} ({_verdict(t)}; vs `{t['against'].split('/')[-1]}`)")
     if forget:
         L.append("- **Forgetting (WikiText-2 test, per-word perplexity change):** " + "; ".join(forget) + ".")
-    if tr := r.get("trend_ncbi"):
+    gain = []
+    for name, a in arms.items():
+        t = a["tasks"].get("ppl/perplexity")
+        if t and t.get("delta") is not None:
+            gain.append(f"`{name}` {_fmt(t['baseline'], 1)} -> {_fmt(t['model'], 1)} ({_verdict(t)}; vs "
+                        f"`{t['against'].split('/')[-1]}`)")
+    if gain:
+        L.append("- **Domain gain (held-out corpus documents, per-word perplexity):** " + "; ".join(gain) + ".")
+    for key, label in (("trend_ncbi", "NCBI-disease"), ("trend_bc5cdr", "BC5CDR")):
+        tr = r.get(key) or {}
         if tr.get("fit"):
             f = tr["fit"]
-            s = (f"- **Trend (NCBI-disease, warm-up recipe):** {f['slope_per_decade']:+.3f} F1 per 10x tokens; ")
+            s = (f"- **Trend ({label}, warm-up recipe, {len(tr['points'])} runs at "
+                 f"{', '.join(_tok(b) for b in sorted({p[0] for p in tr['points']}))} tokens):** "
+                 f"{f['slope_per_decade']:+.3f} F1 per 10x tokens; ")
             s += (f"at this slope a gain clearing the CI (±{f['ci_half_width']:.3f}) needs about "
                   f"{f['tokens_for_significant_gain']:.2g} adaptation tokens." if "tokens_for_significant_gain" in f
                   else "the line does not rise, so more tokens alone are not expected to give a significant gain.")
@@ -785,8 +896,8 @@ def render(r: dict[str, Any], stem: str) -> str:
     missing = [a for a in ARMS if a not in arms]
     if missing:
         L += ["## Not run", "",
-              "Defined in the script but not run for this file: the 2-core CPU was shared with seven other jobs for "
-              f"the whole session, so MiniLM trained at {_fmt(_mean_tps(arms), 0)} tokens/s per process (about 850 "
+              "Defined in the script but not run for this file: the 2-core CPU was shared with other agents' jobs, "
+              f"so MiniLM trained at {_fmt(_mean_tps(arms), 0)} tokens/s per process on average (about 850 "
               "on the idle machine, benchmarks/SPEED_ADAPT.md); SmolLM2 trains at ~80-100 tokens/s on an idle "
               "machine and its PubMedQA zero-shot pass takes ~5 min per 50 questions. Each runs, with its "
               "evaluation, by:", "", "```",

@@ -1,0 +1,97 @@
+"""benchmarks/dapt_biomed.py: the decontamination tokeniser and the verdict logic (significance, the issue's goal,
+seed replication, the budget trend), on synthetic arm records. No model, no real data: the real-data run is the
+script itself."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "dapt_biomed.py"
+_spec = importlib.util.spec_from_file_location("dapt_biomed", _PATH)
+d = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(d)
+
+
+def _task(label: str, delta: float, lo: float, hi: float, higher: bool = True) -> dict:
+    return {"label": label, "metric": "entity_f1", "higher_is_better": higher, "against": "minilm", "model": 0.5,
+            "model_ci": [0.4, 0.6], "baseline": 0.5 - delta, "delta": delta, "delta_ci": [lo, hi], "n_test": 100,
+            "mode": "probe"}
+
+
+def _arm(tokens: int, tasks: dict, corpus: str = "domain", init: str | None = None, seed: int = 0) -> dict:
+    return {"model": "minilm", "tokens": tokens, "tasks": tasks, "corpus": corpus, "init": init, "seed": seed,
+            "head_to_head": {}, "adapt_metrics": {"initial": {}, "final": {}}}
+
+
+def test_words_ignore_spacing_around_punctuation():
+    assert d.words("IL-2 (10 ng/ml)") == d.words("IL - 2 ( 10 ng / ml )")
+    sent = " ".join(f"w{i}" for i in range(14))
+    assert len(d.ngrams(d.words(sent))) == 2  # 14 words: two 13-grams
+    assert d.ngrams(d.words("too short to have one")) == set()
+
+
+def test_verdict_follows_direction():
+    assert d._verdict(_task("x", 0.02, 0.001, 0.04)) == "better"
+    assert d._verdict(_task("x", -0.02, -0.04, -0.001)) == "worse"
+    assert d._verdict(_task("x", 0.02, -0.001, 0.04)) == "within noise"
+    # perplexity: lower is better, so a CI below 0 is a gain
+    assert d._verdict(_task("ppl", -5.0, -9.0, -1.0, higher=False)) == "better"
+    assert d._verdict({"delta_ci": None, "higher_is_better": True}) == "no CI"
+
+
+def test_goal_needs_a_gain_and_no_loss_and_ignores_perplexity():
+    arms = {
+        "gain-only": _arm(1, {"ncbi/ner": _task("NCBI", 0.02, 0.01, 0.03), "bc5cdr/ner": _task("BC5", 0.0, -0.01, 0.01),
+                              "ppl/perplexity": _task("ppl", 9.0, 1.0, 20.0, higher=False)}),
+        "gain-and-loss": _arm(1, {"ncbi/ner": _task("NCBI", 0.02, 0.01, 0.03),
+                                  "bc5cdr/ner": _task("BC5", -0.02, -0.03, -0.01)}),
+        "noise": _arm(1, {"ncbi/ner": _task("NCBI", 0.01, -0.01, 0.03)}),
+    }
+    met = d.goal(arms)
+    assert [m["arm"] for m in met] == ["gain-only"]
+    assert met[0]["better"] == ["NCBI"] and met[0]["scored_on"] == ["NCBI", "BC5"]
+
+
+def test_replication_pairs_seed_arms_and_counts_significant_seeds():
+    arms = {"a": _arm(1, {"ncbi/ner": _task("NCBI", 0.017, -0.002, 0.037)}),
+            "a-s1": _arm(1, {"ncbi/ner": _task("NCBI", 0.021, 0.003, 0.041)}, seed=1),
+            "lonely-s1": _arm(1, {"ncbi/ner": _task("NCBI", 0.05, 0.01, 0.09)}, seed=1)}
+    rep = d.replication(arms)
+    assert len(rep) == 1
+    assert rep[0].startswith("`a` on NCBI") and rep[0].endswith("significant gain in 1 of 2 seeds")
+
+
+def test_trend_fits_domain_budgets_only():
+    arms = {"minilm-warmup-a": _arm(100_000, {"ncbi/ner": _task("NCBI", 0.01, -0.01, 0.03)}),
+            "minilm-warmup-b": _arm(1_000_000, {"ncbi/ner": _task("NCBI", 0.03, 0.01, 0.05)}),
+            # TAPT and DAPT -> TAPT arms are another corpus: not on the budget line
+            "minilm-warmup-tapt": _arm(160_000, {"ncbi/ner": _task("NCBI", 0.5, 0.4, 0.6)}, corpus="tapt_ncbi")}
+    tr = d.trend(arms)
+    assert len(tr["points"]) == 2
+    assert tr["fit"]["slope_per_decade"] == pytest.approx(0.02)
+    # the line reaches the mean CI half-width (0.02) at 10 ** ((0.02 - icpt) / slope) tokens
+    icpt = tr["fit"]["intercept"]
+    assert tr["fit"]["tokens_for_significant_gain"] == pytest.approx(10 ** ((0.02 - icpt) / 0.02))
+    assert math.isclose(icpt + 0.02 * 5, 0.01, abs_tol=1e-9)
+    flat = d.trend({"minilm-warmup-a": arms["minilm-warmup-a"]})
+    assert flat["fit"] is None
+
+
+def test_render_states_goal_not_met_without_gains():
+    arms = {"minilm-warmup-0.1m": {**_arm(100_352, {"ncbi/ner": _task("NCBI-disease NER", -0.01, -0.03, 0.01)}),
+                                   "arm": "minilm-warmup-0.1m", "method": "full", "lr": 3e-4, "body_lr_ratio": 0.1,
+                                   "head_warmup_steps": 15, "replay_fraction": 0.05, "steps": 49, "flops": 1e12,
+                                   "wall_s": 100.0, "tokens_per_s": 1000.0}}
+    r = {"arms": arms, "trend_ncbi": d.trend(arms),
+         "decontamination": {"ngram": 13, "corpus_documents": 10, "dropped_documents": 1, "overlap_before_drop": {},
+                             "method": "test"},
+         "data": {}, "machine": {"cpu": "cpu", "cores": 2, "flags": {"avx2": True}, "note": "test",
+                                 "load_avg": [1.0, 1.0, 1.0]}}
+    md = d.render(r, "X")
+    assert "**not met** by any arm" in md
+    assert "No arm improved any task with a paired 95% CI above 0" in md
+    assert "-0.010 [-0.030, +0.010] | within noise" in md
