@@ -16,8 +16,12 @@ Packed blocks hold several documents; attention must not cross their boundaries.
 * ``flash_attention_2`` (or a ``kernels`` flash implementation) on CUDA for causal models: transformers turns
   packed ``position_ids`` into ``cu_seqlens`` for the variable-length kernel, so no mask exists at all.
 
-``auto`` picks flash when flash-attn is installed on CUDA (causal models), else flex on CUDA, and keeps
-``sdpa`` on CPU (no flex backward there; its forward also compiles first: 20-40 s per new shape measured on the
+``auto`` picks flash when flash-attn is installed on CUDA (causal models), else ``sdpa``. FlexAttention is there
+when asked for (``attention: flex``) but not chosen by default, from what was measured on an H200 on 2026-12-04
+(torch 2.11, benchmarks/SPEED_ADAPT_GPU.md): forward and backward equal SDPA's (benchmarks/gpu_attention_check.py),
+but training a 135M Llama at 1024 tokens ran at 86k tokens/s with flex against 114k with sdpa, and at 1.1B (hidden
+2048, 32/8 heads, 2048 tokens) inductor failed to lower the flex kernel ("NoValidChoicesError"), with and without
+``--compile``. On CPU flex has no backward, and its forward compiles first (20-40 s per new shape measured on the
 2-core build machine for a 4-layer model at 256 tokens).
 """
 
@@ -79,8 +83,6 @@ def resolve_attention(setting: str, objective: str, model_class: Any, device_typ
     if device_type == "cuda":
         if objective == "causal" and flash_ok and _flash_installed():
             return _HF_NAME["flash"]
-        if flex_ok:
-            return _HF_NAME["flex"]
     # Families without SDPA (Gemma 2's soft-capped attention, DeBERTa) attend eagerly; lm_loss.family_inputs
     # gives eager attention its additive mask.
     return "sdpa" if getattr(model_class, "_supports_sdpa", True) else "eager"

@@ -281,7 +281,7 @@ def startup_warning(model: Any, cfg: Any, *, strategy: str, world: int, seq_len:
     return check_fits(shape, device_memory_bytes=available, method=cfg.method, strategy=strategy, gpus=world,
                       seq_len=seq_len, batch=cfg.batch_size, gradient_checkpointing=cfg.gradient_checkpointing,
                       bf16=bf16, lora_r=cfg.lora_r, device=getattr(device, "type", str(device)),
-                      chunked_head=cfg.chunked_head)
+                      chunked_head=cfg.chunked_head_on(getattr(device, "type", str(device))))
 
 
 __all__ = ["device_memory_bytes", "startup_warning", "Estimate", "ModelShape", "NF4_BYTES_PER_PARAM", "check_fits", "estimate", "options_that_fit",

@@ -215,3 +215,33 @@ def test_one_bf16_decision_for_adapt_bench_and_compute(monkeypatch):
     assert pick_bf16("auto", "cpu") is False and pick_bf16("on", "cpu") is True  # bench asks the same function
     monkeypatch.setattr(flops, "bf16_is_fast", lambda device="cpu", margin=1.3: True)
     assert use_bf16("auto", "cpu") is True and pick_bf16("auto", "cpu") is True
+
+
+def test_sparse_logging_reads_the_same_losses(llama_corpus, tmp_path):
+    """The loss is read back from the device only on logged steps (a GPU sync otherwise): the logged values and the
+    manifest's final train_loss are those of a run that logs every step."""
+    runs = {}
+    for every in (1, 4):
+        m = adapt(model="tiny-llama", corpus=str(llama_corpus), out=str(tmp_path / f"log{every}"), max_steps=8,
+                  lr=3e-3, eval_every=0, save_every=0, **{**FAST, "log_every": every})
+        rows = [json.loads(x) for x in (tmp_path / f"log{every}" / "metrics.jsonl").read_text().splitlines()]
+        runs[every] = ({r["step"]: r["loss"] for r in rows if r["type"] == "train"}, m)
+    dense, sparse = runs[1][0], runs[4][0]
+    assert sorted(sparse) == [1, 4, 8]
+    for step, loss in sparse.items():
+        assert loss == pytest.approx(dense[step], rel=1e-6)
+    final = runs[4][1]["metrics"]["train_loss"]
+    assert isinstance(final, float) and final == pytest.approx(dense[8], rel=1e-6)
+
+
+def test_chunked_head_default_follows_the_device():
+    from domainlm.adapt.config import AdaptConfig
+    from domainlm.cli import parse_config, verb_named
+
+    unset = AdaptConfig(model="tiny-llama", max_steps=1)
+    assert unset.chunked_head is None
+    assert unset.chunked_head_on("cpu") and not unset.chunked_head_on("cuda")  # measured: SPEED_ADAPT_GPU.md
+    assert AdaptConfig(model="tiny-llama", max_steps=1, chunked_head=True).chunked_head_on("cuda")  # a setting wins
+    assert not AdaptConfig(model="tiny-llama", max_steps=1, chunked_head=False).chunked_head_on("cpu")
+    cfg = parse_config(verb_named("adapt"), ["--model", "tiny-llama", "--max-steps", "1", "--no-chunked-head"])
+    assert cfg.chunked_head is False

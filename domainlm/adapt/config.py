@@ -71,7 +71,8 @@ class AdaptConfig:
     compile: bool = opt(False, "torch.compile the model's forward (compile time is reported separately)")
     attention: Literal["auto", "sdpa", "flex", "flash"] = opt(
         "auto", "attention for packed documents: sdpa (dense document mask), flex (FlexAttention BlockMask; GPU "
-        "only for training), flash (flash_attention_2 varlen, CUDA, causal); auto: flash/flex on GPU, sdpa on CPU")
+        "only for training), flash (flash_attention_2 varlen, CUDA, causal); auto: flash when flash-attn is installed on "
+        "CUDA (causal models), else sdpa (flex measured slower, and failing at 1B, on an H200: SPEED_ADAPT_GPU.md)")
     # --- replay and forgetting --------------------------------------------------------------------
     replay_corpus: str | None = opt(None, "general corpus (prepared folder or card) mixed into training "
                                     "against forgetting")
@@ -92,8 +93,10 @@ class AdaptConfig:
     keep_last: int = opt(2, "checkpoints kept; older ones are deleted after a new one is complete")
     resume: bool = opt(False, "continue from the newest complete checkpoint in OUT")
     overwrite: bool = opt(False, "delete an existing run in OUT and start again")
-    chunked_head: bool = opt(True, "compute the output head and cross-entropy only where needed and in chunks "
-                             "(masked positions for MLM); saves the full-vocabulary logits")
+    chunked_head: bool | None = opt(None, "compute the output head and cross-entropy only where needed and in "
+                                    "chunks (masked positions for MLM); saves the full-vocabulary logits. Unset: on "
+                                    "for CPU runs, off on CUDA, where the full logits measured 11-33% faster "
+                                    "(benchmarks/SPEED_ADAPT_GPU.md)")
     prefetch: int = opt(2, "optimizer steps whose batches a background thread builds ahead of the step (0: build "
                         "each in the loop); the batches are the same either way")
     allow_pickle: bool = opt(False, "allow loading pickle (.bin) weights; pickle can execute code")
@@ -143,3 +146,9 @@ class AdaptConfig:
         if self.block_size is not None and self.block_size < 8:
             out.append(f"'block_size' must be at least 8, got {self.block_size}")
         return out
+
+    def chunked_head_on(self, device_type: str) -> bool:
+        """``chunked_head`` as set; unset, on except on CUDA. Measured on an H200 (SPEED_ADAPT_GPU.md, 2026-12-04):
+        full logits ran 11% faster at 1.1B x 2048 tokens and 33% at 135M x 1024, where the logits fit easily; on
+        CPU the chunked head is the faster one and saves the logits' memory."""
+        return self.chunked_head if self.chunked_head is not None else device_type != "cuda"

@@ -275,7 +275,8 @@ def build_model(r: Run, data: Data) -> Trainer:
     n_trainable = count_parameters(model, trainable_only=True)
     n_total = count_parameters(model)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head_fraction = cfg.mlm_probability if (r.prepared.objective != "causal" and cfg.chunked_head) else 1.0
+    chunked = cfg.chunked_head_on(device.type)
+    head_fraction = cfg.mlm_probability if (r.prepared.objective != "causal" and chunked) else 1.0
     fl = model_flops(inner, data.block, head_fraction=head_fraction,
                      trainable_fraction=(n_trainable / n_total) if cfg.method in LORA_METHODS else None)
     peak = (measure_matmul_peak("bf16" if bf16 else "fp32", device=str(device))
@@ -290,7 +291,7 @@ def build_model(r: Run, data: Data) -> Trainer:
         if fit := startup_warning(model, cfg, strategy=strategy.name, world=dist.world, seq_len=data.block,
                                   bf16=bf16, device=device):
             log.warning(fit)
-    loss_module = LossModule(model, r.prepared.objective, cfg.document_mask, cfg.chunked_head, bf16, device.type)
+    loss_module = LossModule(model, r.prepared.objective, cfg.document_mask, chunked, bf16, device.type)
     train_module = wrap(loss_module, model, strategy, bf16, device)
 
     # Parameters are read after wrapping: FSDP replaces each one with its shard.
@@ -303,8 +304,11 @@ def build_model(r: Run, data: Data) -> Trainer:
     groups = [g for g in _param_groups(model, cfg.weight_decay, cfg.body_lr_ratio, head_ids) if g["params"]]
     for g in groups:
         g["lr"] = cfg.lr * g.get("lr_scale", 1.0)
+    # CUDA: the fused kernel (one launch for every tensor; what the Trainer's adamw_torch_fused uses), except
+    # under FSDP, whose sharded DTensor parameters take the foreach path. CPU: foreach.
+    fused = device.type == "cuda" and strategy.name != "fsdp"
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  foreach=device.type == "cpu" or None)
+                                  **({"fused": True} if fused else {"foreach": device.type == "cpu" or None}))
     scheduler = make_schedule(optimizer, cfg, data.total_steps)
     return Trainer(model, loss_module, train_module, optimizer, scheduler, params, body_params, bf16, strategy,
                    n_total, n_trainable, fl, peak)
@@ -441,13 +445,20 @@ def train(r: Run, data: Data, tr: Trainer, p: Progress) -> None:
             local_count = sum(int((labels != IGNORE).sum()) for _, labels, _ in batch.micro)
             (global_count,) = dist.sum([float(local_count)])
             scale = dist.world / max(global_count, 1.0)  # DDP and FSDP average gradients over processes
-            loss_total = 0.0
+            loss_t = None
             for k, (ids, labels, docs) in enumerate(micro):
                 with no_sync(tr.train_module, last=k == len(micro) - 1):
                     loss = tr.train_module(ids, labels, docs, scale)
                     loss.backward()
-                loss_total += float(loss.detach()) / dist.world
-            (loss_total,) = dist.sum([loss_total])
+                loss_t = loss.detach() if loss_t is None else loss_t + loss.detach()
+            done = batch.step + 1
+            logged = done % every == 0 or done == data.total_steps or done == p.start_step + 1
+            # The loss becomes a Python float only when something reads it: each conversion waits for the GPU
+            # to finish the step, so converting every step keeps the CPU from queueing the next one.
+            if logged or dist.world > 1 or (pbar is not None and not pbar.disable):
+                (loss_total,) = dist.sum([float(loss_t) / dist.world])
+            else:
+                loss_total = None
             if batch.step < cfg.head_warmup_steps:
                 # Head-first warm-up: drop the body's (already reduced) gradients, so AdamW neither moves the
                 # body nor fills its moments with the random head's gradients.
@@ -459,16 +470,16 @@ def train(r: Run, data: Data, tr: Trainer, p: Progress) -> None:
             tr.optimizer.step()
             tr.scheduler.step()
             tr.optimizer.zero_grad(set_to_none=True)
-            done = batch.step + 1
             p.stream_state = batch.state_after
             fault_point("step", done)
             p.tokens_session += data.tokens_per_step
-            p.last_loss = loss_total
+            p.last_loss = loss_total if loss_total is not None else loss_t
             tps = p.tokens_session / max(time.perf_counter() - t_loop - (compile_seconds() - compile_before), 1e-9)
             if pbar is not None:
                 pbar.update(1)
-                pbar.set_postfix(loss=f"{loss_total:.3f}", tok_s=f"{tps:,.0f}")
-            if done % every == 0 or done == data.total_steps or done == p.start_step + 1:
+                if loss_total is not None:
+                    pbar.set_postfix(loss=f"{loss_total:.3f}", tok_s=f"{tps:,.0f}")
+            if logged:
                 p.metrics.write({"type": "train", "step": done, "loss": loss_total, "lr": lr,
                                  "tokens": done * data.tokens_per_step, "tokens_per_s": tps,
                                  "mfu": mfu(tps, tr.flops.training_flops_per_token, tr.peak * dist.world)
@@ -482,6 +493,8 @@ def train(r: Run, data: Data, tr: Trainer, p: Progress) -> None:
         if pbar is not None:
             pbar.close()
     p.loop_s = time.perf_counter() - t_loop - (compile_seconds() - compile_before)
+    if isinstance(p.last_loss, torch.Tensor):
+        p.last_loss = float(p.last_loss)
     p.state_bytes = state_bytes(tr.model, tr.optimizer)
     p.peak_rss_training = peak_rss()  # before the final evaluation and the gathering of the full model
 
@@ -657,7 +670,9 @@ def _features_record(model: Any) -> dict[str, Any] | None:
     applied = getattr(model, "_domainlm_features", None)
     if applied is None:
         return None
-    return {**applied.as_dict(), "compile_s": compile_seconds() if applied.compiled_blocks else 0.0}
+    config = getattr(model, "config", None)  # a peft model forwards .config to the base model
+    return {**applied.as_dict(), "compile_s": compile_seconds() if applied.compiled_blocks else 0.0,
+            "attention": getattr(config, "_attn_implementation", None)}
 
 
 def _base_info(r: Run) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def peak_estimate(model: Any, cfg: Any, *, device: torch.device, seq_len: int, b
         shape = memory.shape_from_config(inner.config)
         return memory.estimate(shape, method=cfg.method, strategy="ddp", gpus=1, seq_len=seq_len,
                                batch=cfg.batch_size, gradient_checkpointing=cfg.gradient_checkpointing, bf16=bf16,
-                               lora_r=cfg.lora_r, device=device.type, chunked_head=cfg.chunked_head).total
+                               lora_r=cfg.lora_r, device=device.type, chunked_head=cfg.chunked_head_on(device.type)).total
     except Exception as exc:  # noqa: BLE001 - an unplannable architecture must not stop training
         log.debug("memory planner unavailable (%s): bytes-per-parameter estimate", exc)
         params = list(model.parameters())
