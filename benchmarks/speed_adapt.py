@@ -6,7 +6,13 @@ its own. Prints a table and writes benchmarks/SPEED_ADAPT.md (and .json).
 
     python benchmarks/speed_adapt.py                 # all cases
     python benchmarks/speed_adapt.py --cases tiny-llama --steps 10
+    python benchmarks/speed_adapt.py --compile      # torch.compile on both sides (ours per block, Trainer torch_compile)
+    python benchmarks/speed_adapt.py --variants '{"full-logits": {"chunked_head": false}}'   # extra rows of ours
     SPEED_OURS_KW='{"chunked_head": false}' python benchmarks/speed_adapt.py ...   # extra adapt options for ours
+
+The Trainer runs with its best settings for the machine: bf16 when fast, SDPA attention, fused AdamW
+(``adamw_torch_fused``) and, with ``--compile``, ``torch_compile``. Neither side synchronises with the GPU
+between the first and the last step (both log only there), so GPU queueing is not broken by the measurement.
 """
 
 from __future__ import annotations
@@ -31,7 +37,12 @@ CASES = {
     # GPU case: SmolLM2-135M's architecture and tokenizer with fresh weights (folder given by --arch-from),
     # full training at sequence length 1024. Not in the default CPU run (minutes per step there).
     "smollm2-arch-full": ("@smollm2-arch", "causal", "full", 1024, 16),
+    # GPU case: a ~1.1B Llama (16 layers, hidden 2048, GQA 32/8 heads, SwiGLU 8192, tied embeddings; the shape of
+    # TinyLlama/Llama-3.2-1B) with SmolLM2's tokenizer, built from a config with fresh weights, at 2048 tokens.
+    "llama-1b": ("@llama-1b", "causal", "full", 2048, 8),
 }
+LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                intermediate_size=8192, max_position_embeddings=4096, rope_theta=500000.0, tie_word_embeddings=True)
 DEFAULT_CASES = "minilm-mlm,smollm2-lora,tiny-llama"
 
 
@@ -46,7 +57,14 @@ def _model(name: str, root: Path) -> str:
 
         src = os.environ["ARCH_FROM"]
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(src))
+        config = AutoConfig.from_pretrained(src)
+        if name == "@llama-1b":
+            from transformers import LlamaConfig
+
+            tok = AutoTokenizer.from_pretrained(src)
+            config = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                 **LLAMA_1B)
+        model = AutoModelForCausalLM.from_config(config)
         model.save_pretrained(out)
         AutoTokenizer.from_pretrained(src).save_pretrained(out)
     return str(out)
@@ -56,20 +74,25 @@ def _corpus(model: str, block: int, root: Path) -> Path:
     from domainlm.corpora.prepare import prepare_card
 
     out = root / f"corpus-{model.lstrip('@')}-{block}"
+    if (out / "manifest.json").is_file():
+        # prepared earlier (on this machine, or here and carried to a GPU machine without the corpus engine)
+        return out
     prepare_card("pubmed-sample", _model(model, root), out, block_size=block)
     return out
 
 
-def worker_ours(case: str, steps: int, root: Path) -> dict:
+def worker_ours(case: str, steps: int, root: Path, compile: bool = False, variant: str = "{}") -> dict:
     from domainlm.adapt import adapt
 
     model, objective, method, block, batch = CASES[case]
     corpus = _corpus(model, block, root)
     model = _model(model, root)
     os.environ["DOMAINLM_PROGRESS"] = "0"
+    # log_every=steps: records at step 1 and the last step only (each record reads the loss, a GPU sync)
+    kw = {"compile": compile, **json.loads(os.environ.get("SPEED_OURS_KW", "{}")), **json.loads(variant)}
     m = adapt(model=model, corpus=str(corpus), out=str(root / f"run-{case}"), objective=objective, method=method,
               batch_size=batch, max_steps=steps, eval_every=0, eval_batches=2, save_every=0, lr=2e-4,
-              warmup_ratio=0.1, overwrite=True, log_every=1, **json.loads(os.environ.get("SPEED_OURS_KW", "{}")))
+              warmup_ratio=0.1, overwrite=True, log_every=steps, **kw)
     rows = [json.loads(x) for x in (root / f"run-{case}" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["type"] == "train"]
     # Steady state, as for the Trainer: from the end of step 1 (allocations, warm-up) to the end of the last.
@@ -78,13 +101,17 @@ def worker_ours(case: str, steps: int, root: Path) -> dict:
     t1, tn = first["tokens"] / first["tokens_per_s"], last["tokens"] / last["tokens_per_s"]
     steady = (last["tokens"] - first["tokens"]) / (tn - t1)
     peak = m["peak_flops"]
+    import torch
+
     return {"tokens_per_s": steady, "whole_run_tokens_per_s": m["tokens_per_s"],
             "mfu": steady * m["flops"]["training_per_token"] / peak if peak else None,
             "final_loss": last["loss"], "bf16": m["bf16"], "flops_per_token": m["flops"]["training_per_token"],
-            "peak_flops": peak}
+            "peak_flops": peak, "compile_s": (m.get("memory_features") or {}).get("compile_s"),
+            "attention": (m.get("memory_features") or {}).get("attention"), "settings": kw,
+            "gpu_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
 
 
-def worker_trainer(case: str, steps: int, root: Path) -> dict:
+def worker_trainer(case: str, steps: int, root: Path, compile: bool = False) -> dict:
     """The baseline: transformers Trainer configured as the run_mlm/run_clm examples do."""
     import torch
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
@@ -98,7 +125,7 @@ def worker_trainer(case: str, steps: int, root: Path) -> dict:
     model_name = _model(model_name, root)
     cuda = torch.cuda.is_available()
     tok = load_tokenizer(model_name)
-    model, _ = load_model(model_name, "causal" if objective == "causal" else "masked")
+    model, _ = load_model(model_name, "causal" if objective == "causal" else "masked", attn_implementation="sdpa")
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -112,14 +139,21 @@ def worker_trainer(case: str, steps: int, root: Path) -> dict:
     bf16 = torch.cuda.is_bf16_supported() if cuda else bf16_is_fast()
     args = TrainingArguments(output_dir=str(root / f"trainer-{case}"), per_device_train_batch_size=batch,
                              max_steps=steps, learning_rate=2e-4, warmup_steps=math.ceil(0.1 * steps), lr_scheduler_type="cosine",
-                             logging_steps=1, save_strategy="no", report_to=[], bf16=bf16, use_cpu=not cuda,
-                             dataloader_num_workers=0, seed=0, disable_tqdm=True)
+                             logging_steps=steps, save_strategy="no", report_to=[], bf16=bf16, use_cpu=not cuda,
+                             optim="adamw_torch_fused", torch_compile=compile, dataloader_num_workers=0, seed=0,
+                             disable_tqdm=True, dataloader_pin_memory=cuda)
+
     class StepTimes(TrainerCallback):
+        """Times the end of step 1 and of the last step; waits for the GPU only there, as ours does."""
+
         def __init__(self) -> None:
             self.times: list[float] = []
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter())
+            if state.global_step in (1, steps):
+                if cuda:
+                    torch.cuda.synchronize()
+                self.times.append(time.perf_counter())
 
     timer = StepTimes()
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=[timer])
@@ -128,7 +162,7 @@ def worker_trainer(case: str, steps: int, root: Path) -> dict:
     wall = time.perf_counter() - t0
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     # steady state: from the end of step 1 to the end of the last step (the same window as ours)
-    tps = (len(timer.times) - 1) * batch * block / (timer.times[-1] - timer.times[0])
+    tps = (steps - 1) * batch * block / (timer.times[-1] - timer.times[0])
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     n_tr = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
@@ -138,15 +172,26 @@ def worker_trainer(case: str, steps: int, root: Path) -> dict:
     torch.set_num_threads(torch.get_num_threads())
     return {"tokens_per_s": tps, "whole_run_tokens_per_s": steps * batch * block / wall,
             "mfu": mfu(tps, fl.training_flops_per_token, peak), "final_loss": losses[-1],
-            "bf16": bf16, "flops_per_token": fl.training_flops_per_token, "peak_flops": peak}
+            "bf16": bf16, "flops_per_token": fl.training_flops_per_token, "peak_flops": peak,
+            "settings": {"optim": "adamw_torch_fused", "attn_implementation": "sdpa", "torch_compile": compile},
+            "gpu_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
-def run_case(case: str, impl: str, steps: int, root: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", impl, "--cases", case, "--steps", str(steps), "--root", str(root)]
+def run_case(case: str, impl: str, steps: int, root: Path, compile: bool = False, variant: str = "{}",
+             timeout: float | None = None) -> dict:
+    """One side of one case in its own process; a failure (or a timeout) is returned as a row, not raised."""
+    cmd = [sys.executable, __file__, "--worker", impl, "--cases", case, "--steps", str(steps), "--root", str(root),
+           "--variant-kw", variant] + (["--compile"] if compile else [])
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"failed": f"timed out after {timeout:.0f} s", "wall_s": time.perf_counter() - t0}
     if proc.returncode != 0:
-        raise SystemExit(f"{impl} {case} failed:\n{proc.stderr[-3000:]}")
+        print(f"{impl} {case} failed:\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
+        return {"failed": proc.stderr.strip().splitlines()[-1][-300:] if proc.stderr.strip() else f"exit {proc.returncode}",
+                "wall_s": time.perf_counter() - t0}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["wall_s"] = time.perf_counter() - t0
     return result
@@ -159,72 +204,116 @@ def main() -> None:
     ap.add_argument("--arch-from", default=None, help="folder with config.json + tokenizer for '@' cases")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--root", default=None)
+    ap.add_argument("--compile", action="store_true", help="torch.compile on both sides")
+    ap.add_argument("--variants", default='{"domainlm": {}}',
+                    help="JSON {label: adapt options}: one row of ours per label, each beside the same Trainer run")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per process (a timed-out side is a row)")
+    ap.add_argument("--datasheet-peak", type=float, default=None,
+                    help="the accelerator's dense bf16 peak in FLOP/s (H100/H200 SXM: 989e12), for a second MFU")
     ap.add_argument("--worker", choices=["ours", "trainer"])
+    ap.add_argument("--variant-kw", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args()
     root = Path(args.root or tempfile.mkdtemp(prefix="domainlm-speed-"))
     if args.arch_from:
         os.environ["ARCH_FROM"] = str(Path(args.arch_from).resolve())
     if args.worker:
-        fn = worker_ours if args.worker == "ours" else worker_trainer
-        res = fn(args.cases, args.steps, root)
+        if args.worker == "ours":
+            res = worker_ours(args.cases, args.steps, root, args.compile, args.variant_kw)
+        else:
+            res = worker_trainer(args.cases, args.steps, root, args.compile)
         res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
         print(json.dumps(res))
         return
+    variants = json.loads(args.variants)
     rows = []
     for case in args.cases.split(","):
         # the corpus is prepared once, outside the timed region of both workers
         subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); import speed_adapt as s; "
                         f"s._corpus({CASES[case][0]!r}, {CASES[case][3]}, __import__('pathlib').Path({str(root)!r}))"],
                        check=True, capture_output=True)
-        base = run_case(case, "trainer", args.steps, root)
-        ours = run_case(case, "ours", args.steps, root)
-        rows.append({"case": case, "steps": args.steps, "trainer": base, "domainlm": ours,
-                     "speedup": ours["tokens_per_s"] / base["tokens_per_s"]})
-        print(f"{case}: trainer {base['tokens_per_s']:.0f} tok/s, domainlm {ours['tokens_per_s']:.0f} tok/s "
-              f"({rows[-1]['speedup']:.2f}x)", flush=True)
-    write_report(rows, args)
+        base = run_case(case, "trainer", args.steps, root, args.compile, timeout=args.timeout)
+        for label, kw in variants.items():
+            ours = run_case(case, "ours", args.steps, root, args.compile, json.dumps(kw), timeout=args.timeout)
+            ok = "failed" not in base and "failed" not in ours
+            rows.append({"case": case, "variant": label, "steps": args.steps, "compile": args.compile,
+                         "trainer": base, "domainlm": ours,
+                         "speedup": ours["tokens_per_s"] / base["tokens_per_s"] if ok else None})
+            print(f"{case} [{label}]: trainer {base.get('tokens_per_s', base.get('failed'))} tok/s, "
+                  f"domainlm {ours.get('tokens_per_s', ours.get('failed'))} tok/s"
+                  + (f" ({rows[-1]['speedup']:.2f}x)" if ok else ""), flush=True)
+            write_report(rows, args)  # after every row: a run cut short keeps what it measured
+
+
+def _fmt(side: dict, key: str, spec: str, unit: str = "") -> str:
+    v = side.get(key)
+    return "-" if v is None else f"{v:{spec}}{unit}"
 
 
 def write_report(rows: list[dict], args) -> None:
     import torch
 
-    from domainlm.flops import cpu_name
+    from domainlm.flops import cpu_flags, cpu_name
 
-    cpu = cpu_name()
-    lines = ["| case | model, objective, method | seq len x batch | Trainer tok/s | domainlm tok/s | ratio | "
-             "Trainer MFU | domainlm MFU | Trainer final loss | domainlm final loss | Trainer peak RSS | "
-             "domainlm peak RSS |", "|" + "---|" * 12]
+    cuda = torch.cuda.is_available()
+    dpk = args.datasheet_peak
+    head = ["case", "model, objective, method", "seq len x batch", "ours: variant", "Trainer tok/s", "domainlm tok/s",
+            "ratio", "Trainer MFU", "domainlm MFU"] + (["Trainer MFU (datasheet)", "domainlm MFU (datasheet)"] if dpk else []) + [
+            "Trainer final loss", "domainlm final loss", "Trainer peak " + ("GPU mem" if cuda else "RSS"),
+            "domainlm peak " + ("GPU mem" if cuda else "RSS"), "domainlm compile s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    mem = "gpu_peak_gb" if cuda else "peak_rss_gb"
+    failures = []
     for r in rows:
         b, o = r["trainer"], r["domainlm"]
         model, objective, method, block, batch = CASES[r["case"]]
-        lines.append(f"| {r['case']} | {model}, {objective}, {method} | {block} x {batch} | {b['tokens_per_s']:.0f} | "
-                     f"{o['tokens_per_s']:.0f} | **{r['speedup']:.2f}x** | {b['mfu']:.1%} | {o['mfu']:.1%} | "
-                     f"{b['final_loss']:.3f} | {o['final_loss']:.3f} | {b['peak_rss_gb']:.2f} GB | "
-                     f"{o['peak_rss_gb']:.2f} GB |")
-    table = "\n".join(lines)
+        for who, side in (("Trainer", b), (f"domainlm [{r['variant']}]", o)):
+            if "failed" in side:
+                failures.append(f"- {r['case']}, {who}: failed: `{side['failed']}`")
+        cells = [r["case"], f"{model}, {objective}, {method}", f"{block} x {batch}",
+                 f"{r['variant']} `{json.dumps(o.get('settings', {}))}`" + (f", {o['attention']}" if o.get("attention") else "")
+                 if o.get("settings") else r["variant"],
+                 _fmt(b, "tokens_per_s", ".0f"), _fmt(o, "tokens_per_s", ".0f"),
+                 f"**{r['speedup']:.2f}x**" if r.get("speedup") else "-", _fmt(b, "mfu", ".1%"), _fmt(o, "mfu", ".1%")]
+        if dpk:
+            cells += [f"{s['tokens_per_s'] * s['flops_per_token'] / dpk:.1%}" if "tokens_per_s" in s else "-" for s in (b, o)]
+        cells += [_fmt(b, "final_loss", ".3f"), _fmt(o, "final_loss", ".3f"), _fmt(b, mem, ".2f", " GB"),
+                  _fmt(o, mem, ".2f", " GB"), _fmt(o, "compile_s", ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines + ([""] + failures if failures else []))
     print(table)
-    peak = rows[0]["domainlm"].get("peak_flops") if rows else None
-    bf16 = rows[0]["domainlm"].get("bf16") if rows else None
+    ok = [r for r in rows if "failed" not in r["domainlm"]]
+    peak = ok[0]["domainlm"].get("peak_flops") if ok else None
+    bf16 = ok[0]["domainlm"].get("bf16") if ok else None
+    cmd = ("python benchmarks/speed_adapt.py" + (f" --cases {args.cases}" if args.cases != DEFAULT_CASES else "")
+           + (f" --steps {args.steps}" if args.steps != 12 else "") + (" --compile" if args.compile else "")
+           + (f" --variants '{args.variants}'" if args.variants != '{"domainlm": {}}' else ""))
     md = [
         "# Adapt speed: domainlm vs a Hugging Face Trainer (run_mlm / run_clm set-up)",
         "",
-        "Generated by `python benchmarks/speed_adapt.py"
-        + (f" --cases {args.cases}" if args.cases != DEFAULT_CASES else "")
-        + (f" --steps {args.steps}" if args.steps != 12 else "") + "` on "
-        + time.strftime("%Y-%m-%d") + "; both sides in the same run, each case in its own process.",
+        f"Generated by `{cmd}` on " + time.strftime("%Y-%m-%d") + "; both sides in the same run, each side in its own "
+        "process.",
         "",
         (f"Machine: {torch.cuda.get_device_name()}, torch {torch.__version__}. bf16 autocast on for both "
-         "(fp32 master weights)." if torch.cuda.is_available() else
-         f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}. bf16 autocast: "
-         f"{'on' if bf16 else 'off'} for both (chosen by `domainlm.flops.bf16_is_fast`, which times bf16 "
-         "against fp32 matmuls; on an AVX2-only CPU bf16 has no fast path, so both run fp32).")
+         "(fp32 master weights)." if cuda else
+         f"Machine: {cpu_name()}, {os.cpu_count()} cores, CPU flags: {' '.join(cpu_flags()) or 'unknown'}, torch "
+         f"{torch.__version__}. bf16 autocast: {'on' if bf16 else 'off'} for both (chosen by "
+         "`domainlm.flops.bf16_is_fast`, which times bf16 against fp32 matmuls; on an AVX2-only CPU bf16 has no fast "
+         "path, so both run fp32).")
         + " MFU is against the matmul peak measured at start-up"
         + (f" ({peak / 1e12:.3g} TFLOP/s)" if peak else "")
-        + ", FLOPs per token counted as 6N plus attention (LoRA: frozen weights cost 4N, trainable 6N).",
+        + (f" and, in the datasheet columns, against the dense bf16 peak of {dpk / 1e12:.0f} TFLOP/s" if dpk else "")
+        + "; FLOPs per token counted as 6N plus attention (LoRA: frozen weights cost 4N, trainable 6N).",
         "",
-        "tokens/s is steady state: from the end of step 1 to the end of the last step, for both. "
-        "Same model, packed blocks of the same prepared corpus (pubmed-sample), sequence length, batch, learning rate, "
-        "schedule and number of steps. Loss is the last step's training loss (one batch, so noisy).",
+        "Trainer settings: bf16 when fast, `attn_implementation='sdpa'`, `optim='adamw_torch_fused'`"
+        + (", `torch_compile=True`" if args.compile else "") + ", run_clm/run_mlm data (labels = input_ids; "
+        "documents attend across their boundaries in a packed block, which ours masks). Ours: `domainlm adapt`"
+        + (" with `compile: true` (per transformer block)" if args.compile else "") + " plus the variant's options.",
+        "",
+        "tokens/s is steady state: from the end of step 1 to the end of the last step, for both, the GPU "
+        "synchronised only at those two points; our compile time is subtracted (and shown), the Trainer's compile "
+        "happens inside step 1. Same model, packed blocks of the same prepared corpus (pubmed-sample), sequence "
+        "length, batch, learning rate, schedule and number of steps. Loss is the last step's training loss (one "
+        "batch, so noisy).",
         "",
         table,
         "",
