@@ -9,16 +9,24 @@ holds (they are validated against measured peaks in benchmarks/MEMORY_ADAPT.md):
   with double quantisation (0.5 B/param + ~0.127 bits/param of constants, Dettmers et al. 2023) and the rest
   (embeddings, norms, an untied head) as LoRA would. Adapters: r x (in + out) per linear layer, fp32.
 * gradients: fp32, one per trainable parameter. Optimizer: AdamW's two fp32 moments (8 B per trainable).
-* activations: per layer and token, the tensors a Llama-style block saves for backward (norm inputs and
-  outputs, q/k/v and RoPE, attention output, the MLP's gate/up/activation/product): ``11h + 4h_kv + 4I`` values
-  (+ ``6h + I`` for LoRA dropout's copies of the inputs),
-  in fp32, or mostly bf16 under autocast; attention itself is SDPA's memory-efficient/flash kernel (no L x L
-  scores kept). With activation checkpointing only each layer's input is kept, plus one layer recomputed in
-  the backward pass. The output head is adapt's chunked fused cross-entropy (at most 2^24 logits at a time).
+* activations: per layer and token, the bytes of the tensors a Llama-style block saves for backward, counted on
+  adapt's own path with ``torch.autograd.graph.saved_tensors_hooks`` (unique storages; benchmarks/MEMORY_ADAPT.md):
+  see :func:`layer_activation_bytes`. A frozen linear keeps no input and a frozen norm only its input, so LoRA's
+  base keeps less than full training, while its adapters keep their inputs (and, with dropout, the dropout mask
+  and the dropped copy). Under bf16 autocast the norms and the residual stream stay fp32, every linear keeps its
+  own bf16 cast of its input, and autocast's bf16 copy of every trainable body weight (2 B/param: all of them
+  under full training) is kept until the backward pass. Attention is SDPA's fused kernel (no L x L scores kept), but where packed documents
+  reach it as a dense mask (on a CPU) each layer keeps that L x L mask in the compute dtype. With activation
+  checkpointing only each layer's input is kept, plus one layer recomputed in the backward pass. The output head
+  is adapt's chunked fused cross-entropy (at most 2^24 logits at a time), which computes its gradients in the
+  forward pass and keeps them (the hidden states' and, when the head trains, the head weight's).
+* the peak: the activations peak at the start of the backward pass, before any body gradient exists; gradients
+  then grow as activations are freed, and the optimizer step needs all gradients plus its temporaries (foreach
+  AdamW: one fp32 tensor per trainable parameter). So the peak is weights + optimizer + the larger of
+  (activations) and (gradients + the larger of the step's temporaries and what the backward pass still holds at
+  its end: one layer's activations and the working set).
 * sharding: FSDP divides weights, gradients and optimizer state by the number of devices and adds one layer's
   gathered weights; DDP keeps a full copy plus its gradient buckets (a second copy of the gradients).
-* the optimizer step: foreach AdamW allocates one fp32 temporary per trainable parameter, after the backward
-  pass has freed the activations, so the peak holds the larger of activations and these temporaries.
 * runtime: the CUDA context and allocator slack on a GPU (~1 GB assumed); 0 on a CPU, where benchmarks compare
   against the peak RSS above the process's size after ``import torch, transformers``.
 """
@@ -111,13 +119,17 @@ class Estimate:
     runtime: float
     settings: dict[str, Any] = field(default_factory=dict)
     device_memory: float | None = None
-    # temporaries of the optimizer step (foreach AdamW: one fp32 tensor per trainable parameter); the step runs
-    # after the backward pass has freed the activations, so the peak holds the larger of the two
+    # temporaries of the optimizer step (foreach AdamW: one fp32 tensor per trainable parameter)
     step_working: float = 0.0
+    # what the backward pass still holds when the last gradients form: one layer's activations and the working set
+    backward_tail: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + max(self.activations, self.step_working) + self.runtime
+        """Weights + optimizer + the larger of the activation peak (start of the backward pass, no body gradients
+        yet) and all gradients with the larger of the step's temporaries and the backward pass's tail."""
+        late = self.gradients + max(self.step_working, self.backward_tail)
+        return self.weights + self.optimizer + max(self.activations, late) + self.runtime
 
     @property
     def fits(self) -> bool | None:
@@ -139,10 +151,45 @@ class Estimate:
                 f"{self.activations / GB:.1f} + runtime {self.runtime / GB:.1f})")
 
 
+def layer_activation_bytes(shape: ModelShape, *, method: str, bf16: bool, lora_dropout: float = 0.05,
+                           lora_r: int = 16, repeat_kv: bool = True) -> float:
+    """Bytes one transformer block saves for backward per token (without the attention mask and weight copies).
+
+    Counted with ``saved_tensors_hooks`` on adapt's path for a Llama block (h hidden, kv the k/v width, I the MLP
+    width; tests/test_adapt_memory.py checks it against autograd); 2026-12-04, torch 2.13, transformers 5.25,
+    peft 0.21:
+
+    * full, fp32: two RMSNorms keep input, normalised and output (6h); attention keeps q and k after RoPE, v
+      and its output (the output projection's input is a view of it): 4h where transformers repeats grouped k/v
+      heads for SDPA (``repeat_kv``: with a dense mask), else 2h + 2kv; the MLP's gate, up, SiLU(gate) and
+      product (4I).
+    * full, bf16 autocast: the norms keep two fp32 tensors each (their output is not kept: each linear keeps its
+      own bf16 cast of it), q/k/v/gate/up keep five bf16 input casts, attention and MLP tensors are bf16.
+    * LoRA / QLoRA: frozen linears keep no input and frozen norms only their input (2h); attention as above; the
+      MLP's gate, up and SiLU(gate) (3I). The adapters on the seven projections keep their inputs: without
+      dropout the shared attention input, MLP input and product (2h + I in fp32; under bf16 each adapter its own
+      bf16 cast, 6h + I); with dropout each adapter keeps its mask and dropped input (2 x (6h + I) in fp32; under
+      bf16 the mask in fp32 and a bf16 cast of the dropped input); and each ``lora_B`` its input (r values).
+    """
+    h, kv, i = shape.hidden, shape.kv_hidden, shape.intermediate
+    attention = 4 * h if repeat_kv else 2 * h + 2 * kv
+    if method == "full":
+        if bf16:
+            return 4.0 * 4 * h + 2.0 * (5 * h + attention + 4 * i)
+        return 4.0 * (6 * h + attention + 4 * i)
+    if bf16:
+        base = 4.0 * 2 * h + 2.0 * (attention + 3 * i)
+        adapters = (4.0 + 2.0) * (6 * h + i) if lora_dropout > 0 else 2.0 * (6 * h + i)
+        return base + adapters + 2.0 * 7 * lora_r
+    base = 4.0 * (2 * h + attention + 3 * i)
+    adapters = 4.0 * 2 * (6 * h + i) if lora_dropout > 0 else 4.0 * (2 * h + i)
+    return base + adapters + 4.0 * 7 * lora_r
+
+
 def estimate(shape: ModelShape, *, method: str = "full", strategy: str = "ddp", gpus: int = 1,
              gpu_memory_gb: float | None = None, seq_len: int = 2048, batch: int = 1,
              gradient_checkpointing: bool = False, bf16: bool = True, lora_r: int = 16, device: str = "cuda",
-             chunked_head: bool = True) -> Estimate:
+             chunked_head: bool = True, lora_dropout: float = 0.05, dense_doc_mask: bool | None = None) -> Estimate:
     """Peak memory per device of one training step of ``shape`` under these settings.
 
     Args:
@@ -152,6 +199,9 @@ def estimate(shape: ModelShape, *, method: str = "full", strategy: str = "ddp", 
         seq_len, batch: tokens per sequence and sequences per micro-batch (per device).
         bf16: autocast on (activations mostly bf16; LoRA/QLoRA frozen weights stored bf16).
         device: 'cuda' (adds ~1 GB of CUDA context and allocator slack) or 'cpu'.
+        lora_dropout: LoRA/QLoRA dropout (above 0 each adapter keeps its dropout mask and dropped input).
+        dense_doc_mask: packed documents reach attention as a dense L x L mask that each layer keeps (None: on a
+            CPU, where adapt's attention is SDPA with that mask; on CUDA the flash/flex paths keep none).
     """
     if method not in ("full", "lora", "qlora"):
         raise ValueError(f"method must be full, lora or qlora, got {method!r}")
@@ -177,28 +227,37 @@ def estimate(shape: ModelShape, *, method: str = "full", strategy: str = "ddp", 
         grads *= 2  # DDP's gradient buckets hold a second copy
 
     tokens = seq_len * batch
-    h, kv, inter, layers = shape.hidden, shape.kv_hidden, shape.intermediate, shape.layers
-    act_bytes = 2.5 if bf16 else 4.0  # under autocast matmul outputs are bf16, norms and residuals fp32
-    # saved for backward per token: two RMSNorms (input, normalised, output: 3h each), RoPE (q, k, their rotated
-    # halves and results: 3h + 3kv), v, the attention output and its contiguous copy (2h), the MLP's gate, up,
-    # activation and product (4I); LoRA's dropout keeps its own copy of each wrapped layer's input (6h + I)
-    values = 11 * h + 4 * kv + 4 * inter + (6 * h + inter if method != "full" else 0)
-    per_layer = values * tokens * act_bytes
+    h, layers = shape.hidden, shape.layers
+    if dense_doc_mask is None:
+        dense_doc_mask = device == "cpu"
+    per_layer = tokens * layer_activation_bytes(shape, method=method, bf16=bf16, lora_dropout=lora_dropout,
+                                                lora_r=lora_r, repeat_kv=dense_doc_mask)
+    if dense_doc_mask:  # the [B, 1, L, L] document mask, converted to the compute dtype by each layer's SDPA call
+        per_layer += batch * seq_len * seq_len * (2 if bf16 else 4)
+    # the backward pass's working set: gradients of one layer's activations
+    working = 2 * tokens * max(h, shape.intermediate) * 4.0
     if gradient_checkpointing:
-        activations = layers * tokens * h * 4.0 + per_layer
+        activations = layers * tokens * h * 4.0 + per_layer  # each layer's fp32 input, one layer recomputed
     else:
         activations = layers * per_layer
-    # the backward pass's working set: gradients of one layer's activations; the output head's logits chunk
-    # (fused chunked cross-entropy) or the full logits with their softmax and gradient
-    activations += 2 * tokens * max(h, inter) * 4.0
+    activations += working
+    if bf16:  # autocast's bf16 copies of the trainable body weights (all of them, or the adapters), kept for backward
+        activations += 2.0 * (body if method == "full" else trainable)
+    # the output head: logits, softmax and gradient of one chunk (chunked fused cross-entropy) or of all tokens;
+    # the fused head's gradients computed in the forward pass: the hidden states' (fp32) and, when the head
+    # trains, the head weight's
     head_values = min(tokens * shape.vocab, 1 << 24) if chunked_head else tokens * shape.vocab
     activations += 3 * head_values * 4.0
+    if chunked_head:
+        activations += tokens * h * 4.0 + (shape.vocab * h * 4.0 if method == "full" else 0.0)
     runtime = 1.0 * GB if device == "cuda" else 0.0
     settings = {"method": method, "strategy": strategy, "gpus": gpus, "seq_len": seq_len, "batch": batch,
                 "gradient_checkpointing": gradient_checkpointing, "bf16": bf16, "lora_r": lora_r, "device": device,
-                "trainable_params": trainable, "params": n}
+                "lora_dropout": lora_dropout, "dense_doc_mask": dense_doc_mask, "trainable_params": trainable,
+                "params": n}
     return Estimate(weights, grads, optim, activations, runtime, settings,
-                    None if gpu_memory_gb is None else gpu_memory_gb * GB, step_working=grads)
+                    None if gpu_memory_gb is None else gpu_memory_gb * GB, step_working=grads,
+                    backward_tail=per_layer + working)
 
 
 def options_that_fit(shape: ModelShape, *, gpus: int, gpu_memory_gb: float, seq_len: int, batch: int = 1,
@@ -284,5 +343,6 @@ def startup_warning(model: Any, cfg: Any, *, strategy: str, world: int, seq_len:
                       chunked_head=cfg.chunked_head_on(getattr(device, "type", str(device))))
 
 
-__all__ = ["device_memory_bytes", "startup_warning", "Estimate", "ModelShape", "NF4_BYTES_PER_PARAM", "check_fits", "estimate", "options_that_fit",
+__all__ = ["device_memory_bytes", "startup_warning", "Estimate", "ModelShape", "NF4_BYTES_PER_PARAM", "check_fits", "estimate", "layer_activation_bytes",
+           "options_that_fit",
            "plan_report", "shape_from_config", "shape_from_params"]
