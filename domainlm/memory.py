@@ -200,8 +200,9 @@ def estimate(shape: ModelShape, *, method: str = "full", strategy: str = "ddp", 
         bf16: autocast on (activations mostly bf16; LoRA/QLoRA frozen weights stored bf16).
         device: 'cuda' (adds ~1 GB of CUDA context and allocator slack) or 'cpu'.
         lora_dropout: LoRA/QLoRA dropout (above 0 each adapter keeps its dropout mask and dropped input).
-        dense_doc_mask: packed documents reach attention as a dense L x L mask that each layer keeps (None: on a
-            CPU, where adapt's attention is SDPA with that mask; on CUDA the flash/flex paths keep none).
+        dense_doc_mask: packed documents reach attention as a dense L x L mask that each layer keeps, and grouped
+            k/v heads are repeated (None: as adapt's attention 'auto' does here: SDPA with that mask, except on
+            CUDA with flash-attn installed; flash and flex keep neither).
     """
     if method not in ("full", "lora", "qlora"):
         raise ValueError(f"method must be full, lora or qlora, got {method!r}")
@@ -228,8 +229,10 @@ def estimate(shape: ModelShape, *, method: str = "full", strategy: str = "ddp", 
 
     tokens = seq_len * batch
     h, layers = shape.hidden, shape.layers
-    if dense_doc_mask is None:
-        dense_doc_mask = device == "cpu"
+    if dense_doc_mask is None:  # adapt's attention 'auto': flash-attn on CUDA where installed, else SDPA + the mask
+        from domainlm.attention import _flash_installed
+
+        dense_doc_mask = device != "cuda" or not _flash_installed()
     per_layer = tokens * layer_activation_bytes(shape, method=method, bf16=bf16, lora_dropout=lora_dropout,
                                                 lora_r=lora_r, repeat_kv=dense_doc_mask)
     if dense_doc_mask:  # the [B, 1, L, L] document mask, converted to the compute dtype by each layer's SDPA call
