@@ -673,10 +673,13 @@ def _reading(arms: dict[str, Any]) -> list[str]:
                       "Arms above the reference lost general-text modelling ability."))
     dom = {n: a["tasks"].get("ppl/perplexity", {}).get("model") for n, a in arms.items()}
     if rec and warm and dom.get("minilm-recipe-0.1m") and dom.get("minilm-warmup-0.1m"):
-        out.append(f"- **Lower masked-LM perplexity did not mean better features.** The shipped settings reached the "
-                   f"lowest held-out domain pseudo-perplexity ({_fmt(dom['minilm-recipe-0.1m'], 0)} per word vs "
-                   f"{_fmt(dom['minilm-warmup-0.1m'], 0)} for head-first) and the worst NCBI-disease probe: the body "
-                   "moved furthest towards predicting masked words, and the frozen-feature probe got worse.")
+        lower = dom["minilm-recipe-0.1m"] < dom["minilm-warmup-0.1m"]
+        if lower and rec["delta"] < warm["delta"]:
+            out.append(f"- **Lower masked-LM perplexity did not mean better features.** At the same 100k-token budget "
+                       f"the shipped settings reached a lower held-out domain pseudo-perplexity than head-first "
+                       f"({_fmt(dom['minilm-recipe-0.1m'], 0)} per word vs {_fmt(dom['minilm-warmup-0.1m'], 0)}) and "
+                       "a worse NCBI-disease probe: the body moved further towards predicting masked words, and the "
+                       "frozen-feature probe got worse.")
     seeds = [n for n in arms if n.startswith("minilm-warmup-") and n.endswith("-s1")]
     if not seeds:
         out.append("- **One seed per arm.** The second seed of the warm-up arm did not fit in this session; a "
@@ -685,14 +688,22 @@ def _reading(arms: dict[str, Any]) -> list[str]:
     defined = sorted({ARMS[n]["tokens"] for n in ARMS if n.startswith("minilm-warmup-")})
     not_run = [t for t in defined if not any(abs(b - t) / t < 0.05 for b in budgets)]
     head = ("What would make the gain firmer" if goal(arms) else "What would most likely reach a significant gain")
-    out.append(f"- **{head}:** first more tokens with the warm-up recipe "
-               f"(run here: {', '.join(_tok(b) for b in budgets) or 'none'}"
-               + (f"; defined, not run: {', '.join(_tok(t) for t in not_run)}" if not_run else "")
-               + "; Gururangan et al.'s DAPT ran 12.5k steps of 2,048 sequences, billions of tokens), then the "
-               "fine-tuning protocol instead of a frozen-feature probe (DAPT changes what the body encodes; a probe on "
-               "frozen features of a sentence-embedding model measures how much of that survives, not what a "
-               "fine-tuned model can use). A base model that ships its MLM head (BERT, PubMedBERT-style) removes the "
-               "fresh-head problem altogether. Vocabulary extension was not tested here.")
+    more = [(n, k, t) for n, a in arms.items() if n.startswith("minilm-warmup-") and a["init"] is None
+            for k, t in a.get("head_to_head", {}).items() if str(t["against"]).split("/")[-1].startswith("minilm-warmup-")]
+    tokens_txt = (f"more tokens with the warm-up recipe (run here: {', '.join(_tok(b) for b in budgets) or 'none'}"
+                  + (f"; defined, not run: {', '.join(_tok(t) for t in not_run)}" if not_run else "")
+                  + "; Gururangan et al.'s DAPT ran 12.5k steps of 2,048 sequences, billions of tokens)")
+    finetune_txt = ("the fine-tuning protocol instead of a frozen-feature probe (DAPT changes what the body encodes; a "
+                    "probe on frozen features of a sentence-embedding model measures how much of that survives, not "
+                    "what a fine-tuned model can use; `benchmarks/biomed/realdata-blurb.overrides` is ready)")
+    if more and not any(_verdict(t) == "better" for _n, _k, t in more):
+        h2h = "; ".join(f"`{n}` vs `{str(t['against']).split('/')[-1]}` on {t['label']} {_ci_str(t)}" for n, _k, t in more)
+        s = (f"- **{head}:** first {finetune_txt}; then a second seed of the larger budgets. More tokens alone did not "
+             f"add a measurable gain over the budgets run here (head to head: {h2h}), so {tokens_txt} come after.")
+    else:
+        s = f"- **{head}:** first {tokens_txt}, then {finetune_txt}."
+    out.append(s + " A base model that ships its MLM head (BERT, PubMedBERT-style) removes the fresh-head problem "
+               "altogether. Vocabulary extension was not tested here.")
     if any(k.startswith(("ncbi/", "bc5cdr/")) and _verdict(t) == "better" for a in arms.values()
            for k, t in a["tasks"].items()):
         out.append("- **Caveat on what the gain covers.** The adaptation corpus is ten other NER corpora's sentences "
@@ -826,9 +837,9 @@ def render(r: dict[str, Any], stem: str) -> str:
             s = (f"- **Trend ({label}, warm-up recipe, {len(tr['points'])} runs at "
                  f"{', '.join(_tok(b) for b in sorted({p[0] for p in tr['points']}))} tokens):** "
                  f"{f['slope_per_decade']:+.3f} F1 per 10x tokens; ")
-            s += (f"at this slope a gain clearing the CI (±{f['ci_half_width']:.3f}) needs about "
+            s += (f"at this slope the fitted gain clears the mean CI half-width (±{f['ci_half_width']:.3f}) from about "
                   f"{f['tokens_for_significant_gain']:.2g} adaptation tokens." if "tokens_for_significant_gain" in f
-                  else "the line does not rise, so more tokens alone are not expected to give a significant gain.")
+                  else "the line does not rise over this range: more tokens did not add to the gain here.")
             L.append(s)
     L += _reading(arms)
     L.append("")
