@@ -128,8 +128,10 @@ def main() -> int:
         "gold": label_distribution(gold),
         "disagreements": [{"pmid": data.test[i].id, "ours": ours.choice_scores[i], "lm_eval": theirs.choice_scores[i]}
                           for i in range(len(gold)) if pred_ours[i] != theirs.predictions[i]][:20],
-        "machine": {"cpu": cpu_name(), "flags": flags, "torch_threads": torch.get_num_threads(),
-                    "note": "2-core machine shared by 8 agents: wall times are pessimistic"},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": " ".join(sys.argv),
+        "machine": {"cpu": cpu_name(), "flags": flags, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+                    "note": "wall times on a CPU shared with other jobs are pessimistic"},
     }
     print(json.dumps(report, indent=1))
     if args.out:
