@@ -95,3 +95,43 @@ def test_suite_overrides_and_subsets():
     assert "override names task 'relaton'" in text and "did you mean 'relation'" in text
     with pytest.raises(ConfigError, match=r"did you mean 'biomed'\?"):
         load_suite("biomd")
+
+
+def _biomed_generator():
+    import importlib.util
+
+    path = SHIPPED[0].parent.parent / "biomed" / "data" / "generate.py"
+    spec = importlib.util.spec_from_file_location("biomed_generate", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_biomed_samples_are_what_the_generator_writes(tmp_path, monkeypatch):
+    """relation, doccls and pubmedqa come from benchmarks/biomed/data/generate.py, byte for byte."""
+    gen = _biomed_generator()
+    monkeypatch.setattr("sys.argv", ["generate.py", "--out", str(tmp_path)])
+    gen.main()
+    shipped = SHIPPED[0].parent.parent / "biomed" / "data"
+    for rel in ("relation/train.jsonl", "relation/test.jsonl", "doccls/train.jsonl", "doccls/test.jsonl",
+                "pubmedqa/train.json", "pubmedqa/test.json"):
+        assert (tmp_path / rel).read_bytes() == (shipped / rel).read_bytes(), f"{rel} differs from the generator"
+
+
+def test_biomed_samples_shift_the_deciding_words_between_splits():
+    """The words that decide a label in train never decide it in test (the lexical shift the samples rely on)."""
+    import re
+
+    gen = _biomed_generator()
+
+    def words(templates):
+        return {w for t in templates for w in re.findall(r"[a-z][a-z-]{3,}", re.sub(r"\{\w+\}", " ", t.lower()))}
+
+    for table in (gen.RELATION, gen.HALLMARKS, gen.RESULTS):
+        train = {label: words(v["train"]) for label, v in table.items()}
+        test = {label: words(v["test"]) for label, v in table.items()}
+        for label in table:
+            # a word specific to this label in train (absent from other labels' train templates) ...
+            specific = train[label] - set().union(*(train[o] for o in table if o != label))
+            # ... must not show up in the same label's test templates
+            assert not specific & test[label], (label, sorted(specific & test[label]))
