@@ -15,14 +15,16 @@ holds (they are validated against measured peaks in benchmarks/MEMORY_ADAPT.md):
   base keeps less than full training, while its adapters keep their inputs (and, with dropout, the dropout mask
   and the dropped copy). Under bf16 autocast the norms and the residual stream stay fp32, every linear keeps its
   own bf16 cast of its input, and autocast's bf16 copy of every trainable body weight (2 B/param: all of them
-  under full training) is kept until the backward pass. Attention is SDPA's fused kernel (no L x L scores kept), but where packed documents
-  reach it as a dense mask (on a CPU) each layer keeps that L x L mask in the compute dtype. With activation
+  under full training) is kept until the backward pass. Attention is SDPA's fused kernel (no L x L scores
+  kept), but where packed documents reach it as a dense mask (CPU, or CUDA without flash-attn) each layer keeps
+  that L x L mask in the compute dtype, and grouped k/v heads are repeated to all heads. With activation
   checkpointing only each layer's input is kept, plus one layer recomputed in the backward pass. The output head
   is adapt's chunked fused cross-entropy (at most 2^24 logits at a time), which computes its gradients in the
   forward pass and keeps them (the hidden states' and, when the head trains, the head weight's).
 * the peak: the activations peak at the start of the backward pass, before any body gradient exists; gradients
   then grow as activations are freed, and the optimizer step needs all gradients plus its temporaries (foreach
-  AdamW: one fp32 tensor per trainable parameter). So the peak is weights + optimizer + the larger of
+  AdamW, adapt's step on a CPU and under FSDP: one fp32 tensor per trainable parameter; the fused AdamW adapt
+  uses on one or more GPUs without FSDP works in place). So the peak is weights + optimizer + the larger of
   (activations) and (gradients + the larger of the step's temporaries and what the backward pass still holds at
   its end: one layer's activations and the working set).
 * sharding: FSDP divides weights, gradients and optimizer state by the number of devices and adds one layer's
@@ -146,9 +148,10 @@ class Estimate:
                 + f", {s['strategy']} on {s['gpus']}x" + (f"{self.device_memory / GB:.0f} GB" if self.device_memory
                                                             else "device"))
         verdict = "" if self.fits is None else (": fits" if self.fits else ": does not fit")
-        return (f"{what}{verdict} (~{self.total / GB:.1f} GB per device = weights {self.weights / GB:.1f} + grads "
-                f"{self.gradients / GB:.1f} + optimizer {self.optimizer / GB:.1f} + activations "
-                f"{self.activations / GB:.1f} + runtime {self.runtime / GB:.1f})")
+        late = max(self.step_working, self.backward_tail)
+        return (f"{what}{verdict} (~{self.total / GB:.1f} GB per device = weights {self.weights / GB:.1f} + "
+                f"optimizer {self.optimizer / GB:.1f} + max(activations {self.activations / GB:.1f}, grads "
+                f"{self.gradients / GB:.1f} + step {late / GB:.1f}) + runtime {self.runtime / GB:.1f})")
 
 
 def layer_activation_bytes(shape: ModelShape, *, method: str, bf16: bool, lora_dropout: float = 0.05,
@@ -258,8 +261,10 @@ def estimate(shape: ModelShape, *, method: str = "full", strategy: str = "ddp", 
                 "gradient_checkpointing": gradient_checkpointing, "bf16": bf16, "lora_r": lora_r, "device": device,
                 "lora_dropout": lora_dropout, "dense_doc_mask": dense_doc_mask, "trainable_params": trainable,
                 "params": n}
+    # adapt's optimizer step: fused AdamW on CUDA (in place, no temporaries) except under FSDP; foreach elsewhere
+    fused_step = device == "cuda" and not (strategy == "fsdp" and gpus > 1)
     return Estimate(weights, grads, optim, activations, runtime, settings,
-                    None if gpu_memory_gb is None else gpu_memory_gb * GB, step_working=grads,
+                    None if gpu_memory_gb is None else gpu_memory_gb * GB, step_working=0.0 if fused_step else grads,
                     backward_tail=per_layer + working)
 
 
@@ -343,7 +348,8 @@ def startup_warning(model: Any, cfg: Any, *, strategy: str, world: int, seq_len:
     return check_fits(shape, device_memory_bytes=available, method=cfg.method, strategy=strategy, gpus=world,
                       seq_len=seq_len, batch=cfg.batch_size, gradient_checkpointing=cfg.gradient_checkpointing,
                       bf16=bf16, lora_r=cfg.lora_r, device=getattr(device, "type", str(device)),
-                      chunked_head=cfg.chunked_head_on(getattr(device, "type", str(device))))
+                      chunked_head=cfg.chunked_head_on(getattr(device, "type", str(device))),
+                      lora_dropout=float(getattr(cfg, "lora_dropout", 0.05)))
 
 
 __all__ = ["device_memory_bytes", "startup_warning", "Estimate", "ModelShape", "NF4_BYTES_PER_PARAM", "check_fits", "estimate", "layer_activation_bytes",
