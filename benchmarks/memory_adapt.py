@@ -7,9 +7,13 @@ adapt's own ``prepare_model`` and ``apply_features``, materialises AdamW's state
 lr 0, resets the kernel's peak-RSS counter (``/proc/self/clear_refs``) and runs one real training step
 (forward, backward, optimizer step) through adapt's loss (``lm_loss.loss_sum`` with the fused chunked head, two
 packed documents per row). "net" is the peak minus the baseline, which the planner (``domainlm.memory``,
-device 'cpu') is compared with.
+device 'cpu') is compared with; RssAnon and RssFile are sampled beside it (file-backed pages apart).
 
-Usage: nice -n 10 python benchmarks/memory_adapt.py [--out benchmarks/MEMORY_ADAPT.json] [--md ...]
+Usage (each configuration runs in its own process, one at a time; rows already in --out are kept):
+    nice -n 10 python benchmarks/memory_adapt.py --size 0.47b --seqs 1024,2048 [--only 'QLoRA;full'] \
+        [--model-dir /tmp/m047] [--out benchmarks/MEMORY_ADAPT.json]
+    python benchmarks/memory_adapt.py --mapping --model-dir /tmp/m047   # QLoRA's RSS after loading, fix off/on
+    python benchmarks/memory_adapt.py --md                               # the markdown section from --out
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ MODEL = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num
 # the kernel's OOM killer while other agents held ~17 of the 24 GiB); --size 0.47b selects the model above
 SMALL = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
              num_key_value_heads=12, vocab_size=32000, max_position_embeddings=4096, tie_word_embeddings=False)
-RSS_CAP_GB = 11.0  # the machine (24 GiB) is shared by 8 agents: a run above this is killed
+RSS_CAP_GB = 15.0  # 14 GiB: this task's share of the machine (24 GiB shared by several agents); a run above is killed
 
 # (name, method, bf16, gradient_checkpointing)
 CONFIGS = [
@@ -55,12 +59,51 @@ def _status(key: str) -> float:
     return float("nan")
 
 
+def _mapped(pattern: str = ".safetensors") -> dict:
+    """GB resident in this process's mappings of files whose path contains ``pattern`` (/proc/self/smaps): all of
+    it, and the part that is anonymous (private copy-on-write copies, e.g. weights the optimizer has written)."""
+    total = {"rss": 0, "anonymous": 0, "count": 0}
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        first = line.split(maxsplit=1)[0]
+        if "-" in first and not first.endswith(":"):  # a mapping's header line
+            inside = pattern in line
+            total["count"] += inside
+        elif inside and first in ("Rss:", "Anonymous:"):
+            total[first[:-1].lower()] += int(line.split()[1]) * 1024
+    return {"mapped_rss_gb": total["rss"] / 1e9, "mapped_anon_gb": total["anonymous"] / 1e9,
+            "mappings": total["count"]}
+
+
+class _Sampler:
+    """Samples RssAnon and RssFile every 20 ms: the kernel keeps a peak (VmHWM) for their sum only."""
+
+    def __init__(self) -> None:
+        self.peak_anon = self.peak_file = 0.0
+        self.run = True
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while self.run:
+            self.sample()
+            time.sleep(0.02)
+
+    def sample(self) -> None:
+        self.peak_anon = max(self.peak_anon, _status("RssAnon"))
+        self.peak_file = max(self.peak_file, _status("RssFile"))
+
+    def reset(self) -> None:
+        self.peak_anon = self.peak_file = 0.0
+        self.sample()
+
+
 def one(model_dir: str, method: str, bf16: bool, ckpt: bool, seq: int) -> dict:
     """Runs in the subprocess: one training step, returns the measured peaks (GB)."""
     import torch
     import transformers  # noqa: F401
 
     baseline = _status("VmRSS")
+    base_anon, base_file = _status("RssAnon"), _status("RssFile")
     from domainlm.adapt.config import AdaptConfig
     from domainlm.adapt.features import apply_features
     from domainlm.adapt.setup import prepare_model
@@ -82,11 +125,19 @@ def one(model_dir: str, method: str, bf16: bool, ckpt: bool, seq: int) -> dict:
         g["lr"] = 1e-5
     gc.collect()
     before = _status("VmRSS")
+    mem = {"baseline_anon_gb": base_anon, "baseline_file_gb": base_file, "before_step_anon_gb": _status("RssAnon"),
+           "before_step_file_gb": _status("RssFile"), "checkpoint": _mapped()}
+    sampler = _Sampler()
+    sampler.thread.start()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
+    sampler.reset()
     if bf16:
         # bf16 is emulated on this CPU (~0.5 GFLOP/s, ~3 CPU-minutes for even 32 tokens of this model on a machine
         # shared 8 ways): the bf16-base row measures the stored state (frozen weights + adapters + AdamW), no step
-        return {"baseline_gb": baseline, "before_step_gb": before, "peak_gb": before, "net_gb": before - baseline,
+        sampler.run = False
+        return {**mem, "baseline_gb": baseline, "before_step_gb": before, "peak_gb": before,
+                "net_gb": before - baseline, "peak_anon_gb": mem["before_step_anon_gb"],
+                "net_anon_gb": mem["before_step_anon_gb"] - base_anon,
                 "step_s": 0.0, "load_s": load_s, "tokens": 0, "loss": None,
                 "trainable": sum(p.numel() for p in params), "stored_params": sum(p.numel() for p in model.parameters())}
     gen = torch.Generator().manual_seed(0)
@@ -105,19 +156,43 @@ def one(model_dir: str, method: str, bf16: bool, ckpt: bool, seq: int) -> dict:
     opt.zero_grad(set_to_none=True)
     step_s = time.perf_counter() - t0
     peak = _status("VmHWM")
+    sampler.run = False
+    sampler.sample()
     n_train = sum(p.numel() for p in params)
     n_all = sum(p.numel() for p in model.parameters())
-    return {"baseline_gb": baseline, "before_step_gb": before, "peak_gb": peak, "net_gb": peak - baseline,
-            "step_s": step_s, "load_s": load_s, "tokens": tokens, "loss": float(loss),
+    return {**mem, "baseline_gb": baseline, "before_step_gb": before, "peak_gb": peak, "net_gb": peak - baseline,
+            "peak_anon_gb": sampler.peak_anon, "net_anon_gb": sampler.peak_anon - base_anon,
+            "peak_file_gb": sampler.peak_file, "step_s": step_s, "load_s": load_s, "tokens": tokens, "loss": float(loss),
             "trainable": n_train, "stored_params": n_all}
 
 
-def _planner(method: str, bf16: bool, ckpt: bool, seq: int) -> dict:
+def loaded_state(model_dir: str, release: bool) -> dict:
+    """Runs in a subprocess: RSS after loading a QLoRA model through ``prepare_model``, with or without
+    ``quant.release_checkpoint_mapping`` (without: what QLoRA held before the fix, the fp32 checkpoint mapped)."""
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    import domainlm.quant as quant
+    from domainlm.adapt.config import AdaptConfig
+    from domainlm.adapt.setup import prepare_model
+
+    base = {k: _status(k) for k in ("VmRSS", "RssAnon", "RssFile")}
+    if not release:
+        quant.release_checkpoint_mapping = lambda model: 0
+    prepared = prepare_model(AdaptConfig(model=model_dir, method="qlora", bf16="off", lora_r=16))
+    gc.collect()
+    after = {k: _status(k) - base[k] for k in base}
+    return {"release": release, "net_rss_gb": after["VmRSS"], "net_anon_gb": after["RssAnon"],
+            "net_file_gb": after["RssFile"], "checkpoint": _mapped(), "params": sum(
+                p.numel() for p in prepared.model.parameters())}
+
+
+def _planner(method: str, bf16: bool, ckpt: bool, seq: int, model: dict | None = None) -> dict:
     from transformers import LlamaConfig
 
     from domainlm.memory import estimate, shape_from_config
 
-    shape = shape_from_config(LlamaConfig(**MODEL))
+    shape = shape_from_config(LlamaConfig(**(model or MODEL)))
     est = estimate(shape, method=method, strategy="ddp", gpus=1, seq_len=seq, batch=1,
                    gradient_checkpointing=ckpt, bf16=bf16, device="cpu")
     return {k: v / 1e9 if isinstance(v, float) else v for k, v in est.as_dict().items() if k != "settings"}
@@ -188,54 +263,105 @@ def _row(results: dict, name: str, seq: int) -> dict | None:
     return row if row and "peak_gb" in row else None
 
 
+def planner_at_7b() -> list[str]:
+    """The planner's QLoRA / LoRA ratio where weights matter more: a Llama-shaped 7B on a GPU at 2048 tokens."""
+    from domainlm.memory import estimate, shape_from_params
+
+    shape = shape_from_params(7e9)
+    out = ["Planner, 7B Llama-shaped (`--params 7e9`), one GPU, 2048 tokens, batch 1, bf16 autocast, flash/flex "
+           "attention (no dense mask); today's LoRA (fp32 frozen base under bf16 autocast) is the planner's bf16 "
+           "LoRA plus 2 bytes per frozen parameter:", ""]
+    for ckpt in (False, True):
+        kw = dict(gpus=1, seq_len=2048, batch=1, bf16=True, device="cuda", gradient_checkpointing=ckpt,
+                  dense_doc_mask=False)
+        lora = estimate(shape, method="lora", **kw)
+        today = lora.total + 2.0 * shape.params
+        q = estimate(shape, method="qlora", **kw).total
+        out.append(f"- {'with' if ckpt else 'without'} checkpointing on both: QLoRA {q / 1e9:.1f} GB, today's LoRA "
+                   f"{today / 1e9:.1f} GB, LoRA with the bf16 base {lora.total / 1e9:.1f} GB: QLoRA = "
+                   f"**{q / today:.0%}** of today's LoRA")
+    return out
+
+
 def render_md(results: dict) -> str:
-    """The measured section of MEMORY_ADAPT.md from the JSON (targets computed, never typed in)."""
+    """The measured section of MEMORY_ADAPT.md from the JSON (targets computed, never typed in).
+
+    The planner column is recomputed from today's ``domainlm.memory`` (the JSON also keeps what the planner said
+    when each row ran, under ``planner_gb``).
+    """
+    order = [c[0] for c in CONFIGS]
+    results["runs"] = sorted(results.get("runs", []), key=lambda r: (-r["seq"], order.index(r["name"])))
+    for r in results["runs"]:
+        r["planner_now_gb"] = _planner(r["method"], r["bf16"], r["gradient_checkpointing"], r["seq"],
+                                       results["model"])
     lines = ["## Peak memory per setting (issue 15)", "",
-             f"Generated by `nice -n 10 python benchmarks/memory_adapt.py` on {results.get('date', '?')}. Machine: "
-             f"{results.get('cpu')}, {results.get('threads')} threads, torch {results.get('torch')}; CPU flags: "
-             f"{' '.join(results.get('cpu_flags', []))} (no AVX512/AMX: bf16 is emulated). **Shared machine**: "
-             f"{results.get('shared_machine')}, so step times are pessimistic; memory is not affected.", "",
+             f"Generated by `nice -n 10 python benchmarks/memory_adapt.py --size 0.47b` on {results.get('date', '?')} "
+             f"(rows run one process at a time, in parts). Machine: {results.get('cpu')}, {results.get('threads')} "
+             f"threads, torch {results.get('torch')}; CPU flags: {' '.join(results.get('cpu_flags', []))} (no "
+             f"AVX512/AMX: bf16 is emulated). **Shared machine**: {results.get('shared_machine')}, so step times "
+             "are pessimistic (load average 6-7 on 2 cores during these runs); memory is not affected.", "",
              f"Model: Llama architecture from a config, {results.get('parameters', 0) / 1e9:.3f}B parameters "
              f"({results['model']['num_hidden_layers']} layers, hidden {results['model']['hidden_size']}, SwiGLU "
              f"{results['model']['intermediate_size']}, untied 32k vocabulary), random weights. One training "
              "step (forward, backward, AdamW step) through adapt's own `prepare_model`, `apply_features` and "
-             "`lm_loss.loss_sum` (fused chunked head, two packed documents per row), batch 1, each configuration "
-             "in its own process. **peak** is the process's peak RSS during the step (VmHWM reset after loading "
-             "and after AdamW's state exists); **net** is peak minus the RSS after `import torch, transformers` "
-             "(0.25 GB), which is what the planner (`domainlm compute --memory`, device cpu) estimates.", "",
-             "| setting | seq | peak RSS | net | planner | planner / net | planner: weights + grads + optimizer "
-             "+ max(activations, step temporaries) | step s |", "|---|---|---|---|---|---|---|---|"]
+             "`lm_loss.loss_sum` (fused chunked head, two packed documents per row, LoRA r 16 with dropout 0.05), "
+             "batch 1, each configuration in its own process. **net RSS** is the process's peak RSS during the "
+             "step (VmHWM, reset after loading and after AdamW's state exists) minus its RSS after `import torch, "
+             "transformers` (~0.25 GB); **net anon** is the same for RssAnon (sampled every 20 ms), i.e. without "
+             "file-backed pages; **file** is the peak of file-backed resident pages (RssFile: the libraries, "
+             "~0.1 GB, and under LoRA with an fp32 base the frozen weights themselves, which stay views of the "
+             "memory-mapped checkpoint). The planner (`domainlm compute --memory`, device cpu) is compared with "
+             "net RSS.", "",
+             "| setting | seq | net RSS | net anon | file | planner | planner / net RSS | planner: weights + "
+             "optimizer + max(activations, gradients + max(step temporaries, backward tail)) | step s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results.get("runs", []):
-        plan = r["planner_gb"]
-        brk = (f"{plan['weights']:.2f} + {plan['gradients']:.2f} + {plan['optimizer']:.2f} + "
-               f"max({plan['activations']:.2f}, {plan['step_working']:.2f})")
+        plan = r["planner_now_gb"]
+        brk = (f"{plan['weights']:.2f} + {plan['optimizer']:.2f} + max({plan['activations']:.2f}, "
+               f"{plan['gradients']:.2f} + max({plan['step_working']:.2f}, {plan.get('backward_tail', 0.0):.2f}))")
+        file_gb = r.get("peak_file_gb", r.get("before_step_file_gb", float("nan")))
         if "peak_gb" in r and not r["tokens"]:  # stored state only (bf16 base): planner weights + optimizer
             stored = plan["weights"] + plan["optimizer"]
-            lines.append(f"| {r['name']} | no step | {r['peak_gb']:.2f} GB | {r['net_gb']:.2f} GB | {stored:.2f} GB "
-                         f"(weights + optimizer) | {stored / r['net_gb']:.2f} | {brk} | - |")
+            lines.append(f"| {r['name']} | no step | {r['net_gb']:.2f} GB | {r['net_anon_gb']:.2f} GB | "
+                         f"{file_gb:.2f} GB | {stored:.2f} GB (weights + optimizer) | {stored / r['net_gb']:.2f} | "
+                         f"{brk} | - |")
         elif "peak_gb" in r:
-            lines.append(f"| {r['name']} | {r['seq']} | {r['peak_gb']:.2f} GB | {r['net_gb']:.2f} GB | "
-                         f"{plan['total']:.2f} GB | {plan['total'] / r['net_gb']:.2f} | {brk} | {r['step_s']:.0f} |")
+            lines.append(f"| {r['name']} | {r['seq']} | {r['net_gb']:.2f} GB | {r['net_anon_gb']:.2f} GB | "
+                         f"{file_gb:.2f} GB | {plan['total']:.2f} GB | {plan['total'] / r['net_gb']:.2f} | {brk} | "
+                         f"{r['step_s']:.0f} |")
         else:
-            lines.append(f"| {r['name']} | {r['seq']} | - | - | {plan['total']:.2f} GB | - | {brk} | "
+            lines.append(f"| {r['name']} | {r['seq']} | - | - | - | {plan['total']:.2f} GB | - | {brk} | "
                          f"{r.get('error', 'not run')} |")
     lines += ["", "### Targets", ""]
     for seq in (1024, 2048):
-        lora, q, qc = (_row(results, n, seq) for n in ("LoRA, fp32 base (before this round)", "QLoRA",
-                                                       "QLoRA + checkpointing"))
+        lora, q, qc, f, fc = (_row(results, n, seq) for n in ("LoRA, fp32 base (before this round)", "QLoRA",
+                                                              "QLoRA + checkpointing", "full",
+                                                              "full + checkpointing"))
         if lora and q:
             lines.append(f"- QLoRA peak <= 40% of today's LoRA peak, seq {seq}: QLoRA {q['net_gb']:.2f} / LoRA "
-                         f"{lora['net_gb']:.2f} GB = **{q['net_gb'] / lora['net_gb']:.0%}**"
-                         + (f"; QLoRA + checkpointing {qc['net_gb'] / lora['net_gb']:.0%}" if qc else ""))
-        if q and qc:
-            act_q = q["peak_gb"] - q["before_step_gb"]
-            act_c = qc["peak_gb"] - qc["before_step_gb"]
-            lines.append(f"- checkpointing cuts activation memory >= 3x, seq {seq} (QLoRA; activation = peak minus "
-                         f"the RSS before the step): {act_q:.2f} -> {act_c:.2f} GB = **{act_q / act_c:.1f}x**")
-    ratios = [r["planner_gb"]["total"] / r["net_gb"] for r in results.get("runs", []) if r.get("tokens")]
+                         f"{lora['net_gb']:.2f} GB net RSS = **{q['net_gb'] / lora['net_gb']:.0%}**"
+                         + (f"; QLoRA + checkpointing **{qc['net_gb'] / lora['net_gb']:.0%}**" if qc else ""))
+        for name, a, b in (("QLoRA", q, qc), ("full", f, fc)):
+            if a and b:
+                act_a = a["peak_gb"] - a["before_step_gb"]
+                act_b = b["peak_gb"] - b["before_step_gb"]
+                what = ("activation = peak minus the RSS before the step" if name == "QLoRA" else
+                        "peak minus the RSS before the step; with checkpointing that peak is the optimizer step "
+                        "(all gradients + foreach AdamW's temporaries), not activations")
+                lines.append(f"- checkpointing cuts activation memory >= 3x, seq {seq} ({name}; {what}): "
+                             f"{act_a:.2f} -> {act_b:.2f} GB = **{act_a / act_b:.1f}x**")
+    ratios = [r["planner_now_gb"]["total"] / r["net_gb"] for r in results.get("runs", []) if r.get("tokens")]
     if ratios:
-        lines.append(f"- planner within +-25% of the measured net peak: planner / net from {min(ratios):.2f} to "
-                     f"{max(ratios):.2f} over the {len(ratios)} measured rows")
+        lines.append(f"- planner within +-25% of the measured net peak: planner / net RSS from {min(ratios):.2f} to "
+                     f"{max(ratios):.2f} over the {len(ratios)} measured steps")
+    loaded = {r["release"]: r for r in results.get("qlora_loaded", [])}
+    if False in loaded and True in loaded:
+        a, b = loaded[False], loaded[True]
+        lines.append(f"- QLoRA after loading (`--mapping`, RSS after `prepare_model` minus the imports): keeping the "
+                     f"checkpoint mapped (before this fix) RSS {a['net_rss_gb']:.2f} GB = anon {a['net_anon_gb']:.2f} "
+                     f"+ file-backed {a['net_file_gb']:.2f} GB; releasing it (now) RSS {b['net_rss_gb']:.2f} GB = "
+                     f"anon {b['net_anon_gb']:.2f} + file-backed {b['net_file_gb']:.2f} GB")
+    lines += ["", *planner_at_7b()]
     ppl = results.get("bf16_base_perplexity")
     if ppl:
         lines += ["", "### bf16 frozen base: held-out perplexity", "",
@@ -250,16 +376,38 @@ def render_md(results: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--one")
+    ap.add_argument("--loaded", help="internal: [model_dir, release] for --mapping")
+    ap.add_argument("--mapping", action="store_true",
+                    help="only QLoRA's resident memory after loading, with and without releasing the checkpoint "
+                         "mapping (needs --model-dir holding the checkpoint)")
     ap.add_argument("--ppl", action="store_true", help="only the bf16-base perplexity check (tiny-llama)")
     ap.add_argument("--md", action="store_true", help="only print the markdown section from --out's JSON")
     ap.add_argument("--seqs", default="1024,2048")
     ap.add_argument("--size", choices=("0.47b", "0.13b"), default="0.47b")
     ap.add_argument("--only", default="", help="';'-separated config names, run in this order (default: all)")
+    ap.add_argument("--model-dir", default="", help="keep the random-weight checkpoint here and reuse it")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "MEMORY_ADAPT.json"))
     args = ap.parse_args()
     if args.one:
         res = one(*json.loads(args.one))
         print("RESULT " + json.dumps(res), flush=True)
+        return
+    if args.loaded:
+        print("RESULT " + json.dumps(loaded_state(*json.loads(args.loaded))), flush=True)
+        return
+    if args.mapping:
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MALLOC_MMAP_THRESHOLD_="65536",
+                   MALLOC_TRIM_THRESHOLD_="131072")
+        rows = []
+        for release in (False, True):
+            out = subprocess.run([sys.executable, __file__, "--loaded", json.dumps([args.model_dir, release])],
+                                 capture_output=True, text=True, env=env).stdout
+            rows += [json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")]
+            print(rows[-1] if rows else out[-500:], flush=True)
+        path = Path(args.out)
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        old["qlora_loaded"] = rows
+        path.write_text(json.dumps(old, indent=2) + "\n")
         return
     if args.md:
         print(render_md(json.loads(Path(args.out).read_text())))
@@ -289,15 +437,21 @@ def main() -> None:
         old = json.loads(out_path.read_text())
         results["runs"] = old.get("runs", [])
     with tempfile.TemporaryDirectory(prefix="memory-adapt-") as tmp:
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(LlamaConfig(**MODEL))
-        n = sum(p.numel() for p in model.parameters())
+        if args.model_dir:  # reuse a checkpoint saved by an earlier run of the same size (saves minutes)
+            tmp = args.model_dir
+        if not (Path(tmp) / "model.safetensors").is_file() or json.loads(
+                (Path(tmp) / "config.json").read_text())["hidden_size"] != MODEL["hidden_size"]:
+            Path(tmp).mkdir(parents=True, exist_ok=True)
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(LlamaConfig(**MODEL))
+            model.save_pretrained(tmp)
+            byte_level_tokenizer("causal").save_pretrained(tmp)
+            del model
+            gc.collect()
+        with torch.device("meta"):
+            n = sum(p.numel() for p in AutoModelForCausalLM.from_config(LlamaConfig(**MODEL)).parameters())
         results["parameters"] = n
-        model.save_pretrained(tmp)
-        byte_level_tokenizer("causal").save_pretrained(tmp)
-        del model
-        gc.collect()
-        print(f"model: {n / 1e9:.3f}B parameters saved to {tmp}", flush=True)
+        print(f"model: {n / 1e9:.3f}B parameters in {tmp}", flush=True)
         only = [s.strip() for s in args.only.split(";") if s.strip()]
         by_name = {c[0]: c for c in CONFIGS}
         for seq in (int(s) for s in args.seqs.split(",")):
@@ -305,7 +459,7 @@ def main() -> None:
                 plan = _planner(method, bf16, ckpt, seq)
                 row = {"name": name, "method": method, "bf16": bf16, "gradient_checkpointing": ckpt, "seq": seq,
                        "planner_gb": plan}
-                if plan["total"] > RSS_CAP_GB - 1:
+                if plan["total"] > RSS_CAP_GB:
                     row["error"] = (f"not run: the planner expects {plan['total']:.1f} GB, above what this shared "
                                     "machine allows")
                 else:
