@@ -95,3 +95,13 @@ def test_render_states_goal_not_met_without_gains():
     assert "**not met** by any arm" in md
     assert "No arm improved any task with a paired 95% CI above 0" in md
     assert "-0.010 [-0.030, +0.010] | within noise" in md
+
+
+def test_goal_line_does_not_count_an_arm_untested_where_its_recipe_lost():
+    arms = {"full": _arm(1, {"ncbi/ner": _task("NCBI", 0.02, 0.01, 0.03), "cls/doccls": _task("HoC", -0.03, -0.06, -0.01)}),
+            "partial": _arm(1, {"ncbi/ner": _task("NCBI", 0.02, 0.01, 0.03)})}
+    line = d._goal_lines(arms)[0]
+    assert "**not met** by any arm scored on all 2 tasks" in line and "losses: HoC" in line
+    assert "Met on a subset of the tasks only by `partial`" in line and "not scored on HoC" in line
+    arms["full"]["tasks"]["cls/doccls"] = _task("HoC", 0.0, -0.02, 0.02)
+    assert "met by `full`" in d._goal_lines(arms)[0]
