@@ -110,12 +110,16 @@ def _biomed_generator():
 def test_biomed_samples_are_what_the_generator_writes(tmp_path, monkeypatch):
     """relation, doccls and pubmedqa come from benchmarks/biomed/data/generate.py, byte for byte."""
     gen = _biomed_generator()
-    monkeypatch.setattr("sys.argv", ["generate.py", "--out", str(tmp_path)])
+    monkeypatch.setattr("sys.argv", ["generate.py", "--out", str(tmp_path), "--harness-out", str(tmp_path / "harness")])
     gen.main()
     shipped = SHIPPED[0].parent.parent / "biomed" / "data"
     for rel in ("relation/train.jsonl", "relation/test.jsonl", "doccls/train.jsonl", "doccls/test.jsonl",
                 "pubmedqa/train.json", "pubmedqa/test.json"):
         assert (tmp_path / rel).read_bytes() == (shipped / rel).read_bytes(), f"{rel} differs from the generator"
+    for split in ("train", "test"):  # the harness task pubmedqa_local holds the same items
+        name = f"pubmedqa_local_{split}.jsonl"
+        assert (tmp_path / "harness" / name).read_bytes() == (shipped.parent.parent / "harness" / "data" / name
+                                                             ).read_bytes(), f"{name} differs from the generator"
 
 
 def test_biomed_samples_shift_the_deciding_words_between_splits():

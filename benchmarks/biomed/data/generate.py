@@ -287,6 +287,9 @@ def pubmedqa_rows(split: str, n: int, rng: random.Random, start: int) -> dict[st
     return {k: out[k] for k in keys}
 
 
+HARNESS_FIELDS = ("QUESTION", "CONTEXTS", "LABELS", "MESHES", "final_decision", "LONG_ANSWER")
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -295,7 +298,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(HERE), help="folder to write relation/, doccls/, pubmedqa/ into")
-    out = Path(ap.parse_args().out)
+    ap.add_argument("--harness-out", default=str(HERE.parent.parent / "harness" / "data"),
+                    help="folder for the same PubMedQA items in lm-eval's layout (benchmarks/harness/pubmedqa_local)")
+    args = ap.parse_args()
+    out, harness_out = Path(args.out), Path(args.harness_out)
     rng = random.Random(20261204)
     write_jsonl(out / "relation" / "train.jsonl", relation_rows("train", 250, rng))
     write_jsonl(out / "relation" / "test.jsonl", relation_rows("test", 150, rng))
@@ -304,9 +310,12 @@ def main() -> None:
     for split, n, start in (("train", 200, 39000001), ("test", 100, 39100001)):
         path = out / "pubmedqa" / f"{split}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(pubmedqa_rows(split, n, rng, start), indent=2, ensure_ascii=False) + "\n",
-                        encoding="utf-8")
-    print(f"wrote {out}/relation, doccls, pubmedqa")
+        rows = pubmedqa_rows(split, n, rng, start)
+        path.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        # the harness task pubmedqa_local scores the same items, one JSON line each with lm-eval's fields
+        write_jsonl(harness_out / f"pubmedqa_local_{split}.jsonl",
+                    [{**{k: r[k] for k in HARNESS_FIELDS}, "pubid": pid} for pid, r in rows.items()])
+    print(f"wrote {out}/relation, doccls, pubmedqa and {harness_out}/pubmedqa_local_*.jsonl")
 
 
 if __name__ == "__main__":
