@@ -105,3 +105,17 @@ def test_goal_line_does_not_count_an_arm_untested_where_its_recipe_lost():
     assert "Met on a subset of the tasks only by `partial`" in line and "not scored on HoC" in line
     arms["full"]["tasks"]["cls/doccls"] = _task("HoC", 0.0, -0.02, 0.02)
     assert "met by `full`" in d._goal_lines(arms)[0]
+
+
+def test_reading_reports_the_fine_tuned_comparison_with_its_seeds():
+    ft = {**_task("NCBI-disease NER (fine-tuned)", -0.013, -0.03, 0.004), "mode": "finetune",
+          "model_seeds": [0.719, 0.708, 0.718], "baseline_seeds": [0.73, 0.72, 0.735]}
+    arms = {"minilm-warmup-0.3m": _arm(300_000, {"ncbi/ner": _task("NCBI", 0.017, -0.002, 0.037),
+                                                 "ncbi-ft/ner": ft})}
+    lines = d._reading(arms)
+    (line,) = [s for s in lines if s.startswith("- **Fine-tuned instead of probed**")]
+    assert "3 seeds" in line and "-0.013 [-0.030, +0.004] (within noise)" in line
+    assert "base 0.730, 0.720, 0.735 and arm 0.719, 0.708, 0.718" in line
+    assert "the probe on the same arm: +0.017" in line
+    # once fine-tuning was measured, the advice no longer asks for it as the first step on NCBI
+    assert any("the fine-tuning protocol on the other tasks" in s for s in lines)
