@@ -243,5 +243,8 @@ def test_chunked_head_default_follows_the_device():
     assert unset.chunked_head_on("cpu") and not unset.chunked_head_on("cuda")  # measured: SPEED_ADAPT_GPU.md
     assert AdaptConfig(model="tiny-llama", max_steps=1, chunked_head=True).chunked_head_on("cuda")  # a setting wins
     assert not AdaptConfig(model="tiny-llama", max_steps=1, chunked_head=False).chunked_head_on("cpu")
+    # prefetch unset: a builder thread on CUDA only (on CPU it took cores from the step: SPEED_ADAPT.md)
+    assert unset.prefetch_steps("cuda") == 2 and unset.prefetch_steps("cpu") == 0
+    assert AdaptConfig(model="tiny-llama", max_steps=1, prefetch=3).prefetch_steps("cpu") == 3
     cfg = parse_config(verb_named("adapt"), ["--model", "tiny-llama", "--max-steps", "1", "--no-chunked-head"])
     assert cfg.chunked_head is False

@@ -97,8 +97,10 @@ class AdaptConfig:
                                     "chunks (masked positions for MLM); saves the full-vocabulary logits. Unset: on "
                                     "for CPU runs, off on CUDA, where the full logits measured 11-33% faster "
                                     "(benchmarks/SPEED_ADAPT_GPU.md)")
-    prefetch: int = opt(2, "optimizer steps whose batches a background thread builds ahead of the step (0: build "
-                        "each in the loop); the batches are the same either way")
+    prefetch: int | None = opt(None, "optimizer steps whose batches a background thread builds ahead of the step "
+                               "(0: build each in the loop); the batches are the same either way. Unset: 2 on CUDA, "
+                               "0 on CPU, where the thread competes with the step for the cores "
+                               "(benchmarks/SPEED_ADAPT.md)")
     allow_pickle: bool = opt(False, "allow loading pickle (.bin) weights; pickle can execute code")
     trust_remote_code: bool = opt(False, "allow model code from the model folder to run")
 
@@ -146,6 +148,14 @@ class AdaptConfig:
         if self.block_size is not None and self.block_size < 8:
             out.append(f"'block_size' must be at least 8, got {self.block_size}")
         return out
+
+    def prefetch_steps(self, device_type: str) -> int:
+        """``prefetch`` as set; unset, 2 on CUDA (the batch is built while the GPU runs the step) and 0 elsewhere.
+        Measured on the 2-core CPU (SPEED_ADAPT.md, 2026-12-04, tiny Llama, three pairs of runs): 0 was 4-18%
+        faster than 2 in each pair, since the builder thread took CPU time from the step it overlapped."""
+        if self.prefetch is not None:
+            return self.prefetch
+        return 2 if device_type == "cuda" else 0
 
     def chunked_head_on(self, device_type: str) -> bool:
         """``chunked_head`` as set; unset, on except on CUDA. Measured on an H200 (SPEED_ADAPT_GPU.md, 2026-12-04):

@@ -431,7 +431,7 @@ def train(r: Run, data: Data, tr: Trainer, p: Progress) -> None:
 
         pbar = tqdm(total=data.total_steps, initial=p.start_step, desc=f"adapt {r.prepared.objective}/{cfg.method}",
                     unit="step", dynamic_ncols=True, disable=os.environ.get("DOMAINLM_PROGRESS", "1") == "0")
-    batches = Batches(data.builder, data.stream, p.start_step, data.total_steps, ahead=cfg.prefetch,
+    batches = Batches(data.builder, data.stream, p.start_step, data.total_steps, ahead=cfg.prefetch_steps(device.type),
                       pin=device.type == "cuda", rank=dist.rank, world=dist.world, batch_size=cfg.batch_size,
                       grad_accum=cfg.grad_accum)
     from domainlm.adapt.features import compile_seconds
