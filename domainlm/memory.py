@@ -345,11 +345,11 @@ def startup_warning(model: Any, cfg: Any, *, strategy: str, world: int, seq_len:
     available = device_memory_bytes(device)
     if available is None:
         return None
+    kind = getattr(device, "type", str(device))
     return check_fits(shape, device_memory_bytes=available, method=cfg.method, strategy=strategy, gpus=world,
                       seq_len=seq_len, batch=cfg.batch_size, gradient_checkpointing=cfg.gradient_checkpointing,
-                      bf16=bf16, lora_r=cfg.lora_r, device=getattr(device, "type", str(device)),
-                      chunked_head=cfg.chunked_head_on(getattr(device, "type", str(device))),
-                      lora_dropout=float(getattr(cfg, "lora_dropout", 0.05)))
+                      bf16=bf16, lora_r=cfg.lora_r, device=kind, chunked_head=cfg.chunked_head_on(kind),
+                      lora_dropout=cfg.lora_dropout)
 
 
 __all__ = ["device_memory_bytes", "startup_warning", "Estimate", "ModelShape", "NF4_BYTES_PER_PARAM", "check_fits", "estimate", "layer_activation_bytes",

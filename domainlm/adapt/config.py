@@ -151,8 +151,8 @@ class AdaptConfig:
 
     def prefetch_steps(self, device_type: str) -> int:
         """``prefetch`` as set; unset, 2 on CUDA (the batch is built while the GPU runs the step) and 0 elsewhere.
-        Measured on the 2-core CPU (SPEED_ADAPT.md, 2026-12-04, tiny Llama, three pairs of runs): 0 was 4-18%
-        faster than 2 in each pair, since the builder thread took CPU time from the step it overlapped."""
+        Measured on the 2-core CPU (SPEED_ADAPT.md, 2026-12-04, tiny Llama, four back-to-back comparisons): 0 was
+        6-18% faster than 2 in each, since the builder thread took CPU time from the step it overlapped."""
         if self.prefetch is not None:
             return self.prefetch
         return 2 if device_type == "cuda" else 0
