@@ -105,7 +105,11 @@ PAIRS = [("minilm-warmup-0.1m", "minilm-recipe-0.1m", "ncbi"), ("minilm-lora-0.1
          ("minilm-lowlr-0.1m", "minilm-recipe-0.1m", "ncbi"),
          # more DAPT tokens, and TAPT / DAPT -> TAPT against the DAPT arm they start from (Gururangan's table 5)
          ("minilm-warmup-1m", "minilm-warmup-0.3m", "ncbi"), ("minilm-warmup-1m", "minilm-warmup-0.3m", "bc5cdr"),
-         ("minilm-tapt-ncbi", "minilm-warmup-0.3m", "ncbi"), ("minilm-dapt-tapt-ncbi", "minilm-warmup-0.3m", "ncbi")]
+         ("minilm-tapt-ncbi", "minilm-warmup-0.3m", "ncbi"), ("minilm-dapt-tapt-ncbi", "minilm-warmup-0.3m", "ncbi"),
+         # SmolLM2: what replay and full training change against LoRA without replay, on the same texts
+         ("smollm2-lora-replay5", "smollm2-lora", "ppl"), ("smollm2-lora-replay25", "smollm2-lora", "ppl"),
+         ("smollm2-lora-replay25", "smollm2-lora", "ncbi"), ("smollm2-full", "smollm2-lora", "ppl"),
+         ("smollm2-full", "smollm2-lora", "ncbi")]
 
 # Evaluation groups: one bench run each (suite + tasks + overrides). Paths in overrides are relative to
 # --realdata, except {work} which is the work folder. "cheap" groups run for every arm.
@@ -456,17 +460,25 @@ def evaluate_arm(arm: str, realdata: Path, work: Path, full: bool, groups: list[
             continue
         if arm == "minilm-headonly-0.1m" and group not in ("ppl", "pubmed"):
             continue  # its body is the base's, so its probe features and scores are the base's exactly
-        if group in ("ppl", "pubmed") and model == "minilm":
-            if arm == "minilm-headonly-0.1m":
-                out[group] = {"tasks": [], "self": {t: _ppl(r) for t, r in
-                                                    score(run_dir, arm, group, realdata, work).items()}}
-                continue
-            ref = "minilm-headonly-0.1m"
+        if arm == "minilm-headonly-0.1m":
+            out[group] = {"tasks": [], "self": {t: _ppl(r) for t, r in
+                                                score(run_dir, arm, group, realdata, work).items()}}
+            continue
+        ref = reference(arm, group)
+        if ref == model:
+            out[group] = compare(arm, run_dir, model, model, group, realdata, work)
+        else:
             run_arm(ref, work)
             out[group] = compare(arm, run_dir, ref, str(work / "runs" / ref), group, realdata, work)
-        else:
-            out[group] = compare(arm, run_dir, model, model, group, realdata, work)
     return out
+
+
+def reference(arm: str, group: str) -> str:
+    """What an arm is scored against on a group: its base model, except MiniLM's perplexities, which are
+    scored against the head-only arm (the base ships no masked-LM head, so the base's own is a random one).
+    Any other comparison in WORK/bench is a head-to-head between recipes (PAIRS)."""
+    model = arm_model(arm)
+    return "minilm-headonly-0.1m" if model == "minilm" and group in ("ppl", "pubmed") else model
 
 
 def _ppl(result) -> dict[str, Any] | None:
@@ -512,7 +524,7 @@ def collect(work: Path) -> dict[str, Any]:
             for path in hits:
                 rep = json.loads(path.read_text())
                 against = path.parent.parent.name[len(arm) + 4:]
-                pair = against not in ("minilm", "smollm2") and group not in ("ppl", "pubmed")
+                pair = against != reference(arm, group)
                 for t in rep["tasks"]:
                     (entry["head_to_head"] if pair else entry["tasks"])[f"{group}/{t['name']}"] = {
                         "label": TASK_LABELS.get((group, t["name"]), f"{group}/{t['name']}"),
@@ -575,8 +587,9 @@ def _machine() -> dict[str, Any]:
     present = cpu_flags()
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "flags": {f: f in present for f in SIMD_FLAGS},
             "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "note": "shared with other agents' jobs (two sessions, 4-8 jobs at a time) while the arms ran: timings "
-                    "are pessimistic"}
+            "note": "MiniLM arms ran while the machine was shared with other agents' jobs (two sessions, 4-8 jobs at "
+                    "a time), so their timings are pessimistic; SmolLM2 arms ran on an otherwise idle machine, two "
+                    "processes of one thread each (one arm training beside another's scoring)"}
 
 
 def plot(arms: dict[str, Any], path: Path) -> None:
@@ -645,8 +658,8 @@ def write_all(out: Path, work: Path, realdata: Path, decon: dict[str, Any], data
     Path(str(out) + ".md").write_text(render(result, out.name))
 
 
-def _mean_tps(arms: dict[str, Any]) -> float | None:
-    v = [a["tokens_per_s"] for a in arms.values() if a["model"] == "minilm" and a["tokens_per_s"]]
+def _mean_tps(arms: dict[str, Any], model: str = "minilm") -> float | None:
+    v = [a["tokens_per_s"] for a in arms.values() if a["model"] == model and a["tokens_per_s"]]
     return sum(v) / len(v) if v else None
 
 
@@ -740,6 +753,7 @@ def _reading(arms: dict[str, Any]) -> list[str]:
                        f"{a['tasks'][k]['label']} {_ci_str(a['tasks'][k])}" for k in a["tasks"] if k.startswith("cls/"))
                        + "." for n, a in arms.items() if any(k.startswith("cls/") for k in a["tasks"])))
     out += _tapt_reading(arms)
+    out += _smol_reading(arms)
     return out
 
 
@@ -747,9 +761,9 @@ def _tok(n: float) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
 
 
-def _ci_str(t: dict[str, Any]) -> str:
-    return (f"{_sfmt(t['delta'])} [{_sfmt(t['delta_ci'][0])}, {_sfmt(t['delta_ci'][1])}] ({_verdict(t)})"
-            if t.get("delta_ci") else f"{_sfmt(t.get('delta'))} (no CI)")
+def _ci_str(t: dict[str, Any], d: int = 3) -> str:
+    return (f"{_sfmt(t['delta'], d)} [{_sfmt(t['delta_ci'][0], d)}, {_sfmt(t['delta_ci'][1], d)}] ({_verdict(t)})"
+            if t.get("delta_ci") else f"{_sfmt(t.get('delta'), d)} (no CI)")
 
 
 def _task_keys(a: dict[str, Any]) -> list[str]:
@@ -815,6 +829,35 @@ def replication(arms: dict[str, Any]) -> list[str]:
             n_sig = sum(_verdict(t) == "better" for t in (t0, t1))
             out.append(f"`{name[:-3]}` on {t1['label']}: seed 0 {_ci_str(t0)}, seed 1 {_ci_str(t1)}; significant "
                        f"gain in {n_sig} of 2 seeds")
+    return out
+
+
+def _smol_reading(arms: dict[str, Any]) -> list[str]:
+    """The causal LM (SmolLM2-135M): a real next-token perplexity against the base model itself, so domain gain
+    and forgetting are measured directly; replay and full training against LoRA without replay."""
+    out = []
+    for name, a in arms.items():
+        if a["model"] != "smollm2":
+            continue
+        t = a["tasks"]
+        parts = [f"{t[k]['label'].split(',')[0]} {_fmt(t[k]['baseline'], 1)} -> {_fmt(t[k]['model'], 1)} "
+                 f"{_ci_str(t[k], 1)}"
+                 for k in ("ppl/perplexity", "pubmed/perplexity", "ppl/general_perplexity") if k in t]
+        tasks = [f"{t[k]['label']}{' (' + t[k]['mode'] + ')' if t[k].get('mode') else ''} {_ci_str(t[k])}"
+                 for k in _task_keys(a)]
+        replay = a.get("replay_fraction") or 0.0
+        s = (f"- **SmolLM2-135M, `{name}`** ({a['method']}, {_tok(a['tokens'])} tokens, "
+             f"{replay:.0%} WikiText-2 replay, {a['wall_s'] / 60:.0f} min): per-word perplexity against the base: "
+             + "; ".join(parts) + ".")
+        if tasks:
+            s += " Tasks: " + "; ".join(tasks) + "."
+        h2h = [f"{v['label'].split(',')[0]} {_ci_str(v, 1)}" if k.startswith(("ppl/", "pubmed/"))
+               else f"{v['label']} {_ci_str(v)}"
+               for k, v in a.get("head_to_head", {}).items()]
+        if h2h:
+            against = next(iter(a["head_to_head"].values()))["against"]
+            s += f" Against `{str(against).split('/')[-1]}`: " + "; ".join(h2h) + "."
+        out.append(s)
     return out
 
 
@@ -909,16 +952,19 @@ def render(r: dict[str, Any], stem: str) -> str:
           "Probe mode (frozen features, logistic regression; `benchmarks/biomed/README.md`). NCBI-disease: "
           "devel trains the probe, the full test split (940 sentences) is scored; BC5CDR: devel trains, the full "
           "test split (4,797) is scored; ChemProt/HoC: half of the test file trains (seeded), half is scored; "
-          "PubMedQA: the official 500-question test split (MiniLM is not causal, so a probe). NCBI-disease "
+          "PubMedQA: the official 500-question test split (a probe for MiniLM, which is not causal; zero-shot answer "
+          "scoring for SmolLM2: the mode column says which). NCBI-disease "
           "(fine-tuned): the BLURB protocol (`--mode finetune`: the whole model and a linear head trained on train "
           "for 1 epoch, checkpoint chosen on devel, full test split scored), the mean of 3 seeds.", "",
-          "| arm | task | metric | base | arm | delta [95% CI] | verdict | n test |", "|---|---|---|---|---|---|---|---|"]
+          "| arm | task | mode | metric | base | arm | delta [95% CI] | verdict | n test |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for name, a in arms.items():
         for k, t in a["tasks"].items():
             if k.startswith(("ppl/", "pubmed/")):
                 continue
             ci = f"[{_sfmt(t['delta_ci'][0])}, {_sfmt(t['delta_ci'][1])}]" if t["delta_ci"] else ""
-            L.append(f"| `{name}` | {t['label']} | {t['metric']} | {_fmt(t['baseline'])} | {_fmt(t['model'])} | "
+            L.append(f"| `{name}` | {t['label']} | {t.get('mode') or '-'} | {t['metric']} | {_fmt(t['baseline'])} | "
+                     f"{_fmt(t['model'])} | "
                      f"{_sfmt(t['delta'])} {ci} | {_verdict(t)} | {t['n_test']} |")
     L.append("")
     h2h = [(n, k, t) for n, a in arms.items() for k, t in a.get("head_to_head", {}).items()]
@@ -936,7 +982,8 @@ def render(r: dict[str, Any], stem: str) -> str:
           "MiniLM ships no masked-LM head, so the base model's pseudo-perplexity is that of a random head. The "
           "reference for MiniLM arms is therefore `minilm-headonly-0.1m`: the same head trained with the body "
           "frozen (the base's body, a trained head). Masked models: pseudo-perplexity over the first 512 tokens "
-          "of each set (one forward pass per token).", "",
+          "of each set (one forward pass per token). SmolLM2 (causal) arms are scored against the base SmolLM2 itself: "
+          "next-token perplexity per word over the first 8,192 tokens of each set.", "",
           "| arm | text | reference | reference ppl/word | arm ppl/word | delta [95% CI] | verdict |",
           "|---|---|---|---|---|---|---|"]
     for name, a in arms.items():
@@ -947,9 +994,10 @@ def render(r: dict[str, Any], stem: str) -> str:
             L.append(f"| `{name}` | {t['label']} | `{str(t['against']).split('/')[-1]}` | {_fmt(t['baseline'], 1)} | "
                      f"{_fmt(t['model'], 1)} | {_sfmt(t['delta'], 1)} {ci} | {_verdict(t)} |")
     L.append("")
-    L += ["Masked-token perplexity measured by `adapt` itself (exp of the MLM loss on 15% masked tokens; 8 batches "
-          "of the corpus's 5% held-out split, and of WikiText-2 valid's held-out split), start -> end of training. "
-          "MiniLM's start is a random head's; the head-only arm is the reference for what the base body allows:", "",
+    L += ["Perplexity per token measured by `adapt` itself (MiniLM: exp of the MLM loss on 15% masked tokens; "
+          "SmolLM2: next-token; 8 batches of the corpus's 5% held-out split, and of WikiText-2 valid's held-out "
+          "split), start -> end of training. MiniLM's start is a random head's; the head-only arm is the reference "
+          "for what the base body allows:", "",
           "| arm | domain start | domain end | general (WikiText-2 valid) start | end |", "|---|---|---|---|---|"]
     for name, a in arms.items():
         i, f = a["adapt_metrics"]["initial"], a["adapt_metrics"]["final"]
@@ -962,9 +1010,10 @@ def render(r: dict[str, Any], stem: str) -> str:
         L += ["## Not run", "",
               "Defined in the script but not run for this file: the 2-core CPU was shared with other agents' jobs, "
               f"so MiniLM trained at {_fmt(_mean_tps(arms), 0)} tokens/s per process on average (about 850 "
-              "on the idle machine, benchmarks/SPEED_ADAPT.md); SmolLM2 trains at ~80-100 tokens/s on an idle "
-              "machine and its PubMedQA zero-shot pass takes ~5 min per 50 questions. Each runs, with its "
-              "evaluation, by:", "", "```",
+              "on the idle machine, benchmarks/SPEED_ADAPT.md); SmolLM2 LoRA trains at "
+              + (f"{_fmt(_mean_tps(arms, 'smollm2'), 0)} tokens/s on one thread of the idle machine (the arms above)"
+                 if _mean_tps(arms, "smollm2") else "about 90-140 tokens/s (benchmarks/SPEED_ADAPT.md)")
+              + ". Each runs, with its evaluation, by:", "", "```",
               "python benchmarks/dapt_biomed.py --realdata ../shared/realdata --arms " + ",".join(missing)
               + " --full-eval all", "```", ""]
     gaps = {n: [g for g in GROUPS if not any(k.startswith(g + "/") for k in a["tasks"])]

@@ -119,3 +119,51 @@ def test_reading_reports_the_fine_tuned_comparison_with_its_seeds():
     assert "the probe on the same arm: +0.017" in line
     # once fine-tuning was measured, the advice no longer asks for it as the first step on NCBI
     assert any("the fine-tuning protocol on the other tasks" in s for s in lines)
+
+
+def test_reference_is_the_base_except_minilm_perplexities():
+    assert d.reference("minilm-warmup-0.3m", "ncbi") == "minilm"
+    assert d.reference("minilm-warmup-0.3m", "ppl") == "minilm-headonly-0.1m"
+    assert d.reference("smollm2-lora", "ppl") == "smollm2"  # a causal LM has its own head: scored against itself
+    assert d.reference("smollm2-lora-replay25", "ncbi") == "smollm2"
+
+
+def _write_arm(work: Path, arm: str, model: str, reports: dict[str, dict]) -> None:
+    """A finished arm's run manifest and the bench reports `collect` reads, as the real run leaves them."""
+    import json
+
+    run = work / "runs" / arm
+    (run / "final").mkdir(parents=True)
+    cfg = {"model": model, "lr": 2e-4, "seed": 0}
+    man = {"kind": "run", "config": cfg, "method": "lora", "steps": 10, "tokens_trained": 10_240,
+           "flops": {"total": 1e12}, "wall_time_s": 600.0, "tokens_per_s": 90.0,
+           "stream": {"replay_fraction_actual": 0.25 if "replay" in arm else 0.0},
+           "metrics": {"initial": {}, "final": {}}}
+    (run / "manifest.json").write_text(json.dumps(man))
+    for against_group, rep in reports.items():
+        out = work / "bench" / f"{arm}-vs-{against_group}"
+        out.mkdir(parents=True)
+        (out / "report.json").write_text(json.dumps(rep))
+
+
+def _report(name: str, base: float, model: float, lo: float, hi: float, against: str, higher: bool = False) -> dict:
+    return {"baseline": against, "tasks": [{"name": name, "metric": "ppl_per_word", "higher_is_better": higher,
+                                            "model": {"score": model, "ci": None}, "baseline": {"score": base},
+                                            "delta": model - base, "delta_ci": [lo, hi], "n_test": 50, "mode": None}]}
+
+
+def test_collect_keeps_a_replay_head_to_head_apart_from_the_base_comparison(tmp_path, monkeypatch):
+    # Both reports of the replay arm are on the same group and task; the one against the base is its task row,
+    # the one against the LoRA arm a head-to-head (before, the later one silently replaced the base's).
+    monkeypatch.setattr(d, "read_run", lambda run_dir: __import__("json").loads((run_dir / "manifest.json").read_text()))
+    _write_arm(tmp_path, "smollm2-lora-replay25", "smollm2", {
+        "smollm2/ppl": _report("general_perplexity", 40.0, 42.0, 1.0, 3.0, "smollm2"),
+        "smollm2-lora/ppl": _report("general_perplexity", 45.0, 42.0, -4.0, -2.0, "runs/smollm2-lora")})
+    arms = d.collect(tmp_path)
+    a = arms["smollm2-lora-replay25"]
+    assert a["tasks"]["ppl/general_perplexity"]["baseline"] == 40.0
+    assert a["head_to_head"]["ppl/general_perplexity"]["baseline"] == 45.0
+    line = d._smol_reading(arms)[0]
+    assert "25% WikiText-2 replay" in line
+    assert "WikiText-2 test 40.0 -> 42.0 +2.0 [+1.0, +3.0] (worse)" in line
+    assert "Against `smollm2-lora`: WikiText-2 test -3.0 [-4.0, -2.0] (better)" in line
