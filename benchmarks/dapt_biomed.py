@@ -94,6 +94,8 @@ ARMS: dict[str, dict[str, Any]] = {
     # SmolLM2-135M causal LM: ~80-100 training tokens/s on this CPU when idle, so only small budgets fit
     "smollm2-lora": _smol("lora", 2e-4, 0.0),
     "smollm2-lora-0.06m": _smol("lora", 2e-4, 0.0, tokens=60_000),  # what fits ~20 min of a shared core
+    # the same on the corpus with its NER word tokenisation undone (real abstracts are not spaced like it)
+    "smollm2-lora-detok": {**_smol("lora", 2e-4, 0.0), "corpus": "domain_detok"},
     "smollm2-lora-replay5": _smol("lora", 2e-4, 0.05),
     "smollm2-lora-replay25": _smol("lora", 2e-4, 0.25),
     "smollm2-full": _smol("full", 5e-5, 0.05),
@@ -109,7 +111,8 @@ PAIRS = [("minilm-warmup-0.1m", "minilm-recipe-0.1m", "ncbi"), ("minilm-lora-0.1
          # SmolLM2: what replay and full training change against LoRA without replay, on the same texts
          ("smollm2-lora-replay5", "smollm2-lora", "ppl"), ("smollm2-lora-replay25", "smollm2-lora", "ppl"),
          ("smollm2-lora-replay25", "smollm2-lora", "ncbi"), ("smollm2-full", "smollm2-lora", "ppl"),
-         ("smollm2-full", "smollm2-lora", "ncbi")]
+         ("smollm2-full", "smollm2-lora", "ncbi"), ("smollm2-lora-detok", "smollm2-lora", "ppl"),
+         ("smollm2-lora-detok", "smollm2-lora", "pubmed"), ("smollm2-lora-detok", "smollm2-lora", "ncbi")]
 
 # Evaluation groups: one bench run each (suite + tasks + overrides). Paths in overrides are relative to
 # --realdata, except {work} which is the work folder. "cheap" groups run for every arm.
@@ -149,6 +152,21 @@ _WORD = re.compile(r"\w+|[^\w\s]")
 def words(text: str) -> list[str]:
     """Lower-cased words and punctuation marks, so "IL-2 (10 ng/ml)" and "IL - 2 ( 10 ng / ml )" agree."""
     return _WORD.findall(text.lower())
+
+
+# Hand-written: sacremoses' Moses detokenizer re-attaches brackets and punctuation but leaves the NER corpora's
+# split hyphens and slashes ("anti - nucleolin", "ng / ml") apart, which are most of what differs from raw text.
+_DETOK = [(re.compile(r"\s+([,.;:%)\]!?])"), r"\1"), (re.compile(r"([(\[])\s+"), r"\1"),
+          (re.compile(r"(?<=\S) ([-/]) (?=\S)"), r"\1"), (re.compile(r"(?<=\w) ' (?=s\b)"), "'"),
+          (re.compile(r"(?<=\w) '(?=-)"), "'")]
+
+
+def detokenize(text: str) -> str:
+    """Undo word tokenisation of the NER corpora: "( BrdU kit ; Boehringer ) , 2 % anti - nucleolin" ->
+    "(BrdU kit; Boehringer), 2% anti-nucleolin"."""
+    for pat, rep in _DETOK:
+        text = pat.sub(rep, text)
+    return text
 
 
 def ngrams(tokens: list[str], n: int = NGRAM) -> set[int]:
@@ -293,10 +311,17 @@ def prepare_data(realdata: Path, work: Path, models: list[str]) -> dict[str, Any
                     seen.add(d.id)
                     rows.append({"id": str(d.id), "text": d.text})
         _write_jsonl(pub, rows)
+    # The same corpus with the NER corpora's word tokenisation undone ("IL - 2 ( 10 ng / ml )" -> "IL-2 (10
+    # ng/ml)"), so a model adapts to the field in the form real abstracts have, not to the spacing.
+    detok = data / "corpus_clean_detok.jsonl"
+    if not detok.is_file():
+        with (data / "corpus_clean.jsonl").open(encoding="utf-8") as fin:
+            _write_jsonl(detok, [{**r, "text": detokenize(r["text"])} for r in map(json.loads, fin)])
     for model in models:
         block = MINILM_BLOCK if model == "minilm" else SMOL_BLOCK
         specs = {
             "domain": dict(inputs=[str(data / "corpus_clean.jsonl")], format="jsonl"),
+            "domain_detok": dict(inputs=[str(detok)], format="jsonl"),
             "replay": dict(inputs=[str(realdata / "general_wikitext2/valid.txt")], format="text",
                            near_dup=False),
             "tapt_ncbi": dict(inputs=[str(tapt)], format="jsonl"),

@@ -167,3 +167,13 @@ def test_collect_keeps_a_replay_head_to_head_apart_from_the_base_comparison(tmp_
     assert "25% WikiText-2 replay" in line
     assert "WikiText-2 test 40.0 -> 42.0 +2.0 [+1.0, +3.0] (worse)" in line
     assert "Against `smollm2-lora`: WikiText-2 test -3.0 [-4.0, -2.0] (better)" in line
+
+
+def test_detokenize_undoes_the_ner_corpora_spacing_and_leaves_raw_text_alone():
+    spaced = ("with 5 - bromo - 2 ' - deoxyuridine ( BrdU kit ; Boehringer , Germany ) per the manufacturer ' s "
+              "protocol in 2 % formalin , 10 ng / ml [ 3 ] .")
+    raw = "with 5-bromo-2'-deoxyuridine (BrdU kit; Boehringer, Germany) per the manufacturer's protocol in 2% " \
+          "formalin, 10 ng/ml [3]."
+    assert d.detokenize(spaced) == raw
+    assert d.detokenize(raw) == raw
+    assert d.words(d.detokenize(spaced)) == d.words(spaced)  # the decontamination check sees the same words
