@@ -98,7 +98,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "smollm2-lora-detok": {**_smol("lora", 2e-4, 0.0), "corpus": "domain_detok"},
     "smollm2-lora-replay5": _smol("lora", 2e-4, 0.05),
     "smollm2-lora-replay25": _smol("lora", 2e-4, 0.25),
-    "smollm2-full": _smol("full", 5e-5, 0.05),
+    "smollm2-full": _smol("full", 5e-5, 0.0),  # no replay, like smollm2-lora: the pair differs in method only
 }
 QUICK_ARM = "minilm-warmup-0.1m"
 # Head-to-head comparisons (paired bootstrap on the same test sentences) where the question is "which recipe",
@@ -517,7 +517,7 @@ def _ppl(result) -> dict[str, Any] | None:
 TASK_LABELS = {("ncbi", "ner"): "NCBI-disease NER", ("ncbi-ft", "ner"): "NCBI-disease NER (fine-tuned)",
                ("bc5cdr", "ner"): "BC5CDR NER", ("cls", "relation"): "ChemProt",
                ("cls", "doccls"): "HoC", ("cls", "pubmedqa"): "PubMedQA",
-               ("ppl", "perplexity"): "held-out corpus docs, pseudo-ppl/word",
+               ("ppl", "perplexity"): "held-out corpus docs, ppl/word",
                ("ppl", "general_perplexity"): "WikiText-2 test, ppl/word",
                ("pubmed", "perplexity"): "real PubMed abstracts, ppl/word"}
 
@@ -964,12 +964,13 @@ def render(r: dict[str, Any], stem: str) -> str:
     L.append("")
     # ---- arms
     L += ["## Arms (each a real `domainlm adapt` run)", "",
-          "| arm | model | method | lr head / body | head warm-up steps | corpus | seed | tokens | steps | FLOPs | "
-          "wall s | tokens/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "| arm | model | method | lr head / body | head warm-up steps | corpus | replay | seed | tokens | steps | "
+          "FLOPs | wall s | tokens/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, a in arms.items():
         corpus = a["corpus"] + (f" (after {a['init']})" if a["init"] else "")
         L.append(f"| `{name}` | {a['model']} | {a['method']} | {a['lr']:.0e} / {a['lr'] * a['body_lr_ratio']:.0e} | "
-                 f"{a['head_warmup_steps']} | {corpus} | {a['seed']} | {a['tokens']:,} | {a['steps']} | "
+                 f"{a['head_warmup_steps']} | {corpus} | {a['replay_fraction'] or 0:.0%} | {a['seed']} | {a['tokens']:,} | "
+                 f"{a['steps']} | "
                  f"{a['flops']:.2e} | {a['wall_s']:.0f} | {a['tokens_per_s']:.0f} |")
     L.append("")
     # ---- tasks
@@ -1076,7 +1077,11 @@ def render(r: dict[str, Any], stem: str) -> str:
           f"dedup, 5% of documents held out by id hash): train {dm.get('train', {}).get('tokens', 0):,} MiniLM tokens "
           f"in {dm.get('train', {}).get('documents', 0):,} documents; held out "
           f"{dm.get('validation', {}).get('documents', 0):,} documents (the domain perplexity set).",
-          "- Replay (5% of training sequences) and adapt's forgetting monitor: WikiText-2 valid. General held-out "
+          "- `smollm2-lora-detok`'s corpus: the same documents with the NER corpora's word tokenisation undone "
+          "(`detokenize`: \"anti - nucleolin ( 2 % )\" -> \"anti-nucleolin (2%)\"); the held-out perplexity set "
+          "stays the tokenised text, so real PubMed abstracts are its domain measure.",
+          "- Replay (the share of training sequences in the arms table's replay column) and adapt's forgetting "
+          "monitor: WikiText-2 valid. General held-out "
           "text: WikiText-2 test.",
           f"- Real PubMed abstracts for domain perplexity: the {di.get('pubmed_abstracts')} records under `pubmed/` "
           "(MEDLINE text and PubMed XML).",
