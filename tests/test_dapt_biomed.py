@@ -177,3 +177,17 @@ def test_detokenize_undoes_the_ner_corpora_spacing_and_leaves_raw_text_alone():
     assert d.detokenize(spaced) == raw
     assert d.detokenize(raw) == raw
     assert d.words(d.detokenize(spaced)) == d.words(spaced)  # the decontamination check sees the same words
+
+
+def test_goal_line_counts_an_unscored_task_only_against_arms_of_the_same_model():
+    arms = {"minilm-a": _arm(1, {"ncbi/ner": _task("NCBI", 0.02, 0.01, 0.03),
+                                 "ncbi-ft/ner": _task("NCBI fine-tuned", -0.01, -0.02, -0.005)}),
+            "smol": {**_arm(1, {"ncbi/ner": _task("NCBI", 0.02, 0.01, 0.03),
+                                "pubmed/perplexity": _task("real PubMed abstracts, ppl/word", 20.0, 7.6, 33.3,
+                                                           higher=False)}), "model": "smollm2"},
+            "minilm-b": _arm(1, {"ncbi/ner": _task("NCBI", 0.02, 0.01, 0.03)})}
+    line = d._goal_lines(arms)[0]
+    assert "`minilm-b` (gains on NCBI; not scored on NCBI fine-tuned): untested where another minilm arm lost" in line
+    assert ("`smol` (gains on NCBI; not scored on NCBI fine-tuned): no significant loss on the 1 tasks it was scored "
+            "on, and no smollm2 arm was scored on the others, so the goal is met on those 1 tasks") in line
+    assert "(but perplexity rose on real PubMed abstracts +20.0 [+7.6, +33.3] (worse))" in line
