@@ -155,21 +155,6 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-# Hand-written: sacremoses' Moses detokenizer re-attaches brackets and punctuation but leaves the NER corpora's
-# split hyphens and slashes ("anti - nucleolin", "ng / ml") apart, which are most of what differs from raw text.
-_DETOK = [(re.compile(r"\s+([,.;:%)\]!?])"), r"\1"), (re.compile(r"([(\[])\s+"), r"\1"),
-          (re.compile(r"(?<=\S) ([-/]) (?=\S)"), r"\1"), (re.compile(r"(?<=\w) ' (?=s\b)"), "'"),
-          (re.compile(r"(?<=\w) '(?=-)"), "'")]
-
-
-def detokenize(text: str) -> str:
-    """Undo word tokenisation of the NER corpora: "( BrdU kit ; Boehringer ) , 2 % anti - nucleolin" ->
-    "(BrdU kit; Boehringer), 2% anti-nucleolin"."""
-    for pat, rep in _DETOK:
-        text = pat.sub(rep, text)
-    return text
-
-
 def ngrams(tokens: list[str], n: int = NGRAM) -> set[int]:
     return {hash(" ".join(tokens[i:i + n])) for i in range(len(tokens) - n + 1)}
 
@@ -312,17 +297,13 @@ def prepare_data(realdata: Path, work: Path, models: list[str]) -> dict[str, Any
                     seen.add(d.id)
                     rows.append({"id": str(d.id), "text": d.text})
         _write_jsonl(pub, rows)
-    # The same corpus with the NER corpora's word tokenisation undone ("IL - 2 ( 10 ng / ml )" -> "IL-2 (10
-    # ng/ml)"), so a model adapts to the field in the form real abstracts have, not to the spacing.
-    detok = data / "corpus_clean_detok.jsonl"
-    if not detok.is_file():
-        with (data / "corpus_clean.jsonl").open(encoding="utf-8") as fin:
-            _write_jsonl(detok, [{**r, "text": detokenize(r["text"])} for r in map(json.loads, fin)])
     for model in models:
         block = MINILM_BLOCK if model == "minilm" else SMOL_BLOCK
         specs = {
             "domain": dict(inputs=[str(data / "corpus_clean.jsonl")], format="jsonl"),
-            "domain_detok": dict(inputs=[str(detok)], format="jsonl"),
+            # the NER corpora's word tokenisation undone ("IL - 2 ( 10 ng / ml )" -> "IL-2 (10 ng/ml)"), so a
+            # model adapts to the field in the form real abstracts have, not to the spacing
+            "domain_detok": dict(inputs=[str(data / "corpus_clean.jsonl")], format="jsonl", detokenize=True),
             "replay": dict(inputs=[str(realdata / "general_wikitext2/valid.txt")], format="text",
                            near_dup=False),
             "tapt_ncbi": dict(inputs=[str(tapt)], format="jsonl"),
@@ -1094,7 +1075,7 @@ def render(r: dict[str, Any], stem: str) -> str:
           f"in {dm.get('train', {}).get('documents', 0):,} documents; held out "
           f"{dm.get('validation', {}).get('documents', 0):,} documents (the domain perplexity set).",
           "- `smollm2-lora-detok`'s corpus: the same documents with the NER corpora's word tokenisation undone "
-          "(`detokenize`: \"anti - nucleolin ( 2 % )\" -> \"anti-nucleolin (2%)\"); the held-out perplexity set "
+          "(`corpus prepare --detokenize`: \"anti - nucleolin ( 2 % )\" -> \"anti-nucleolin (2%)\"); the held-out perplexity set "
           "stays the tokenised text, so real PubMed abstracts are its domain measure.",
           "- Replay (the share of training sequences in the arms table's replay column) and adapt's forgetting "
           "monitor: WikiText-2 valid. General held-out "

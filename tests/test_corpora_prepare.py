@@ -293,3 +293,34 @@ def test_prepare_config_is_a_recipe_schema(tmp_path):
 
     cfg = load(PrepareConfig, recipe, {"model": "tiny-llama", "out": "o"})
     assert cfg.block_size == 128 and cfg.format == "pubmed-xml"
+
+
+SPACED = ("Staining with 5 - bromo - 2 ' - deoxyuridine ( BrdU kit ; Boehringer , Germany ) per the manufacturer ' s "
+          "protocol in 2 % formalin , 10 ng / ml [ 3 ] .")
+RAW = ("Staining with 5-bromo-2'-deoxyuridine (BrdU kit; Boehringer, Germany) per the manufacturer's protocol in 2% "
+       "formalin, 10 ng/ml [3].")
+
+
+def test_detokenize_undoes_ner_spacing_and_leaves_raw_text_alone():
+    from domainlm.corpora.clean import detokenize
+
+    assert detokenize(SPACED) == RAW
+    assert detokenize(RAW) == RAW
+    assert detokenize("a 1 - 2 h range ( n = 3 )") == "a 1-2 h range (n = 3)"
+
+
+def test_prepare_detokenize_option_rewrites_documents_and_is_off_by_default(tmp_path):
+    src = _jsonl(tmp_path / "ner.jsonl", [SPACED, RAW.replace("Staining", "Labelling")])
+    kw = dict(inputs=[str(src)], model="tiny-llama", block_size=8, validation_fraction=0, near_dup=False)
+    tok = load_tokenizer("tiny-llama")
+
+    def texts(out: Path, **extra) -> list[str]:
+        prepare(out=str(out), **kw, **extra)
+        by_doc = _documents_from_blocks(*_blocks(out))
+        return [tok.decode(by_doc[i], skip_special_tokens=True) for i in sorted(by_doc)]
+
+    on = texts(tmp_path / "on", detokenize=True)
+    off = texts(tmp_path / "off")  # off by default
+    assert RAW.startswith(on[0]) and not on[0].startswith(SPACED[:20])  # the last block may cut the end
+    assert off[0].startswith(SPACED[:60])
+    assert read_corpus_manifest(tmp_path / "on")["fingerprint"] != read_corpus_manifest(tmp_path / "off")["fingerprint"]

@@ -169,16 +169,6 @@ def test_collect_keeps_a_replay_head_to_head_apart_from_the_base_comparison(tmp_
     assert "Against `smollm2-lora`: WikiText-2 test -3.0 [-4.0, -2.0] (better)" in line
 
 
-def test_detokenize_undoes_the_ner_corpora_spacing_and_leaves_raw_text_alone():
-    spaced = ("with 5 - bromo - 2 ' - deoxyuridine ( BrdU kit ; Boehringer , Germany ) per the manufacturer ' s "
-              "protocol in 2 % formalin , 10 ng / ml [ 3 ] .")
-    raw = "with 5-bromo-2'-deoxyuridine (BrdU kit; Boehringer, Germany) per the manufacturer's protocol in 2% " \
-          "formalin, 10 ng/ml [3]."
-    assert d.detokenize(spaced) == raw
-    assert d.detokenize(raw) == raw
-    assert d.words(d.detokenize(spaced)) == d.words(spaced)  # the decontamination check sees the same words
-
-
 def test_goal_line_counts_an_unscored_task_only_against_arms_of_the_same_model():
     arms = {"minilm-a": _arm(1, {"ncbi/ner": _task("NCBI", 0.02, 0.01, 0.03),
                                  "ncbi-ft/ner": _task("NCBI fine-tuned", -0.01, -0.02, -0.005)}),

@@ -37,6 +37,26 @@ class CleanOptions:
     max_chars: int | None = None
     min_length: int = 20
     max_length: int | None = None
+    detokenize: bool = False
+
+
+# Word tokenisation as the NER corpora (BIO/CoNLL files) have it: a space on both sides of every punctuation
+# mark, hyphen and slash. Hand-written: sacremoses' Moses detokenizer re-attaches brackets and punctuation but
+# leaves split hyphens and slashes ("anti - nucleolin", "ng / ml") apart, which are most of what differs from
+# the raw text of abstracts.
+_DETOK = [(re.compile(r"\s+([,.;:%)\]!?])"), r"\1"), (re.compile(r"([(\[])\s+"), r"\1"),
+          (re.compile(r"(?<=\S) ([-/]) (?=\S)"), r"\1"), (re.compile(r"(?<=\w) ' (?=s\b)"), "'"),
+          (re.compile(r"(?<=\w) '(?=-)"), "'")]
+
+
+def detokenize(text: str) -> str:
+    """Undo the word tokenisation of NER corpora: "( BrdU kit ; Boehringer ) , 2 % anti - nucleolin" ->
+    "(BrdU kit; Boehringer), 2% anti-nucleolin". Raw text passes unchanged. Training on the spaced form
+    taught SmolLM2 the spacing: real PubMed abstracts' perplexity rose, and fell with this undone
+    (benchmarks/DAPT_BIOMED.md)."""
+    for pat, rep in _DETOK:
+        text = pat.sub(rep, text)
+    return text
 
 
 def clean_text(text: str, form: str = "NFC") -> str:

@@ -315,7 +315,7 @@ class _Run:
         options = {"text_field": c.text_field, "id_field": c.id_field, "categories": c.categories,
                    "ambiguous": c.ambiguous, "keep_title_only": c.keep_title_only}
         clean = {"unicode_form": c.unicode_form, "min_chars": c.min_chars, "max_chars": c.max_chars,
-                 "min_length": c.min_length, "max_length": c.max_length}
+                 "min_length": c.min_length, "max_length": c.max_length, "detokenize": c.detokenize}
         mh = steps.minhash_config(c.near_dup_threshold, c.near_dup_num_perm) if c.near_dup else None
         sigs, buckets, clusters = (str(self.work / "minhash" / k) for k in ("sigs", "buckets", "remove"))
         hashing = ([steps.ExactKeys(work, tasks)] if c.dedup else []) + \

@@ -32,6 +32,10 @@ class PrepareConfig:
     validation_fraction: float = opt(0.05, "share of documents held out for validation, chosen by a hash of the "
                                            "document id (stable when files are added)")
     unicode_form: Literal["NFC", "NFKC", "none"] = opt("NFC", "Unicode normalisation; NFKC would turn x² into x2")
+    detokenize: bool = opt(False, "undo word tokenisation in text taken from NER/CoNLL corpora (spaces around "
+                                  "punctuation, split hyphens and slashes: 'IL - 2 ( 10 ng / ml )' -> 'IL-2 (10 "
+                                  "ng/ml)'); a model trained on the spaced form learns the spacing "
+                                  "(benchmarks/DAPT_BIOMED.md)")
     min_chars: int = opt(20, "drop text documents shorter than this many characters (after cleaning)")
     max_chars: int | None = opt(None, "drop text documents longer than this many characters")
     keep_title_only: bool = opt(False, "keep PubMed records that have a title but no abstract (counted as "

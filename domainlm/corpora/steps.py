@@ -134,7 +134,7 @@ class ReadClean(_Step):
         self.files, self.options, self.clean, self.pmid_parts = files, options, clean, pmid_parts
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        from domainlm.corpora.clean import CleanOptions, clean_text, length_problem
+        from domainlm.corpora.clean import CleanOptions, clean_text, detokenize, length_problem
         from domainlm.corpora.readers import InputFile, ReaderOptions, SkipLog
         from domainlm.corpora.registry import Position, iter_documents
 
@@ -172,6 +172,8 @@ class ReadClean(_Step):
                 for doc, kind, pos in stream:
                     read += 1
                     text = doc.text if kind == "protein" else clean_text(doc.text, opts.unicode_form)
+                    if opts.detokenize and kind != "protein":
+                        text = detokenize(text)
                     why = length_problem(text, kind, opts)
                     if why is not None:
                         drops[why] += 1
