@@ -880,7 +880,35 @@ def _smol_reading(arms: dict[str, Any]) -> list[str]:
             against = next(iter(a["head_to_head"].values()))["against"]
             s += f" Against `{str(against).split('/')[-1]}`: " + "; ".join(h2h) + "."
         out.append(s)
+    out += _form_reading(arms)
     return out
+
+
+def _form_reading(arms: dict[str, Any]) -> list[str]:
+    """Tokenised corpus vs the same corpus detokenised (SmolLM2 LoRA): did the model learn the field or the
+    spacing? Real PubMed abstracts (raw text) are the measure that tells them apart."""
+    lora, detok = arms.get("smollm2-lora"), arms.get("smollm2-lora-detok")
+    key = "pubmed/perplexity"
+    if not lora or not detok or key not in lora["tasks"] or key not in detok["tasks"]:
+        return []
+    t, u = lora["tasks"], detok["tasks"]
+
+    def ppl(tasks: dict[str, Any], k: str) -> str:
+        return f"{_fmt(tasks[k]['baseline'], 1)} -> {_fmt(tasks[k]['model'], 1)}, {_ci_str(tasks[k], 1)}" \
+            if k in tasks else "not scored"
+
+    h = detok.get("head_to_head", {}).get(key)
+    s = ("- **Form, not only field (SmolLM2).** The corpus is the NER corpora's word-tokenised text (\"IL - 2 ( 10 "
+         "ng / ml )\"). Trained on it as is (`smollm2-lora`), per-word perplexity on real PubMed abstracts went "
+         f"{ppl(t, key)}, on the held-out tokenised corpus text {ppl(t, 'ppl/perplexity')}, and on WikiText-2 (itself "
+         f"word-tokenised: \"Teddy 's Story\") {ppl(t, 'ppl/general_perplexity')}. The same documents with the "
+         "tokenisation undone (`smollm2-lora-detok`, `corpus prepare --detokenize`, same budget): real PubMed "
+         f"abstracts {ppl(u, key)}"
+         + (f"; head to head against `smollm2-lora` {_ci_str(h, 1)}" if h else "") + ".")
+    if _verdict(t[key]) == "worse" and _verdict(u[key]) == "better":
+        s += (" So the tokenised arm's perplexity gains were largely the spacing, and with it undone the model "
+              "adapted to the field as real abstracts write it: prepare NER-derived text with `--detokenize`.")
+    return [s]
 
 
 def _tapt_reading(arms: dict[str, Any]) -> list[str]:

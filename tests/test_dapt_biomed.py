@@ -181,3 +181,17 @@ def test_goal_line_counts_an_unscored_task_only_against_arms_of_the_same_model()
     assert ("`smol` (gains on NCBI; not scored on NCBI fine-tuned): no significant loss on the 1 tasks it was scored "
             "on, and no smollm2 arm was scored on the others, so the goal is met on those 1 tasks") in line
     assert "(but perplexity rose on real PubMed abstracts +20.0 [+7.6, +33.3] (worse))" in line
+
+
+def test_form_reading_tells_spacing_from_field_on_real_abstracts():
+    def ppl(delta, lo, hi):
+        return _task("real PubMed abstracts, ppl/word", delta, lo, hi, higher=False)
+
+    arms = {"smollm2-lora": {**_arm(1, {"pubmed/perplexity": ppl(20.0, 7.6, 33.3)}), "model": "smollm2"},
+            "smollm2-lora-detok": {**_arm(1, {"pubmed/perplexity": ppl(-29.8, -43.6, -20.8)}), "model": "smollm2"}}
+    (line,) = d._form_reading(arms)
+    assert "real PubMed abstracts went -19.5 -> 0.5, +20.0 [+7.6, +33.3] (worse)" in line
+    assert "-29.8 [-43.6, -20.8] (better)" in line and "prepare NER-derived text with `--detokenize`" in line
+    arms["smollm2-lora-detok"]["tasks"]["pubmed/perplexity"] = ppl(1.0, -5.0, 7.0)
+    assert "--detokenize`." not in d._form_reading(arms)[0]  # no advice where the numbers do not carry it
+    assert d._form_reading({"smollm2-lora": arms["smollm2-lora"]}) == []
