@@ -720,6 +720,7 @@ def _reading(arms: dict[str, Any]) -> list[str]:
     met_all = [m for m in goal(arms) if len(m["scored_on"]) == len(all_keys)]
     head = ("What would make the gain firmer" if met_all else
             "What would most likely reach the goal" if goal(arms) else "What would most likely reach a significant gain")
+    head += " (MiniLM)"
     more = [(n, k, t) for n, a in arms.items() if n.startswith("minilm-warmup-") and a["init"] is None
             for k, t in a.get("head_to_head", {}).items() if str(t["against"]).split("/")[-1].startswith("minilm-warmup-")]
     tokens_txt = (f"more tokens with the warm-up recipe (run here: {', '.join(_tok(b) for b in budgets) or 'none'}"
