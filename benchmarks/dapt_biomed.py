@@ -465,18 +465,16 @@ def evaluate_arm(arm: str, realdata: Path, work: Path, full: bool, groups: list[
     for group, g in GROUPS.items():
         if not (g["cheap"] or full) or (groups is not None and group not in groups):
             continue
-        if arm == "minilm-headonly-0.1m" and group not in ("ppl", "pubmed"):
-            continue  # its body is the base's, so its probe features and scores are the base's exactly
-        if arm == "minilm-headonly-0.1m":
-            out[group] = {"tasks": [], "self": {t: _ppl(r) for t, r in
-                                                score(run_dir, arm, group, realdata, work).items()}}
+        if arm == "minilm-headonly-0.1m":  # the reference itself: its perplexities only (its body is the base's,
+            if group in ("ppl", "pubmed"):  # so its probe features and scores are the base's exactly)
+                out[group] = {"tasks": [], "self": {t: _ppl(r) for t, r in
+                                                    score(run_dir, arm, group, realdata, work).items()}}
             continue
         ref = reference(arm, group)
-        if ref == model:
-            out[group] = compare(arm, run_dir, model, model, group, realdata, work)
-        else:
+        if ref != model:  # a reference arm: trained first (reused when finished)
             run_arm(ref, work)
-            out[group] = compare(arm, run_dir, ref, str(work / "runs" / ref), group, realdata, work)
+        ref_spec = model if ref == model else str(work / "runs" / ref)
+        out[group] = compare(arm, run_dir, ref, ref_spec, group, realdata, work)
     return out
 
 
@@ -1063,8 +1061,8 @@ def render(r: dict[str, Any], stem: str) -> str:
               "Defined in the script but not run for this file: the 2-core CPU was shared with other agents' jobs, "
               f"so MiniLM trained at {_fmt(_mean_tps(arms), 0)} tokens/s per process on average (about 850 "
               "on the idle machine, benchmarks/SPEED_ADAPT.md); SmolLM2 LoRA trains at "
-              + (f"{_fmt(_mean_tps(arms, 'smollm2'), 0)} tokens/s on one thread of the idle machine (the arms above)"
-                 if _mean_tps(arms, "smollm2") else "about 90-140 tokens/s (benchmarks/SPEED_ADAPT.md)")
+              + (f"{_fmt(smol_tps, 0)} tokens/s on one thread of the idle machine (the arms above)"
+                 if (smol_tps := _mean_tps(arms, "smollm2")) else "about 90-140 tokens/s (benchmarks/SPEED_ADAPT.md)")
               + ". Each runs, with its evaluation, by:", "", "```",
               "python benchmarks/dapt_biomed.py --realdata ../shared/realdata --arms " + ",".join(missing)
               + " --full-eval all", "```", ""]
