@@ -60,6 +60,8 @@ def _mlm(tokens: int, *, lr: float = 3e-4, warmup: int = 0, ratio: float = 1.0, 
          corpus: str = "domain", init: str | None = None) -> dict[str, Any]:
     arm = {"adapt": {**MLM, "method": method, "lr": lr, "head_warmup_steps": warmup, "body_lr_ratio": ratio,
                      "seed": seed}, "tokens": tokens, "corpus": corpus}
+    if tokens >= 1_000_000:  # an hour or more on one core: checkpoint, so a killed run resumes (run_arm)
+        arm["adapt"]["save_every"] = 100
     if init:
         arm["init"] = init
     return arm
@@ -364,7 +366,7 @@ def run_arm(arm: str, work: Path) -> dict[str, Any]:
     if (run_dir / "manifest.json").is_file():
         try:
             return read_run(run_dir)
-        except Exception:  # unfinished: start it again
+        except Exception:  # unfinished: resumed from its newest checkpoint below, or started again
             pass
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.write_text(str(os.getpid()))
@@ -377,7 +379,14 @@ def run_arm(arm: str, work: Path) -> dict[str, Any]:
     if "init" in spec:  # DAPT -> TAPT: continue from another arm's final model
         run_arm(spec["init"], work)
         kw["model"] = str(work / "runs" / spec["init"] / "final")
-    kw.update(max_tokens=spec["tokens"], max_steps=None, out=str(run_dir), overwrite=True)
+    # A run killed part-way (a session's end) continues from its newest complete checkpoint: adapt's resume
+    # is bitwise (tests/test_adapt_checkpoint.py), so the arm's result is the uninterrupted run's.
+    from domainlm.adapt.checkpoint import complete_checkpoints
+
+    resume = run_dir.is_dir() and bool(complete_checkpoints(run_dir))
+    if resume:
+        log.info("arm %s: resuming from %s", arm, complete_checkpoints(run_dir)[-1].name)
+    kw.update(max_tokens=spec["tokens"], max_steps=None, out=str(run_dir), overwrite=not resume, resume=resume)
     t0 = time.perf_counter()
     try:
         adapt(**kw)

@@ -195,3 +195,34 @@ def test_form_reading_tells_spacing_from_field_on_real_abstracts():
     arms["smollm2-lora-detok"]["tasks"]["pubmed/perplexity"] = ppl(1.0, -5.0, 7.0)
     assert "--detokenize`." not in d._form_reading(arms)[0]  # no advice where the numbers do not carry it
     assert d._form_reading({"smollm2-lora": arms["smollm2-lora"]}) == []
+
+
+def test_run_arm_resumes_a_killed_run_from_its_checkpoint_and_starts_a_fresh_one_over(tmp_path, monkeypatch):
+    # A long arm killed part-way (a session's end) must continue from its newest checkpoint, not start again;
+    # an arm with no checkpoint starts fresh. adapt itself is stubbed: its resume is tested in test_adapt_checkpoint.
+    import domainlm.adapt
+    import domainlm.adapt.checkpoint as ck
+
+    calls = []
+
+    def fake_adapt(**kw):
+        calls.append(kw)
+        out = Path(kw["out"])
+        (out / "final").mkdir(parents=True, exist_ok=True)
+        (out / "manifest.json").write_text("{}")
+
+    monkeypatch.setattr(domainlm.adapt, "adapt", fake_adapt)
+    monkeypatch.setattr(d, "read_run", lambda run_dir: {"dir": str(run_dir)})
+    assert d.ARMS["minilm-warmup-3m"]["adapt"]["save_every"] > 0  # long arms checkpoint; short ones need not
+    assert d.ARMS["minilm-warmup-0.3m"]["adapt"]["save_every"] == 0
+
+    killed = tmp_path / "runs" / "minilm-warmup-3m" / "checkpoints" / "step-00000100"
+    killed.mkdir(parents=True)
+    monkeypatch.setattr(ck, "complete_checkpoints", lambda run_dir: [killed] if killed.parent.parent == run_dir else [])
+    d.run_arm("minilm-warmup-3m", tmp_path)
+    d.run_arm("minilm-warmup-1m", tmp_path)
+    assert (calls[0]["resume"], calls[0]["overwrite"]) == (True, False)
+    assert (calls[1]["resume"], calls[1]["overwrite"]) == (False, True)
+    assert calls[0]["max_tokens"] == 3_000_000 and calls[0]["save_every"] == 100
+    d.run_arm("minilm-warmup-3m", tmp_path)  # finished now: reused, not trained again
+    assert len(calls) == 2
