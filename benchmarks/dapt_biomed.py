@@ -2,7 +2,7 @@
 
     python benchmarks/dapt_biomed.py --realdata ../shared/realdata            # every arm, then the report
     python benchmarks/dapt_biomed.py --realdata ../shared/realdata --quick    # one arm (< 20 min on 2 cores)
-    python benchmarks/dapt_biomed.py --realdata ../shared/realdata --arms minilm-dapt-1m --report-only
+    python benchmarks/dapt_biomed.py --realdata ../shared/realdata --report-only  # report from the cache
 
 What it does, each stage cached in ``--work`` (default ``runs/dapt-biomed``; nothing from the real data
 is written into the project, only the numbers in benchmarks/DAPT_BIOMED.{md,json,png}):
@@ -615,7 +615,9 @@ def plot(arms: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     ax = axes[0]
     keys = ["ncbi/ner", "bc5cdr/ner", "cls/relation", "cls/doccls", "cls/pubmedqa"]
-    for i, (_name, a) in enumerate(sorted(arms.items(), key=lambda kv: kv[1]["tokens"])):
+    scored = sorted(((n, a) for n, a in arms.items() if any(k in a["tasks"] for k in keys)),
+                    key=lambda kv: (kv[1]["model"], kv[1]["tokens"]))  # the head-only reference has no task row
+    for i, (_name, a) in enumerate(scored):
         for j, k in enumerate(keys):
             t = a["tasks"].get(k)
             if not t or t["delta"] is None or not t["delta_ci"]:
@@ -624,7 +626,7 @@ def plot(arms: dict[str, Any], path: Path) -> None:
             ax.errorbar(t["delta"], y, xerr=[[t["delta"] - t["delta_ci"][0]], [t["delta_ci"][1] - t["delta"]]],
                         fmt="o", color=f"C{j}", label=t["label"] if i == 0 or k not in ax.get_legend_handles_labels()[1]
                         else None, capsize=2)
-    names = [n for n, _ in sorted(arms.items(), key=lambda kv: kv[1]["tokens"])]
+    names = [n for n, _ in scored]
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel("task score delta vs the base model (paired 95% CI)")
@@ -632,26 +634,32 @@ def plot(arms: dict[str, Any], path: Path) -> None:
     uniq = dict(zip(labels, handles, strict=True))
     ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="best")
     ax = axes[1]
-    for name, a in arms.items():
+    style = {"minilm": ("o", "C0", "MiniLM (whole-word MLM)"), "smollm2": ("s", "C3", "SmolLM2-135M (causal LM)")}
+    at: dict[int, int] = {}  # arms at the same budget are spread a little sideways so their CIs do not overlap
+    for name, a in sorted(arms.items(), key=lambda kv: (kv[1]["model"], kv[0])):
         t = a["tasks"].get("ncbi/ner")
         if t and t["delta"] is not None:
-            ax.errorbar(a["tokens"], t["delta"], yerr=[[t["delta"] - t["delta_ci"][0]], [t["delta_ci"][1] - t["delta"]]],
-                        fmt="o", capsize=3)
-            ax.annotate(name.replace("minilm-", ""), (a["tokens"], t["delta"]), fontsize=7, xytext=(4, 4),
-                        textcoords="offset points")
+            marker, color, label = style.get(a["model"], ("^", "C7", a["model"]))
+            x = a["tokens"] * 1.06 ** at.setdefault(a["tokens"], 0)
+            at[a["tokens"]] += 1
+            shown = ax.get_legend_handles_labels()[1]
+            ax.errorbar(x, t["delta"], yerr=[[t["delta"] - t["delta_ci"][0]], [t["delta_ci"][1] - t["delta"]]],
+                        fmt=marker, color=color, capsize=3, label=None if label in shown else label)
+            ax.annotate(name.replace("minilm-", "").replace("smollm2-", "s-"), (x, t["delta"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
     tr = trend(arms)
     if tr and tr["fit"]:
         import numpy as np
 
         xs = np.logspace(5, 7.5, 50)
         ax.plot(xs, tr["fit"]["intercept"] + tr["fit"]["slope_per_decade"] * np.log10(xs), "k--", lw=0.8,
-                label="fit over the warm-up recipe's budgets")
-        ax.legend(fontsize=7)
+                label="fit over MiniLM warm-up budgets")
+    ax.legend(fontsize=7)
     ax.set_xscale("log")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("adaptation tokens")
     ax.set_ylabel("NCBI-disease entity F1 delta vs base")
-    fig.suptitle("DAPT on real biomedical text (MiniLM): task deltas with paired 95% CIs")
+    fig.suptitle("DAPT on real biomedical text (MiniLM, SmolLM2-135M): task deltas with paired 95% CIs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
