@@ -895,6 +895,9 @@ def _smol_reading(arms: dict[str, Any]) -> list[str]:
         if h2h:
             against = next(iter(a["head_to_head"].values()))["against"]
             s += f" Against `{str(against).split('/')[-1]}`: " + "; ".join(h2h) + "."
+        if replay and "ppl/general_perplexity" in t:
+            s += (" (The replay text is WikiText-2 valid, other articles from the same source as the WikiText-2 test "
+                  "set, so its WikiText-2 gain is an upper bound on what replay keeps for other general text.)")
         out.append(s)
     out += _form_reading(arms)
     return out

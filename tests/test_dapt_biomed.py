@@ -167,6 +167,7 @@ def test_collect_keeps_a_replay_head_to_head_apart_from_the_base_comparison(tmp_
     assert "25% WikiText-2 replay" in line
     assert "WikiText-2 test 40.0 -> 42.0 +2.0 [+1.0, +3.0] (worse)" in line
     assert "Against `smollm2-lora`: WikiText-2 test -3.0 [-4.0, -2.0] (better)" in line
+    assert "upper bound on what replay keeps" in line  # replay and monitor share a source: said beside the number
 
 
 def test_goal_line_counts_an_unscored_task_only_against_arms_of_the_same_model():
