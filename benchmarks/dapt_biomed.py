@@ -383,10 +383,10 @@ def run_arm(arm: str, work: Path) -> dict[str, Any]:
     # is bitwise (tests/test_adapt_checkpoint.py), so the arm's result is the uninterrupted run's.
     from domainlm.adapt.checkpoint import complete_checkpoints
 
-    resume = run_dir.is_dir() and bool(complete_checkpoints(run_dir))
-    if resume:
-        log.info("arm %s: resuming from %s", arm, complete_checkpoints(run_dir)[-1].name)
-    kw.update(max_tokens=spec["tokens"], max_steps=None, out=str(run_dir), overwrite=not resume, resume=resume)
+    ckpts = complete_checkpoints(run_dir)  # [] when the run folder or its checkpoints folder is absent
+    if ckpts:
+        log.info("arm %s: resuming from %s", arm, ckpts[-1].name)
+    kw.update(max_tokens=spec["tokens"], max_steps=None, out=str(run_dir), overwrite=not ckpts, resume=bool(ckpts))
     t0 = time.perf_counter()
     try:
         adapt(**kw)
