@@ -140,6 +140,10 @@ GROUPS: dict[str, dict[str, Any]] = {
     "ncbi-ft": {"suite": "biomed", "tasks": ["ner"], "cheap": False, "mode": "finetune", "seeds": 3,
                 "label": "NCBI-disease NER, BLURB fine-tune (entity F1, 3 seeds)",
                 "override": [f"@{ROOT}/benchmarks/biomed/realdata-blurb.overrides"]},
+    # The same protocol on BC5CDR (chemicals and diseases in one model): the overrides file's `ner_pubtator` lines.
+    "bc5cdr-ft": {"suite": "biomed", "tasks": ["ner_pubtator"], "cheap": False, "mode": "finetune", "seeds": 3,
+                  "label": "BC5CDR NER, BLURB fine-tune (entity F1, 3 seeds)",
+                  "override": [f"@{ROOT}/benchmarks/biomed/realdata-blurb.overrides"]},
     "cls": {"suite": "biomed", "tasks": ["relation", "doccls", "pubmedqa"], "cheap": False,
             "label": "ChemProt, HoC, PubMedQA", "override": [f"@{ROOT}/benchmarks/biomed/realdata.overrides"]},
 }
@@ -504,11 +508,16 @@ def _ppl(result) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------------------------------
 
 TASK_LABELS = {("ncbi", "ner"): "NCBI-disease NER", ("ncbi-ft", "ner"): "NCBI-disease NER (fine-tuned)",
+               ("bc5cdr-ft", "ner_pubtator"): "BC5CDR NER (fine-tuned)",
                ("bc5cdr", "ner"): "BC5CDR NER", ("cls", "relation"): "ChemProt",
                ("cls", "doccls"): "HoC", ("cls", "pubmedqa"): "PubMedQA",
                ("ppl", "perplexity"): "held-out corpus docs, ppl/word",
                ("ppl", "general_perplexity"): "WikiText-2 test, ppl/word",
                ("pubmed", "perplexity"): "real PubMed abstracts, ppl/word"}
+
+
+# The fine-tuned task keys, the probe each replaces, and the dataset's name in the report.
+FINETUNED = [("ncbi-ft/ner", "ncbi/ner", "NCBI-disease"), ("bc5cdr-ft/ner_pubtator", "bc5cdr/ner", "BC5CDR")]
 
 
 def collect(work: Path) -> dict[str, Any]:
@@ -744,19 +753,20 @@ def _reading(arms: dict[str, Any]) -> list[str]:
     finetune_txt = ("the fine-tuning protocol instead of a frozen-feature probe (DAPT changes what the body encodes; a "
                     "probe on frozen features of a sentence-embedding model measures how much of that survives, not "
                     "what a fine-tuned model can use; `benchmarks/biomed/realdata-blurb.overrides` is ready)")
-    ft = [(n, a["tasks"]["ncbi-ft/ner"]) for n, a in arms.items() if "ncbi-ft/ner" in a["tasks"]]
-    for n, t in ft:
-        probe = arms[n]["tasks"].get("ncbi/ner")
+    ft = [(n, name, a["tasks"][key], a["tasks"].get(probe_key)) for key, probe_key, name in FINETUNED
+          for n, a in arms.items() if key in a["tasks"]]
+    for n, name, t, probe in ft:
         seeds = (f"; per seed, base {', '.join(f'{x:.3f}' for x in t['baseline_seeds'])} and arm "
                  f"{', '.join(f'{x:.3f}' for x in t['model_seeds'])}") if t.get("model_seeds") and \
             t.get("baseline_seeds") else ""
-        out.append(f"- **Fine-tuned instead of probed** (BLURB protocol on NCBI-disease: train on train, select on dev, "
+        out.append(f"- **Fine-tuned instead of probed** (BLURB protocol on {name}: train on train, select on dev, "
                    f"score the full test split, 1 epoch, {len(t.get('model_seeds') or [])} seeds): `{n}` vs base "
                    f"{_fmt(t['baseline'])} -> {_fmt(t['model'])}, {_ci_str(t)}{seeds}"
                    + (f"; the probe on the same arm: {_ci_str(probe)}" if probe else "") + ".")
     if ft:
-        finetune_txt = ("the fine-tuning protocol on the other tasks (measured here on NCBI-disease only, above) and "
-                        "a longer fine-tuning budget than 1 epoch")
+        done = sorted({name for _n, name, _t, _p in ft}, key=[f[2] for f in FINETUNED].index)
+        finetune_txt = (f"the fine-tuning protocol on the other tasks (measured here on {' and '.join(done)} only, "
+                        "above) and a longer fine-tuning budget than 1 epoch")
     if more and not any(_verdict(t) == "better" for _n, _k, t in more):
         h2h = "; ".join(f"`{n}` vs `{str(t['against']).split('/')[-1]}` on {t['label']} {_ci_str(t)}" for n, _k, t in more)
         s = (f"- **{head}:** first {finetune_txt}; then a second seed of the larger budgets. More tokens alone did not "
@@ -1023,7 +1033,7 @@ def render(r: dict[str, Any], stem: str) -> str:
           "devel trains the probe, the full test split (940 sentences) is scored; BC5CDR: devel trains, the full "
           "test split (4,797) is scored; ChemProt/HoC: half of the test file trains (seeded), half is scored; "
           "PubMedQA: the official 500-question test split (a probe for MiniLM, which is not causal; zero-shot answer "
-          "scoring for SmolLM2: the mode column says which). NCBI-disease "
+          "scoring for SmolLM2: the mode column says which). NCBI-disease and BC5CDR "
           "(fine-tuned): the BLURB protocol (`--mode finetune`: the whole model and a linear head trained on train "
           "for 1 epoch, checkpoint chosen on devel, full test split scored), the mean of 3 seeds.", "",
           "| arm | task | mode | metric | base | arm | delta [95% CI] | verdict | n test |",
@@ -1152,7 +1162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=str(ROOT / "runs" / "dapt-biomed"), help="cache of corpora, runs, scores")
     ap.add_argument("--arms", default=None, help="comma-separated arms to run (default: all MiniLM arms)")
     ap.add_argument("--full-eval", default=None,
-                    help="comma-separated arms that also get BC5CDR, ChemProt, HoC and PubMedQA "
+                    help="comma-separated arms that also get BC5CDR, the fine-tuned NER (NCBI-disease, BC5CDR), "
+                         "ChemProt, HoC and PubMedQA "
                          "(default: minilm-warmup-0.3m; 'all' for every arm)")
     ap.add_argument("--groups", default=None, help=f"evaluate only these groups ({', '.join(GROUPS)})")
     ap.add_argument("--quick", action="store_true", help=f"one arm ({QUICK_ARM}), cheap tasks only")

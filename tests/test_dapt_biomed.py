@@ -118,7 +118,17 @@ def test_reading_reports_the_fine_tuned_comparison_with_its_seeds():
     assert "base 0.730, 0.720, 0.735 and arm 0.719, 0.708, 0.718" in line
     assert "the probe on the same arm: +0.017" in line
     # once fine-tuning was measured, the advice no longer asks for it as the first step on NCBI
-    assert any("the fine-tuning protocol on the other tasks" in s for s in lines)
+    assert any("the fine-tuning protocol on the other tasks (measured here on NCBI-disease only" in s for s in lines)
+    # BC5CDR fine-tuned: its own line, beside its own probe, and the advice names both datasets
+    arms["minilm-warmup-0.3m"]["tasks"]["bc5cdr/ner"] = _task("BC5CDR", 0.012, 0.007, 0.017)
+    arms["minilm-warmup-0.3m"]["tasks"]["bc5cdr-ft/ner_pubtator"] = {
+        **_task("BC5CDR NER (fine-tuned)", 0.004, -0.002, 0.01), "mode": "finetune",
+        "model_seeds": [0.73, 0.72, 0.74], "baseline_seeds": [0.72, 0.72, 0.73]}
+    lines = d._reading(arms)
+    ft_lines = [s for s in lines if s.startswith("- **Fine-tuned instead of probed**")]
+    assert len(ft_lines) == 2 and "on NCBI-disease:" in ft_lines[0] and "on BC5CDR:" in ft_lines[1]
+    assert "+0.004 [-0.002, +0.010] (within noise)" in ft_lines[1] and "the probe on the same arm: +0.012" in ft_lines[1]
+    assert any("measured here on NCBI-disease and BC5CDR only" in s for s in lines)
 
 
 def test_reference_is_the_base_except_minilm_perplexities():
