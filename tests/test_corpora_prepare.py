@@ -309,6 +309,37 @@ def test_detokenize_undoes_ner_spacing_and_leaves_raw_text_alone():
     assert detokenize("a 1 - 2 h range ( n = 3 )") == "a 1-2 h range (n = 3)"
 
 
+def test_looks_word_tokenised_tells_ner_spacing_from_raw_text():
+    from domainlm.corpora.clean import looks_word_tokenised
+
+    assert looks_word_tokenised(SPACED)
+    assert looks_word_tokenised("Patients were treated with cisplatin .")
+    assert not looks_word_tokenised(RAW)
+    assert not looks_word_tokenised("Doses of 2.5 mg (n = 3) were given; 10 ng/ml.")
+    assert not looks_word_tokenised("no punctuation at all")
+
+
+def test_prepare_notes_word_tokenised_text_and_suggests_detokenize(tmp_path, caplog):
+    spaced = [SPACED.replace("Staining", f"Staining {i}") for i in range(3)]
+    raw = [RAW.replace("Staining", f"Labelling {i}") for i in range(3)]
+    kw = dict(model="tiny-llama", block_size=8, validation_fraction=0, near_dup=False)
+
+    def run(name: str, docs: list[str], **extra) -> dict:
+        prepare(inputs=[str(_jsonl(tmp_path / f"{name}.jsonl", docs))], out=str(tmp_path / name), **kw, **extra)
+        return read_corpus_manifest(tmp_path / name)
+
+    with caplog.at_level("WARNING"):
+        m = run("spaced", spaced + raw[:1])
+    assert m["counts"]["word_tokenised_documents"] == 3
+    (note,) = [n for n in m["notes"] if "word-tokenised" in n]
+    assert note.startswith("3 of 4 documents look word-tokenised") and "--detokenize" in note
+    assert any("--detokenize" in r.getMessage() for r in caplog.records)
+    raw_m = run("raw", raw)
+    assert raw_m["counts"]["word_tokenised_documents"] == 0 and not any("word-tokenised" in n for n in raw_m["notes"])
+    detok = run("detok", spaced, detokenize=True)  # the fix applied: nothing left to note
+    assert not any("word-tokenised" in n for n in detok["notes"])
+
+
 def test_prepare_detokenize_option_rewrites_documents_and_is_off_by_default(tmp_path):
     src = _jsonl(tmp_path / "ner.jsonl", [SPACED, RAW.replace("Staining", "Labelling")])
     kw = dict(inputs=[str(src)], model="tiny-llama", block_size=8, validation_fraction=0, near_dup=False)

@@ -59,6 +59,20 @@ def detokenize(text: str) -> str:
     return text
 
 
+# Marks a word-tokenised text puts a space before (and raw text almost never does): a comma, semicolon, colon or
+# closing bracket, or a sentence-final full stop.
+_SPACED_MARK = re.compile(r" (?:[,;:)\]]|\.(?=\s|$))")
+_TIGHT_MARK = re.compile(r"\S(?:[,;:)\]]|\.(?=\s|$))")
+
+
+def looks_word_tokenised(text: str) -> bool:
+    """Whether a text is written the way NER corpora write it ("( BrdU kit ; Boehringer ) , 2 %"): more of its
+    commas, semicolons, colons, closing brackets and full stops have a space before them than not. `corpus
+    prepare` counts these documents and, when they are many and --detokenize is off, says so in its notes."""
+    spaced = len(_SPACED_MARK.findall(text))
+    return spaced > 0 and spaced > len(_TIGHT_MARK.findall(text))
+
+
 def clean_text(text: str, form: str = "NFC") -> str:
     """Normalise Unicode and repair whitespace, keeping line and paragraph breaks.
 
