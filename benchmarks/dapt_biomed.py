@@ -90,6 +90,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "minilm-warmup-1m": _mlm(1_000_000, **WARM),
     "minilm-warmup-1m-s1": _mlm(1_000_000, **WARM, seed=1),
     "minilm-warmup-3m": _mlm(3_000_000, **WARM),
+    # the head-first 300k arm on the detokenised documents: does MiniLM's loss on raw-text tasks come from the
+    # corpus's NER spacing, as SmolLM2's real-abstract perplexity did?
+    "minilm-detok-0.3m": _mlm(300_000, **WARM, corpus="domain_detok"),
     # TAPT (Gururangan et al. 2020): the evaluated task's own unlabelled training text (~1 epoch), and DAPT -> TAPT
     "minilm-tapt-ncbi": _mlm(160_000, **WARM, corpus="tapt_ncbi"),
     "minilm-dapt-tapt-ncbi": _mlm(160_000, **WARM, corpus="tapt_ncbi", init="minilm-warmup-0.3m"),
@@ -110,9 +113,13 @@ PAIRS = [("minilm-warmup-0.1m", "minilm-recipe-0.1m", "ncbi"), ("minilm-lora-0.1
          ("minilm-lowlr-0.1m", "minilm-recipe-0.1m", "ncbi"),
          # more DAPT tokens, and TAPT / DAPT -> TAPT against the DAPT arm they start from (Gururangan's table 5)
          ("minilm-warmup-1m", "minilm-warmup-0.3m", "ncbi"), ("minilm-warmup-1m", "minilm-warmup-0.3m", "bc5cdr"),
+         ("minilm-warmup-3m", "minilm-warmup-0.3m", "ncbi"), ("minilm-warmup-3m", "minilm-warmup-0.3m", "bc5cdr"),
+         ("minilm-detok-0.3m", "minilm-warmup-0.3m", "ncbi"), ("minilm-detok-0.3m", "minilm-warmup-0.3m", "bc5cdr"),
+         ("minilm-detok-0.3m", "minilm-warmup-0.3m", "cls"),
          ("minilm-tapt-ncbi", "minilm-warmup-0.3m", "ncbi"), ("minilm-dapt-tapt-ncbi", "minilm-warmup-0.3m", "ncbi"),
          # SmolLM2: what replay and full training change against LoRA without replay, on the same texts
-         ("smollm2-lora-replay5", "smollm2-lora", "ppl"), ("smollm2-lora-replay25", "smollm2-lora", "ppl"),
+         ("smollm2-lora-replay5", "smollm2-lora", "ppl"), ("smollm2-lora-replay5", "smollm2-lora", "ncbi"),
+         ("smollm2-lora-replay25", "smollm2-lora", "ppl"),
          ("smollm2-lora-replay25", "smollm2-lora", "ncbi"), ("smollm2-full", "smollm2-lora", "ppl"),
          ("smollm2-full", "smollm2-lora", "ncbi"), ("smollm2-lora-detok", "smollm2-lora", "ppl"),
          ("smollm2-lora-detok", "smollm2-lora", "pubmed"), ("smollm2-lora-detok", "smollm2-lora", "ncbi")]
@@ -910,6 +917,7 @@ def _smol_reading(arms: dict[str, Any]) -> list[str]:
                   "set, so its WikiText-2 gain is an upper bound on what replay keeps for other general text.)")
         out.append(s)
     out += _form_reading(arms)
+    out += _minilm_form_reading(arms)
     return out
 
 
@@ -937,6 +945,39 @@ def _form_reading(arms: dict[str, Any]) -> list[str]:
     if _verdict(t[key]) == "worse" and _verdict(u[key]) == "better":
         s += (" So the tokenised arm's perplexity gains were largely the spacing, and with it undone the model "
               "adapted to the field as real abstracts write it: prepare NER-derived text with `--detokenize`.")
+    return [s]
+
+
+RAW_TEXT_TASKS = ("cls/relation", "cls/doccls", "cls/pubmedqa")
+
+
+def _minilm_form_reading(arms: dict[str, Any]) -> list[str]:
+    """The same question for MiniLM: the head-first 300k arm on the tokenised documents vs the detokenised ones,
+    on the NER probes (tokenised text) and the raw-text tasks (ChemProt, HoC, PubMedQA)."""
+    tok, detok = arms.get("minilm-warmup-0.3m"), arms.get("minilm-detok-0.3m")
+    if not tok or not detok:
+        return []
+    keys = [k for k in ("ncbi/ner", "bc5cdr/ner", *RAW_TEXT_TASKS) if k in tok["tasks"] and k in detok["tasks"]]
+    if not keys:
+        return []
+    h2h = detok.get("head_to_head", {})
+    parts = []
+    for k in keys:
+        h = h2h.get(k)
+        parts.append(f"{tok['tasks'][k]['label']} {_ci_str(tok['tasks'][k])} -> {_ci_str(detok['tasks'][k])}"
+                     + (f" (head to head {_ci_str(h)})" if h else ""))
+    s = ("- **Form, not only field (MiniLM).** The head-first 300k arm on the tokenised documents "
+         "(`minilm-warmup-0.3m`) and on the same documents detokenised (`minilm-detok-0.3m`), each against MiniLM: "
+         + "; ".join(parts) + ".")
+    raw = [k for k in RAW_TEXT_TASKS if k in keys]
+    lost_tok = [k for k in raw if _verdict(tok["tasks"][k]) == "worse"]
+    lost_detok = [k for k in raw if _verdict(detok["tasks"][k]) == "worse"]
+    if lost_tok and not lost_detok:
+        s += (f" The tokenised arm's raw-text losses ({', '.join(tok['tasks'][k]['label'] for k in lost_tok)}) are "
+              "not significant with the spacing undone.")
+    elif lost_detok:
+        s += (f" With the spacing undone the arm still loses on {', '.join(detok['tasks'][k]['label'] for k in lost_detok)}"
+              ": the raw-text cost is not the spacing alone.")
     return [s]
 
 

@@ -237,3 +237,19 @@ def test_run_arm_resumes_a_killed_run_from_its_checkpoint_and_starts_a_fresh_one
     assert calls[0]["max_tokens"] == 3_000_000 and calls[0]["save_every"] == 100
     d.run_arm("minilm-warmup-3m", tmp_path)  # finished now: reused, not trained again
     assert len(calls) == 2
+
+
+def test_minilm_form_reading_says_whether_raw_text_losses_go_with_the_spacing():
+    tok = _arm(300_000, {"bc5cdr/ner": _task("BC5CDR NER", 0.012, 0.007, 0.017),
+                         "cls/doccls": _task("HoC", -0.035, -0.065, -0.003)})
+    detok = _arm(300_000, {"bc5cdr/ner": _task("BC5CDR NER", 0.008, 0.003, 0.013),
+                           "cls/doccls": _task("HoC", -0.005, -0.03, 0.02)}, corpus="domain_detok")
+    detok["head_to_head"] = {"cls/doccls": _task("HoC", 0.03, 0.001, 0.06)}
+    arms = {"minilm-warmup-0.3m": tok, "minilm-detok-0.3m": detok}
+    (line,) = d._minilm_form_reading(arms)
+    assert "HoC -0.035 [-0.065, -0.003] (worse) -> -0.005 [-0.030, +0.020] (within noise)" in line
+    assert "(head to head +0.030 [+0.001, +0.060] (better))" in line
+    assert "BC5CDR NER +0.012" in line and "are not significant with the spacing undone" in line
+    detok["tasks"]["cls/doccls"] = _task("HoC", -0.04, -0.07, -0.01)
+    assert "still loses on HoC: the raw-text cost is not the spacing alone" in d._minilm_form_reading(arms)[0]
+    assert d._minilm_form_reading({"minilm-warmup-0.3m": tok}) == []
