@@ -754,9 +754,10 @@ def _reading(arms: dict[str, Any]) -> list[str]:
     head += " (MiniLM)"
     more = [(n, k, t) for n, a in arms.items() if n.startswith("minilm-warmup-") and a["init"] is None
             for k, t in a.get("head_to_head", {}).items() if str(t["against"]).split("/")[-1].startswith("minilm-warmup-")]
-    tokens_txt = (f"more tokens with the warm-up recipe (run here: {', '.join(_tok(b) for b in budgets) or 'none'}"
+    budget_txt = (f"run here: {', '.join(_tok(b) for b in budgets) or 'none'}"
                   + (f"; defined, not run: {', '.join(_tok(t) for t in not_run)}" if not_run else "")
-                  + "; Gururangan et al.'s DAPT ran 12.5k steps of 2,048 sequences, billions of tokens)")
+                  + "; Gururangan et al.'s DAPT ran 12.5k steps of 2,048 sequences, billions of tokens")
+    tokens_txt = f"more tokens with the warm-up recipe ({budget_txt})"
     finetune_txt = ("the fine-tuning protocol instead of a frozen-feature probe (DAPT changes what the body encodes; a "
                     "probe on frozen features of a sentence-embedding model measures how much of that survives, not "
                     "what a fine-tuned model can use; `benchmarks/biomed/realdata-blurb.overrides` is ready)")
@@ -774,14 +775,22 @@ def _reading(arms: dict[str, Any]) -> list[str]:
         done = sorted({name for _n, name, _t, _p in ft}, key=[f[2] for f in FINETUNED].index)
         finetune_txt = (f"the fine-tuning protocol on the other tasks (measured here on {' and '.join(done)} only, "
                         "above) and a longer fine-tuning budget than 1 epoch")
-    if more and not any(_verdict(t) == "better" for _n, _k, t in more):
-        h2h = "; ".join(f"`{n}` vs `{str(t['against']).split('/')[-1]}` on {t['label']} {_ci_str(t)}" for n, _k, t in more)
+    no_more = more and not any(_verdict(t) == "better" for _n, _k, t in more)
+    h2h = "; ".join(f"`{n}` vs `{str(t['against']).split('/')[-1]}` on {t['label']} {_ci_str(t)}" for n, _k, t in more)
+    if ft and no_more and not any(_verdict(t) == "better" for _n, _name, t, _p in ft):
+        s = (f"- **{head}:** fine-tuning removed the probes' gains (none of {len(ft)} fine-tuned comparisons on "
+             f"{' and '.join(done)} is above 0, above) and more tokens alone did not add a measurable gain (head to "
+             f"head: {h2h}). So the likeliest route is a base model that ships its MLM head (BERT, PubMedBERT-style: "
+             f"no fresh head to train) with far more tokens ({budget_txt}); not run here: fine-tuning longer than "
+             "1 epoch, and ChemProt/HoC under the fine-tuning protocol.")
+    elif no_more:
         s = (f"- **{head}:** first {finetune_txt}; then a second seed of the larger budgets. More tokens alone did not "
              f"add a measurable gain over the budgets run here (head to head: {h2h}), so {tokens_txt} come after.")
     else:
         s = f"- **{head}:** first {tokens_txt}, then {finetune_txt}."
-    out.append(s + " A base model that ships its MLM head (BERT, PubMedBERT-style) removes the fresh-head problem "
-               "altogether. Vocabulary extension was not tested here.")
+    if "ships its MLM head" not in s:
+        s += " A base model that ships its MLM head (BERT, PubMedBERT-style) removes the fresh-head problem altogether."
+    out.append(s + " Vocabulary extension was not tested here.")
     if any(k.startswith(("ncbi/", "bc5cdr/")) and _verdict(t) == "better" for a in arms.values()
            for k, t in a["tasks"].items()):
         out.append("- **Caveat on what the gain covers.** The adaptation corpus is ten other NER corpora's sentences "
@@ -858,8 +867,12 @@ def _goal_lines(arms: dict[str, Any]) -> list[str]:
         if lost:
             txt += f": untested where another {a['model']} arm lost ({', '.join(lost)}), so this is not the goal met"
         else:
-            txt += (f": no significant loss on the {len(_task_keys(a))} tasks it was scored on, and no {a['model']} arm "
-                    f"was scored on the others, so the goal is met on those {len(_task_keys(a))} tasks")
+            peers = [labels[k] for k in unscored if any(o["model"] == a["model"] and k in o["tasks"]
+                                                         for o in arms.values())]
+            others = (f"no other {a['model']} arm lost on the others ({', '.join(peers)} scored for another arm)"
+                      if peers else f"no {a['model']} arm was scored on the others")
+            txt += (f": no significant loss on the {len(_task_keys(a))} tasks it was scored on, and {others}, so the "
+                    f"goal is met on those {len(_task_keys(a))} tasks")
         worse = [f"{t['label'].split(',')[0]} {_ci_str(t, 1)}" for k, t in a["tasks"].items()
                  if k.startswith(("ppl/", "pubmed/")) and _verdict(t) == "worse"]
         if worse:

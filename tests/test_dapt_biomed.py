@@ -129,6 +129,14 @@ def test_reading_reports_the_fine_tuned_comparison_with_its_seeds():
     assert len(ft_lines) == 2 and "on NCBI-disease:" in ft_lines[0] and "on BC5CDR:" in ft_lines[1]
     assert "+0.004 [-0.002, +0.010] (within noise)" in ft_lines[1] and "the probe on the same arm: +0.012" in ft_lines[1]
     assert any("measured here on NCBI-disease and BC5CDR only" in s for s in lines)
+    # fine-tuned everywhere without a gain, and more tokens without one either: the advice moves on
+    arms["minilm-warmup-1m"] = _arm(1_000_000, {"ncbi/ner": _task("NCBI", 0.02, -0.004, 0.046)})
+    arms["minilm-warmup-1m"]["head_to_head"] = {"ncbi/ner": {**_task("NCBI", 0.005, -0.017, 0.026),
+                                                             "against": "runs/minilm-warmup-0.3m"}}
+    (advice,) = [s for s in d._reading(arms) if s.startswith("- **What would")]
+    assert "fine-tuning removed the probes' gains (none of 2 fine-tuned comparisons" in advice
+    assert "a base model that ships its MLM head" in advice and advice.endswith("Vocabulary extension was not tested here.")
+    assert any(s.startswith("- **Caveat on what the gain covers") for s in d._reading(arms))  # the rest still follows
 
 
 def test_reference_is_the_base_except_minilm_perplexities():
@@ -192,6 +200,11 @@ def test_goal_line_counts_an_unscored_task_only_against_arms_of_the_same_model()
     assert ("`smol` (gains on NCBI; not scored on NCBI fine-tuned): no significant loss on the 1 tasks it was scored "
             "on, and no smollm2 arm was scored on the others, so the goal is met on those 1 tasks") in line
     assert "(but perplexity rose on real PubMed abstracts +20.0 [+7.6, +33.3] (worse))" in line
+    # an unscored task that another arm of the model was scored on without a loss is said as such
+    arms["minilm-a"]["tasks"]["ncbi-ft/ner"] = _task("NCBI fine-tuned", 0.0, -0.01, 0.01)
+    line = d._goal_lines(arms)[0]
+    assert ("`minilm-b` (gains on NCBI; not scored on NCBI fine-tuned): no significant loss on the 1 tasks it was "
+            "scored on, and no other minilm arm lost on the others (NCBI fine-tuned scored for another arm)") in line
 
 
 def test_form_reading_tells_spacing_from_field_on_real_abstracts():
