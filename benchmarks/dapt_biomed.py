@@ -525,6 +525,8 @@ TASK_LABELS = {("ncbi", "ner"): "NCBI-disease NER", ("ncbi-ft", "ner"): "NCBI-di
 
 # The fine-tuned task keys, the probe each replaces, and the dataset's name in the report.
 FINETUNED = [("ncbi-ft/ner", "ncbi/ner", "NCBI-disease"), ("bc5cdr-ft/ner_pubtator", "bc5cdr/ner", "BC5CDR")]
+# The tasks scored on raw (not word-tokenised) text.
+RAW_TEXT_TASKS = ("cls/relation", "cls/doccls", "cls/pubmedqa")
 
 
 def collect(work: Path) -> dict[str, Any]:
@@ -630,7 +632,7 @@ def plot(arms: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     ax = axes[0]
-    keys = ["ncbi/ner", "bc5cdr/ner", "cls/relation", "cls/doccls", "cls/pubmedqa"]
+    keys = ["ncbi/ner", "bc5cdr/ner", *RAW_TEXT_TASKS]
     scored = sorted(((n, a) for n, a in arms.items() if any(k in a["tasks"] for k in keys)),
                     key=lambda kv: (kv[1]["model"], kv[1]["tokens"]))  # the head-only reference has no task row
     for i, (_name, a) in enumerate(scored):
@@ -777,7 +779,10 @@ def _reading(arms: dict[str, Any]) -> list[str]:
                         "above) and a longer fine-tuning budget than 1 epoch")
     no_more = more and not any(_verdict(t) == "better" for _n, _k, t in more)
     h2h = "; ".join(f"`{n}` vs `{str(t['against']).split('/')[-1]}` on {t['label']} {_ci_str(t)}" for n, _k, t in more)
+    fresh_head = (" A base model that ships its MLM head (BERT, PubMedBERT-style) removes the fresh-head problem "
+                  "altogether.")
     if ft and no_more and not any(_verdict(t) == "better" for _n, _name, t, _p in ft):
+        fresh_head = ""  # this branch names the base model with its own head as the route
         s = (f"- **{head}:** fine-tuning removed the probes' gains (none of {len(ft)} fine-tuned comparisons on "
              f"{' and '.join(done)} is above 0, above) and more tokens alone did not add a measurable gain (head to "
              f"head: {h2h}). So the likeliest route is a base model that ships its MLM head (BERT, PubMedBERT-style: "
@@ -788,9 +793,7 @@ def _reading(arms: dict[str, Any]) -> list[str]:
              f"add a measurable gain over the budgets run here (head to head: {h2h}), so {tokens_txt} come after.")
     else:
         s = f"- **{head}:** first {tokens_txt}, then {finetune_txt}."
-    if "ships its MLM head" not in s:
-        s += " A base model that ships its MLM head (BERT, PubMedBERT-style) removes the fresh-head problem altogether."
-    out.append(s + " Vocabulary extension was not tested here.")
+    out.append(s + fresh_head + " Vocabulary extension was not tested here.")
     if any(k.startswith(("ncbi/", "bc5cdr/")) and _verdict(t) == "better" for a in arms.values()
            for k, t in a["tasks"].items()):
         out.append("- **Caveat on what the gain covers.** The adaptation corpus is ten other NER corpora's sentences "
@@ -803,6 +806,7 @@ def _reading(arms: dict[str, Any]) -> list[str]:
                        + "." for n, a in arms.items() if any(k.startswith("cls/") for k in a["tasks"])))
     out += _tapt_reading(arms)
     out += _smol_reading(arms)
+    out += _minilm_form_reading(arms)
     return out
 
 
@@ -930,7 +934,6 @@ def _smol_reading(arms: dict[str, Any]) -> list[str]:
                   "set, so its WikiText-2 gain is an upper bound on what replay keeps for other general text.)")
         out.append(s)
     out += _form_reading(arms)
-    out += _minilm_form_reading(arms)
     return out
 
 
@@ -959,9 +962,6 @@ def _form_reading(arms: dict[str, Any]) -> list[str]:
         s += (" So the tokenised arm's perplexity gains were largely the spacing, and with it undone the model "
               "adapted to the field as real abstracts write it: prepare NER-derived text with `--detokenize`.")
     return [s]
-
-
-RAW_TEXT_TASKS = ("cls/relation", "cls/doccls", "cls/pubmedqa")
 
 
 def _minilm_form_reading(arms: dict[str, Any]) -> list[str]:
