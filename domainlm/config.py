@@ -40,6 +40,14 @@ def type_name(tp: Any) -> str:
     return name + (" or null" if optional else "")
 
 
+class SectionProblems(ValueError):
+    """The problems of a nested section (an item of adapt's ``sources:``), each reported under its own key."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 def coerce(value: Any, tp: Any, *, from_string: bool = False) -> Any:
     """Convert ``value`` to ``tp`` or raise ValueError with what was expected.
 
@@ -61,7 +69,32 @@ def coerce(value: Any, tp: Any, *, from_string: bool = False) -> Any:
             value = [v for v in value.split(",") if v != ""]
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"expected {type_name(inner)}, got {type(value).__name__} {value!r}")
-        return [coerce(v, get_args(inner)[0], from_string=from_string) for v in value]
+        item_type = get_args(inner)[0]
+        if not dataclasses.is_dataclass(item_type):
+            return [coerce(v, item_type, from_string=from_string) for v in value]
+        items, problems = [], []
+        for i, v in enumerate(value):  # a list of sections: every problem of every item, each with its place
+            try:
+                items.append(coerce(v, item_type, from_string=from_string))
+            except SectionProblems as exc:
+                problems.extend(f"[{i}].{p[1:]}" if p.startswith("'") else f"[{i}]': {p}" for p in exc.problems)
+            except ValueError as exc:
+                problems.append(f"[{i}]': {exc}")
+        if problems:
+            raise SectionProblems(problems)
+        return items
+    if dataclasses.is_dataclass(inner) and isinstance(inner, type):
+        # a nested section of a recipe (a list item of adapt's ``sources:``): built with the same checks
+        if isinstance(value, inner):
+            return value
+        if isinstance(value, str) and hasattr(inner, "from_text"):  # a flag's compact form (--sources a=0.7)
+            return inner.from_text(value)
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping with keys {', '.join(fields_of(inner))}, got {value!r}")
+        try:
+            return build(inner, value)
+        except ConfigError as exc:
+            raise SectionProblems(exc.problems) from None
     if origin is dict:
         if not isinstance(value, dict):
             raise ValueError(f"expected a mapping, got {value!r}")
@@ -141,6 +174,8 @@ def build(cls: type, values: dict[str, Any], *, source: str | None = None, from_
             continue
         try:
             kwargs[key] = coerce(value, hints[key], from_string=key in from_string)
+        except SectionProblems as exc:  # "[1].weight' must be ..." -> "'sources[1].weight' must be ..."
+            problems.extend(f"'{key}{p}" if p.startswith("[") else f"'{key}': {p}" for p in exc.problems)
         except ValueError as exc:
             problems.append(f"'{key}': {exc}")
     required = [n for n, f in known.items()

@@ -100,13 +100,13 @@ def test_batches_built_ahead_equal_batches_built_in_the_loop_and_row_by_row(llam
     replay = load_prepared(llama_corpus, "validation").with_format("torch")
 
     def run(ahead: int, rank: int = 1):
-        stream = SequenceStream(len(train), len(replay), seed=3, replay_fraction=0.3)
-        builder = BatchBuilder(train, replay, None, seed=3, document_mask=True)
+        stream = SequenceStream.replay(len(train), len(replay), seed=3, replay_fraction=0.3)
+        builder = BatchBuilder({"domain": train, "replay": replay}, None, seed=3, document_mask=True)
         return list(Batches(builder, stream, 0, 5, ahead=ahead, pin=False, rank=rank, world=2, batch_size=3,
                             grad_accum=2))
 
     ahead, inline = run(2), run(0)
-    reference = SequenceStream(len(train), len(replay), seed=3, replay_fraction=0.3)
+    reference = SequenceStream.replay(len(train), len(replay), seed=3, replay_fraction=0.3)
     sources = set()
     for a, b in zip(ahead, inline, strict=True):
         items = reference.take(12)

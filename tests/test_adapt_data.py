@@ -23,12 +23,12 @@ def test_replay_fraction_matches_config_within_sampling_error():
 
 
 def test_stream_is_deterministic_and_resumable():
-    a = SequenceStream(50, 30, seed=1, replay_fraction=0.2)
+    a = SequenceStream.replay(50, 30, seed=1, replay_fraction=0.2)
     full = a.take(40) + a.take(40)
-    b = SequenceStream(50, 30, seed=1, replay_fraction=0.2)
+    b = SequenceStream.replay(50, 30, seed=1, replay_fraction=0.2)
     first = b.take(40)
     state = b.state_dict()
-    c = SequenceStream(50, 30, seed=1, replay_fraction=0.2)
+    c = SequenceStream.replay(50, 30, seed=1, replay_fraction=0.2)
     c.load_state_dict(state)
     assert first + c.take(40) == full
     domain_rows = [r for s, r in full if s == "domain"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from domainlm.adapt.data import Masker, SequenceStream, StreamState, sequence_generator
-from domainlm.lm_loss import causal_labels
+from domainlm.lm_loss import IGNORE, causal_labels
 
 
 @dataclass
@@ -26,45 +26,60 @@ class StepBatch:
     state_after: StreamState
 
 
-def read_rows(ds: Any, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, doc_ids) of ``rows`` of a torch-formatted prepared split, in that order, with one read."""
+def read_columns(ds: Any, rows: list[int]) -> dict[str, torch.Tensor]:
+    """Every column of ``rows`` of a torch-formatted prepared split (``input_ids``, ``doc_ids`` and, in a
+    chat-formatted corpus, ``loss_mask``), in that order, with one read."""
     if not rows:
         raise ValueError("no rows")
     batch = ds[rows]  # one Arrow take for the whole list, instead of a Python loop over ds[row]
-    return torch.as_tensor(batch["input_ids"]).long(), torch.as_tensor(batch["doc_ids"]).long()
+    return {name: torch.as_tensor(batch[name]).long() for name in ds.column_names}
+
+
+def read_rows(ds: Any, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, doc_ids) of ``rows`` of a torch-formatted prepared split, in that order, with one read."""
+    cols = read_columns(ds, rows)
+    return cols["input_ids"], cols["doc_ids"]
 
 
 class BatchBuilder:
     """Turns stream items into model inputs and labels (causal next tokens or MLM masks) on the CPU."""
 
-    def __init__(self, train_ds: Any, replay_ds: Any, masker: Masker | None, seed: int, document_mask: bool):
-        self.sources = {"domain": train_ds, "replay": replay_ds}
+    def __init__(self, sources: dict[str, Any], masker: Masker | None, seed: int, document_mask: bool):
+        self.sources = sources  # stream source name -> its training split
         self.masker, self.seed, self.document_mask = masker, seed, document_mask
+        self.masked = any("loss_mask" in ds.column_names for ds in sources.values() if ds is not None)
 
-    def rows(self, items: list[tuple[str, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stack the sequences of ``items`` in order, reading each source once."""
-        ids: torch.Tensor | None = None
-        docs: torch.Tensor | None = None
-        for source in ("domain", "replay"):
+    def rows(self, items: list[tuple[str, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Stack the sequences of ``items`` in order, reading each source once: (input_ids, doc_ids, loss_mask).
+        Every column of a row is kept as read; a source without ``loss_mask`` counts all its tokens (1s)."""
+        out: dict[str, torch.Tensor] = {}
+        for source in self.sources:
             where = [i for i, (s, _) in enumerate(items) if s == source]
             if not where:
                 continue
-            part_ids, part_docs = read_rows(self.sources[source], [items[i][1] for i in where])
-            if ids is None:
-                ids = part_ids.new_empty((len(items), part_ids.shape[1]))
-                docs = part_docs.new_empty((len(items), part_docs.shape[1]))
-            ids[where], docs[where] = part_ids, part_docs
-        assert ids is not None and docs is not None
-        return ids, docs
+            part = read_columns(self.sources[source], [items[i][1] for i in where])
+            if self.masked and "loss_mask" not in part:
+                part["loss_mask"] = torch.ones_like(part["input_ids"])
+            for name, t in part.items():
+                if name not in out:
+                    out[name] = t.new_empty((len(items), t.shape[1]))
+                out[name][where] = t
+        return out["input_ids"], out["doc_ids"], out.get("loss_mask")
 
-    def labelled(self, ids: torch.Tensor, docs: torch.Tensor, indices: list[int], salt: int = 0):
-        """(input_ids, labels, doc_ids); MLM masks depend only on each sequence's global index and the seed."""
+    def labelled(self, ids: torch.Tensor, docs: torch.Tensor, indices: list[int], salt: int = 0,
+                 loss_mask: torch.Tensor | None = None):
+        """(input_ids, labels, doc_ids); MLM masks depend only on each sequence's global index and the seed.
+        Where ``loss_mask`` is 0 (a chat corpus's prompt tokens) the token is no target."""
         doc_for_mask = docs if self.document_mask else None
         if self.masker is not None:
             gens = [sequence_generator(self.seed, i, salt) for i in indices]
             ids, labels = self.masker(ids, doc_for_mask, gens)
+            if loss_mask is not None:
+                labels = labels.masked_fill(loss_mask == 0, IGNORE)
         else:
             labels = causal_labels(ids, doc_for_mask)
+            if loss_mask is not None:  # label[i] is token i+1: it counts when token i+1 does
+                labels[:, :-1] = labels[:, :-1].masked_fill(loss_mask[:, 1:] == 0, IGNORE)
         return ids, labels, docs
 
     def step(self, stream: SequenceStream, step: int, *, rank: int, world: int, batch_size: int,
@@ -75,9 +90,9 @@ class BatchBuilder:
         micro = []
         for k in range(grad_accum):
             off = (k * world + rank) * batch_size
-            ids, docs = self.rows(items[off:off + batch_size])
-            micro.append(self.labelled(ids, docs, list(range(first + off, first + off + batch_size))))
-        return StepBatch(step, micro, StreamState(**stream.state_dict()))
+            ids, docs, mask = self.rows(items[off:off + batch_size])
+            micro.append(self.labelled(ids, docs, list(range(first + off, first + off + batch_size)), loss_mask=mask))
+        return StepBatch(step, micro, stream.state.copy())
 
 
 class Batches:

@@ -3,9 +3,76 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from domainlm.config import opt
+from domainlm.config import did_you_mean, opt
+
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
+# Muennighoff et al. 2023 (Scaling Data-Constrained Language Models): up to about 4 epochs of repeated data are
+# almost as good as fresh data; beyond that the returns fall quickly.
+REPEAT_WARNING_EPOCHS = 4
+
+
+@dataclass
+class SourceSpec:
+    """One corpus of a ``sources:`` mixture."""
+
+    corpus: str = opt(None, "prepared corpus folder, or a corpus card name (prepared into OUT/corpora on first use)")
+    weight: float = opt(None, "this source's share of training tokens (weights are normalised over the sources)")
+    name: str | None = opt(None, "label in metrics, curves and the schedule; default: the card name or the "
+                           "folder's name")
+    max_epochs: float | None = opt(None, "passes over this source's training blocks after which it stops and the "
+                                   "other sources share its weight (unset: it repeats as often as drawn)")
+    loss_mask: bool = opt(False, "the source is chat-formatted: its prepared blocks carry a loss_mask column "
+                          "(assistant tokens 1) and only those tokens count in the loss; required to be there")
+
+    @classmethod
+    def from_text(cls, text: str) -> SourceSpec:
+        """``CORPUS=WEIGHT`` (the flag form ``--sources pubmed-sample=0.7 general-english-sample=0.3``)."""
+        corpus, sep, weight = text.rpartition("=")
+        if not sep or not corpus:
+            raise ValueError(f"expected CORPUS=WEIGHT (e.g. pubmed-sample=0.7), got {text!r}")
+        try:
+            return cls(corpus=corpus, weight=float(weight))
+        except ValueError:
+            raise ValueError(f"expected CORPUS=WEIGHT with a number after '=', got {text!r}") from None
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.corpus.rstrip("/")).name
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.corpus is None or self.corpus == "":
+            out.append("'corpus' is required: a prepared corpus folder or a corpus card name")
+        if self.weight is None:
+            out.append("'weight' is required: this source's share of training tokens (e.g. 0.5)")
+        elif not self.weight > 0:
+            out.append(f"'weight' must be positive, got {self.weight} (drop the source to leave it out)")
+        if self.max_epochs is not None and not self.max_epochs > 0:
+            out.append(f"'max_epochs' must be positive, got {self.max_epochs}")
+        return out
+
+
+@dataclass
+class MixturePoint:
+    """The mixture's weights at one step (or token count); between points they change linearly."""
+
+    weights: dict = opt(None, "weight of every source by its name at this point (0 switches a source off)")
+    step: int | None = opt(None, "optimizer step where these weights hold")
+    tokens: int | None = opt(None, "training tokens after which these weights hold (instead of step)")
+
+    def problems(self) -> list[str]:
+        out = []
+        if not isinstance(self.weights, dict) or not self.weights:
+            out.append("'weights' is required: a mapping of source name to weight, e.g. {pubmed: 0.3, general: 0.7}")
+        if (self.step is None) == (self.tokens is None):
+            out.append("give exactly one of 'step' and 'tokens'")
+        for key in ("step", "tokens"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                out.append(f"'{key}' must be 0 or more, got {getattr(self, key)}")
+        return out
 
 
 @dataclass
@@ -78,6 +145,15 @@ class AdaptConfig:
                                     "against forgetting")
     replay_fraction: float | None = opt(None, "fraction of training sequences drawn from replay_corpus; default "
                                         "0.05 for text when a replay corpus is given, 0 for protein")
+    # --- a mixture of several corpora (issue 33) -------------------------------------------------------
+    sources: list[SourceSpec] | None = opt(None, "weighted mixture of corpora instead of corpus + replay_corpus: a "
+                                           "list of {corpus, weight, name, max_epochs, loss_mask}; weights are "
+                                           "shares of training tokens. Flags: --sources CORPUS=WEIGHT ...")
+    mixture_schedule: list[MixturePoint] | None = opt(None, "weights changing over the run: a list of {step or "
+                                                      "tokens, weights: {name: weight}}; linear between points, "
+                                                      "the last held after it, the sources' weights before the "
+                                                      "first (e.g. more general text early, the best source at "
+                                                      "the end, as in a WSD decay)")
     general_eval: str | None = opt(None, "general corpus whose validation perplexity is tracked (forgetting "
                                    "monitor); defaults to replay_corpus")
     forgetting_threshold: float = opt(0.10, "warn when general perplexity rises by more than this fraction")
@@ -87,6 +163,11 @@ class AdaptConfig:
                               "processes (0: the whole split)")
     eval_batches: int | None = opt(None, "older form of eval_sequences, in micro-batches of batch_size sequences; "
                                    "when set it wins (eval_sequences = eval_batches x batch_size)")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] | None = opt(
+        None, "experiment trackers that get the metrics.jsonl records, the resolved config and the manifest, each an "
+        "extra (pip install 'domainlm[wandb]'), from process 0 only; [] for none. Unset: tensorboard when it is "
+        "installed. Offline by default: W&B in offline mode unless WANDB_MODE is set, MLflow into OUT/mlruns unless "
+        "MLFLOW_TRACKING_URI is set, Trackio into OUT/trackio unless TRACKIO_DIR is set")
     log_every: int | None = opt(None, "steps between metric log lines; default every step for runs under 100 steps, "
                                 "else about 100 lines over the run")
     save_every: int = opt(100, "steps between checkpoints (0: only at the end)")
@@ -147,6 +228,50 @@ class AdaptConfig:
             out.append("'resume' and 'overwrite' contradict each other; choose one")
         if self.block_size is not None and self.block_size < 8:
             out.append(f"'block_size' must be at least 8, got {self.block_size}")
+        if self.report_to and len(self.report_to) != len(set(self.report_to)):
+            out.append(f"'report_to' lists a tracker twice: {self.report_to}")
+        out.extend(self.mixture_problems())
+        return out
+
+    def mixture_problems(self) -> list[str]:
+        """``sources:`` and ``mixture_schedule:`` checks, each naming the key (``sources[1].weight``)."""
+        out: list[str] = []
+        if self.mixture_schedule and not self.sources:
+            out.append("'mixture_schedule' needs 'sources': list the corpora it weighs")
+        if not self.sources:
+            if self.sources is not None:
+                out.append("'sources' is empty: list at least one {corpus, weight}, or drop it and use 'corpus'")
+            return out
+        if self.replay_corpus or self.replay_fraction:
+            out.append("'sources' replaces 'replay_corpus'/'replay_fraction': add the replay corpus as a source "
+                       "with its weight (e.g. {corpus: general-english-sample, weight: 0.05})")
+        names = [s.label for s in self.sources]
+        for i, name in enumerate(names):
+            if names.index(name) != i:
+                out.append(f"'sources[{i}].name': '{name}' names two sources; give each a distinct 'name'")
+        unit = None
+        last = -1
+        for i, point in enumerate(self.mixture_schedule or []):
+            key = f"mixture_schedule[{i}]"
+            here = "step" if point.step is not None else "tokens"
+            unit = unit or here
+            if here != unit:
+                out.append(f"'{key}': every point uses the same unit; the first uses '{unit}', this one '{here}'")
+            at = point.step if point.step is not None else point.tokens
+            if at is not None and at <= last:
+                out.append(f"'{key}.{here}': points must be in increasing order, got {at} after {last}")
+            last = at if at is not None else last
+            for name, w in point.weights.items():
+                if name not in names:
+                    out.append(f"'{key}.weights': unknown source '{name}'{did_you_mean(str(name), names)}; the "
+                               f"sources are {', '.join(names)}")
+                elif not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
+                    out.append(f"'{key}.weights.{name}' must be a number, 0 or more, got {w!r}")
+            if missing := [n for n in names if n not in point.weights]:
+                out.append(f"'{key}.weights' is missing {', '.join(missing)}: give every source a weight at each "
+                           "point (0 switches one off)")
+            elif all(isinstance(w, (int, float)) and w == 0 for w in point.weights.values()):
+                out.append(f"'{key}.weights' are all 0: at least one source needs weight")
         return out
 
     def prefetch_steps(self, device_type: str) -> int:

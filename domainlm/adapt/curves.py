@@ -1,4 +1,4 @@
-"""The metrics log (JSONL, plus TensorBoard when installed) and the loss/perplexity curve PNG."""
+"""The metrics log (JSONL, plus the experiment trackers of ``report_to``) and the loss/perplexity curve PNG."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from typing import Any
 
 
 class MetricsLog:
-    """Append-only JSONL of train and eval records; on resume, records after the checkpoint are dropped."""
+    """Append-only JSONL of train and eval records; on resume, records after the checkpoint are dropped. Every
+    record also goes to the experiment trackers of ``report_to`` (adapt/tracking.py)."""
 
-    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True):
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True,
+                 report_to: list[str] | None = None, config: dict[str, Any] | None = None):
         self.path = path
         self.enabled = enabled
-        self.tb = None
+        self.trackers: list = []
         if not enabled:
             return
         if resume_step is None:
@@ -23,26 +25,26 @@ class MetricsLog:
             keep = [line for line in path.read_text().splitlines() if line.strip()
                     and json.loads(line).get("step", 0) <= resume_step]
             path.write_text("".join(k + "\n" for k in keep))
-        try:  # optional: TensorBoard only when its package is installed
-            from torch.utils.tensorboard import SummaryWriter
+        from domainlm.adapt.tracking import open_trackers
 
-            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-        except ImportError:
-            self.tb = None
+        self.trackers = open_trackers(report_to, path.parent, config or {})
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
-                    self.tb.add_scalar(f"{record.get('type', 'train')}/{k}", v, record.get("step", 0))
+        for tracker in self.trackers:
+            tracker.log(record)
+
+    def manifest(self, manifest: dict[str, Any]) -> None:
+        for tracker in self.trackers:
+            tracker.manifest(manifest)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -50,7 +52,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(metrics_path: Path, out_png: Path, title: str) -> Path:
-    """Training loss and held-out perplexity (domain, and general when tracked) against step."""
+    """Training loss and held-out perplexity (domain, or each source of a mixture, and general when tracked)
+    against step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,9 +72,14 @@ def plot_curves(metrics_path: Path, out_png: Path, title: str) -> Path:
     ax1.set_ylabel("loss (nats/token)")
     ax1.set_title("training loss")
     ax1.grid(alpha=0.3)
-    for key, label, color in (("domain_ppl", "domain (held-out)", "#d62728"),
-                              ("general_ppl", "general (forgetting)", "#2ca02c")):
-        pts = [(r["step"], r[key]) for r in evals if key in r and math.isfinite(r[key])]
+    names = list(dict.fromkeys(n for r in evals for n in (r.get("sources") or {})))
+    series = [(lambda r, n=n: (r.get("sources") or {}).get(n, {}).get("ppl"), f"{n} (held-out)", None)
+              for n in names]  # a mixture: one line per source (the first is also domain_ppl: not drawn twice)
+    if not names:
+        series.append((lambda r: r.get("domain_ppl"), "domain (held-out)", "#d62728"))
+    series.append((lambda r: r.get("general_ppl"), "general (forgetting)", "#2ca02c"))
+    for get, label, color in series:
+        pts = [(r["step"], v) for r in evals if (v := get(r)) is not None and math.isfinite(v)]
         if pts:
             ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label, color=color)
     ax2.set_yscale("log")

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from domainlm.adapt.batches import BatchBuilder, Batches, read_rows
+from domainlm.adapt.batches import BatchBuilder, Batches, read_columns
 from domainlm.adapt.checkpoint import complete_checkpoints, load_checkpoint, read_state, save_checkpoint
 from domainlm.adapt.config import AdaptConfig
 from domainlm.adapt.curves import MetricsLog, plot_curves
@@ -106,6 +106,7 @@ class Data:
     global_batch: int
     tokens_per_step: int
     total_steps: int
+    sources: list = field(default_factory=list)  # a ``sources:`` mixture (adapt/mixture.py Source); [] otherwise
 
 
 @dataclass
@@ -158,10 +159,27 @@ def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------
 
 def set_up(cfg: AdaptConfig, dist: Dist) -> Run:
+    _check_sources(cfg)
     run_dir, resume_from = _prepare_run_dir(cfg, dist.is_main)
     dist.barrier()
     t_start = time.perf_counter()
     return Run(cfg, dist, run_dir, resume_from, prepare_model(cfg), t_start)
+
+
+def _check_sources(cfg: AdaptConfig) -> None:
+    """Every source names a prepared folder or a corpus card, every tracker is installed: refused before the
+    model is loaded."""
+    from domainlm.adapt.tracking import missing_trackers
+    from domainlm.config import did_you_mean
+    from domainlm.corpora.cards import is_card, list_cards
+
+    problems = missing_trackers(cfg.report_to)
+    for i, spec in enumerate(cfg.sources or []):
+        if not Path(spec.corpus).is_dir() and not is_card(spec.corpus):
+            problems.append(f"'sources[{i}].corpus': no prepared corpus folder or corpus card named "
+                            f"'{spec.corpus}'{did_you_mean(spec.corpus, list_cards())}")
+    if problems:
+        raise ConfigError(problems)
 
 
 def _prepare_run_dir(cfg: AdaptConfig, is_main: bool) -> tuple[Path, Path | None]:
@@ -195,6 +213,8 @@ def load_data(r: Run) -> Data:
 
     cfg, dist, prepared = r.cfg, r.dist, r.prepared
     objective, tokenizer = prepared.objective, prepared.tokenizer
+    if cfg.sources:
+        return _load_mixture(r)
     corpus_dir, corpus_manifest = _resolve_corpus(cfg.corpus, cfg, objective, cfg.block_size, r)
     _check_tokenizer(corpus_manifest, tokenizer, corpus_dir)
     train_ds = load_prepared(corpus_dir, "train").with_format("torch")
@@ -223,11 +243,41 @@ def load_data(r: Run) -> Data:
     total_steps = cfg.max_steps or 10**12
     if cfg.max_tokens is not None:
         total_steps = min(total_steps, max(1, math.ceil(cfg.max_tokens / tokens_per_step)))
-    stream = SequenceStream(len(train_ds), len(replay_ds) if replay_ds is not None else 0, cfg.seed, replay_fraction)
+    stream = SequenceStream.replay(len(train_ds), len(replay_ds) if replay_ds is not None else 0, cfg.seed,
+                                   replay_fraction)
     masker = Masker(tokenizer, cfg.mlm_probability, cfg.whole_word_mask) if objective != "causal" else None
-    builder = BatchBuilder(train_ds, replay_ds, masker, cfg.seed, cfg.document_mask)
+    builder = BatchBuilder({"domain": train_ds, "replay": replay_ds}, masker, cfg.seed, cfg.document_mask)
     return Data(corpus_dir, corpus_manifest, train_ds, val_ds, general_val, replay_ds, replay_fraction, block, stream,
                 builder, global_batch, tokens_per_step, total_steps)
+
+
+def _load_mixture(r: Run) -> Data:
+    """``sources:``: every source's splits, one stream over them (weights, schedule, max_epochs); the first
+    source's held-out split is also the run's domain_loss (what publish and scaling read)."""
+    from domainlm.adapt.mixture import load_sources, make_stream
+    from domainlm.corpora import load_prepared
+
+    cfg, dist, prepared = r.cfg, r.dist, r.prepared
+    objective, tokenizer = prepared.objective, prepared.tokenizer
+    sources = load_sources(cfg, lambda spec, block: _resolve_corpus(spec, cfg, objective, block, r),
+                           lambda man, folder: _check_tokenizer(man, tokenizer, folder), cfg.block_size)
+    first = sources[0]
+    block = len(first.train[0]["input_ids"])
+    general_val = None
+    if cfg.general_eval:
+        gdir, gman = _resolve_corpus(cfg.general_eval, cfg, objective, block, r)
+        _check_tokenizer(gman, tokenizer, gdir)
+        general_val = load_prepared(gdir, "validation").with_format("torch")
+    global_batch = cfg.batch_size * dist.world * cfg.grad_accum
+    tokens_per_step = global_batch * block
+    total_steps = cfg.max_steps or 10**12
+    if cfg.max_tokens is not None:
+        total_steps = min(total_steps, max(1, math.ceil(cfg.max_tokens / tokens_per_step)))
+    stream = make_stream(cfg, sources, global_batch, block, total_steps * global_batch)
+    masker = Masker(tokenizer, cfg.mlm_probability, cfg.whole_word_mask) if objective != "causal" else None
+    builder = BatchBuilder({s.name: s.train for s in sources}, masker, cfg.seed, cfg.document_mask)
+    return Data(first.dir, first.manifest, first.train, first.val, general_val, None, 0.0, block, stream, builder,
+                global_batch, tokens_per_step, total_steps, sources)
 
 
 def _resolve_corpus(spec: str, cfg: AdaptConfig, objective: str, block_size: int | None, r: Run) -> tuple[Path, dict]:
@@ -396,9 +446,9 @@ def resume(r: Run, data: Data, tr: Trainer) -> Progress:
         p.elapsed_before = state.get("elapsed", 0.0)
         p.history = state.get("history", {})
         log.info("resumed from %s (step %d)", r.resume_from, p.start_step)
-    p.stream_state = StreamState(**data.stream.state_dict())
+    p.stream_state = data.stream.state.copy()
     p.metrics = MetricsLog(r.dir / "metrics.jsonl", p.start_step if r.resume_from is not None else None,
-                           dist.is_main)
+                           dist.is_main, cfg.report_to, to_dict(cfg))  # trackers: process 0 only
     if dist.is_main:
         write_manifest(r.dir, "run", complete=False, config=to_dict(cfg), base=_base_info(r),
                        corpus=_corpus_info(r, data),
@@ -529,8 +579,9 @@ def evaluate(r: Run, data: Data, tr: Trainer, ds) -> tuple[float, float]:
     total, count = 0.0, 0
     for i in range(rounds):
         rows = mine[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        ids, docs = read_rows(ds, rows or [0])
-        ids, labels, docs = data.builder.labelled(ids, docs, rows or [0], salt=1)
+        cols = read_columns(ds, rows or [0])
+        ids, labels, docs = data.builder.labelled(cols["input_ids"], cols["doc_ids"], rows or [0], salt=1,
+                                                  loss_mask=cols.get("loss_mask"))
         loss = float(tr.loss_module(ids.to(device), labels.to(device), docs.to(device), 1.0))
         if rows:
             total += loss
@@ -542,7 +593,15 @@ def evaluate(r: Run, data: Data, tr: Trainer, ds) -> tuple[float, float]:
 
 def eval_record(r: Run, data: Data, tr: Trainer, p: Progress, step: int) -> dict[str, Any]:
     rec: dict[str, Any] = {"type": "eval", "step": step}
-    if len(data.val):
+    if data.sources:  # a mixture: every source's held-out loss; the first source's is also the domain's
+        rec["sources"] = {}
+        for src in data.sources:
+            if len(src.val):
+                loss, count = evaluate(r, data, tr, src.val)
+                rec["sources"][src.name] = {"loss": loss / max(count, 1), "ppl": perplexity(loss, int(count))}
+        if (first := rec["sources"].get(data.sources[0].name)) is not None:
+            rec.update(domain_loss=first["loss"], domain_ppl=first["ppl"])
+    elif len(data.val):
         loss, count = evaluate(r, data, tr, data.val)
         rec.update(domain_loss=loss / max(count, 1), domain_ppl=perplexity(loss, int(count)))
     if data.general_val is not None and len(data.general_val):
@@ -563,13 +622,25 @@ def finish(r: Run, data: Data, tr: Trainer, p: Progress) -> dict[str, Any]:
     p.history["final"] = eval_record(r, data, tr, p, data.total_steps)
     tokens_trained = data.total_steps * data.tokens_per_step
     session_tps = p.tokens_session / max(p.loop_s, 1e-9)
-    s = data.stream.state
-    stream_meta = {"domain_sequences": s.domain_used, "replay_sequences": s.replay_used,
+    from domainlm.adapt.mixture import forgetting_warnings, mixture_record
+
+    used = data.stream.state.used
+    domain_used, replay_used = used.get("domain", 0), used.get("replay", 0)
+    stream_meta = {"domain_sequences": domain_used, "replay_sequences": replay_used,
                    "replay_fraction_config": data.replay_fraction,
-                   "replay_fraction_actual": s.replay_used / max(1, s.replay_used + s.domain_used),
-                   "replay_corpus": cfg.replay_corpus if data.replay is not None else None}
+                   "replay_fraction_actual": replay_used / max(1, replay_used + domain_used),
+                   "replay_corpus": cfg.replay_corpus if data.replay is not None else None,
+                   # issue 33: the realised mixture, tokens and epochs per source (domain/replay for the older form)
+                   "sources": mixture_record(data.stream, used, data.block,
+                                             {s.name: str(s.dir) for s in data.sources} or None)}
+    if data.sources:
+        stream_meta = {"sources": stream_meta["sources"], "mixture_schedule": [
+            dataclasses.asdict(pt) for pt in cfg.mixture_schedule or []]}
     warnings_out = []
     init, fin = p.history.get("initial", {}), p.history["final"]
+    for msg in forgetting_warnings(init, fin, cfg.forgetting_threshold):  # per source of a mixture
+        log.warning(msg)
+        warnings_out.append(msg)
     if "general_ppl" in init and "general_ppl" in fin and math.isfinite(init["general_ppl"]):
         rise = fin["general_ppl"] / init["general_ppl"] - 1
         fin["general_ppl_rise"] = rise
@@ -584,9 +655,9 @@ def finish(r: Run, data: Data, tr: Trainer, p: Progress) -> dict[str, Any]:
     elapsed = p.elapsed_before + time.perf_counter() - r.t_start
     result: dict[str, Any] = {}
     if dist.is_main:
+        target = " + ".join(s.name for s in data.sources) if data.sources else cfg.corpus
         plot_curves(r.dir / "metrics.jsonl", r.dir / "curves.png",
-                    f"{cfg.model} -> {cfg.corpus} ({r.prepared.objective}, {cfg.method})")
-        p.metrics.close()
+                    f"{cfg.model} -> {target} ({r.prepared.objective}, {cfg.method})")
         fl, peak = tr.flops, tr.peak
         result = write_manifest(
             r.dir, "run", complete=True, config=to_dict(cfg), base=_base_info(r), corpus=_corpus_info(r, data),
@@ -606,6 +677,8 @@ def finish(r: Run, data: Data, tr: Trainer, p: Progress) -> dict[str, Any]:
             metrics={"initial": init, "final": fin, "validation_loss": fin.get("domain_loss"),
                      "train_loss": p.last_loss},
             warnings=warnings_out)
+        p.metrics.manifest(result)
+        p.metrics.close()
         result["run_dir"] = str(r.dir)
         _print_summary(result)
     dist.barrier()
@@ -682,6 +755,14 @@ def _base_info(r: Run) -> dict[str, Any]:
 
 
 def _corpus_info(r: Run, data: Data) -> dict[str, Any]:
+    if data.sources:  # a mixture: the first source is the domain corpus; every source is listed
+        first = data.sources[0]
+        return {"path": str(first.dir), "name": first.name, "block_size": data.block,
+                "manifest_sha256": sha256_file(first.dir / "manifest.json"),
+                "counts": first.manifest.get("counts", {}), "splits": first.manifest.get("splits", {}),
+                "sources": [{"name": s.name, "path": str(s.dir), "manifest_sha256": sha256_file(s.dir / "manifest.json"),
+                             "counts": s.manifest.get("counts", {}), "training_blocks": len(s.train)}
+                            for s in data.sources]}
     return {"path": str(data.corpus_dir), "name": r.cfg.corpus,
             "manifest_sha256": sha256_file(data.corpus_dir / "manifest.json"),
             "counts": data.corpus_manifest.get("counts", {}), "splits": data.corpus_manifest.get("splits", {}),
@@ -701,8 +782,14 @@ def _print_summary(m: dict[str, Any]) -> None:
     lines = [f"run: {m['run_dir']}  ({m['steps']} steps, {m['tokens_trained']:,} tokens, "
              f"{m['wall_time_s']:.0f} s, {m['tokens_per_s']:,.0f} tokens/s"
              + (f", MFU {m['mfu']:.0%} of measured peak" if m.get("mfu") else "") + ")"]
+    sources = fin.get("sources")
+    for name, rec in (sources or {}).items():
+        before = (init.get("sources") or {}).get(name, {}).get("ppl", float("nan"))
+        drawn = m["stream"]["sources"].get(name, {})
+        lines.append(f"  held-out perplexity of {name}: {before:.2f} -> {rec['ppl']:.2f}   ({drawn.get('share', 0):.1%} "
+                     f"of training tokens, {drawn.get('epochs', 0):.2f} epochs)")
     for key, label in (("domain_ppl", "held-out domain perplexity"), ("general_ppl", "held-out general perplexity")):
-        if key in fin:
+        if key in fin and not (sources and key == "domain_ppl"):
             lines.append(f"  {label}: {init.get(key, float('nan')):.2f} -> {fin[key]:.2f}")
     lines.append(f"  FLOPs: {m['flops']['total']:.3g}   final model: {Path(m['run_dir']) / m['final_dir']}")
     print("\n".join(lines))
