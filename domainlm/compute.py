@@ -65,6 +65,8 @@ class ComputeConfig:
     probe_seconds: float = opt(8.0, "seconds of real training steps used to measure throughput here (0: skip)")
     batch_size: int = opt(8, "largest probe micro-batch (smaller when one step would take too long)")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to run the probe; auto picks a GPU when present")
+    mixture: str | None = opt(None, "an adapt recipe with 'sources:': print the tokens the budget draws from each "
+                              "source and the epochs that implies, warning above 4 (Muennighoff et al. 2023)")
     out: str | None = opt(None, "also write the result as JSON to this file")
     trust_remote_code: bool = opt(False, "allow model code from the model folder to run (custom architectures)")
     # --- memory planner (--memory) ----------------------------------------------------------------
@@ -285,6 +287,52 @@ def memory_plan(cfg: ComputeConfig) -> dict[str, Any]:
     return result
 
 
+def mixture_plan(recipe: str, tokens: float) -> dict[str, Any]:
+    """What a token budget draws from each source of an adapt recipe's ``sources:`` (its weights, schedule and
+    max_epochs, walked as the run's stream would), and the epochs over each source's training blocks.
+
+    A source is measured from its prepared folder, or, for a card, from the copy adapt prepared in OUT/corpora;
+    a card not prepared yet has no block count, so the plan cannot say its epochs (and says so)."""
+    from pathlib import Path
+
+    from domainlm.adapt.config import AdaptConfig
+    from domainlm.adapt.data import MixtureExhausted, SequenceStream, StreamSource
+    from domainlm.adapt.mixture import schedule_points
+    from domainlm.config import load
+    from domainlm.corpora import read_corpus_manifest
+
+    acfg = load(AdaptConfig, recipe)
+    if not acfg.sources:
+        raise ConfigError([f"'mixture': {recipe} has no 'sources:' list to plan"])
+    blocks: dict[str, int | None] = {}
+    block_size = None
+    for spec in acfg.sources:
+        folder = Path(spec.corpus)
+        if not folder.is_dir():
+            folder = Path(acfg.out) / "corpora" / spec.corpus
+        try:
+            man = read_corpus_manifest(folder)
+        except Exception:  # noqa: BLE001 - not prepared (yet): the plan says so instead of failing
+            blocks[spec.label] = None
+            continue
+        blocks[spec.label] = int(man["splits"]["train"]["blocks"])
+        block_size = block_size or int(man["block_size"])
+    block_size = block_size or acfg.block_size or _DEFAULT_SEQ_LEN["causal"]
+    sequences = int(tokens // block_size)
+    stream = SequenceStream([StreamSource(s.label, blocks[s.label] or 1, s.weight,
+                                          s.max_epochs if blocks[s.label] else None, salt=i)
+                             for i, s in enumerate(acfg.sources)], acfg.seed,
+                            schedule=schedule_points(acfg, acfg.batch_size * acfg.grad_accum, block_size))
+    try:
+        used = stream.plan(sequences)
+    except MixtureExhausted as exc:
+        raise ConfigError([f"'mixture': {exc}"]) from None
+    plan = {name: {"tokens": n * block_size, "share": n / max(1, sequences), "blocks": blocks[name],
+                   "epochs": n / blocks[name] if blocks[name] else None}
+            for name, n in used.items()}
+    return {"recipe": str(recipe), "block_size": block_size, "sequences": sequences, "sources": plan}
+
+
 def compute(config: ComputeConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
     """FLOPs, wall time here and on an accelerator, and Chinchilla-optimal tokens for a training budget.
 
@@ -371,6 +419,8 @@ def compute(config: ComputeConfig | str | None = None, **overrides: Any) -> dict
     if probe:
         lo = math.log10(probe["flops"])
         result["log_position_probe_to_1e23"] = (math.log10(flops) - lo) / (math.log10(EMERGENCE_FLOPS) - lo)
+    if cfg.mixture:
+        result["mixture"] = mixture_plan(cfg.mixture, tokens)
 
     # ---- the table -------------------------------------------------------------------------------
     p = print
@@ -421,6 +471,22 @@ def compute(config: ComputeConfig | str | None = None, **overrides: Any) -> dict
           + f"; it would take {_duration(EMERGENCE_FLOPS / acc_rate)} on one {cfg.accelerator}.")
     else:
         p(f"this budget is {10 ** -gap:.3g}x beyond 10^23 FLOPs.")
+    if cfg.mixture:
+        from domainlm.adapt.config import REPEAT_WARNING_EPOCHS
+
+        mix = result["mixture"]
+        p(f"\nmixture        {mix['recipe']}: {_count(tokens)} tokens = {mix['sequences']:,} blocks of "
+          f"{mix['block_size']} tokens")
+        for name, src in mix["sources"].items():
+            epochs = (f"{src['epochs']:7.2f} epochs of {src['blocks']:,} blocks" if src["epochs"] is not None
+                      else "epochs unknown: not prepared yet (domainlm corpus prepare, or run adapt once)")
+            p(f"  {name:<26} {_count(src['tokens']):>8} tokens  {src['share']:6.1%}  {epochs}")
+            if src["epochs"] is not None and src["epochs"] > REPEAT_WARNING_EPOCHS:
+                msg = (f"source '{name}' would repeat {src['epochs']:.1f} times: returns from repeated data fall "
+                       f"after about {REPEAT_WARNING_EPOCHS} epochs (Muennighoff et al. 2023); cap it with "
+                       "max_epochs, lower its weight or add data")
+                log.warning(msg)
+                result.setdefault("warnings", []).append(msg)
     if cfg.out:
         atomic_write_json(cfg.out, {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, **result})
     return result

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from domainlm.adapt.config import REPEAT_WARNING_EPOCHS, AdaptConfig
+from domainlm.adapt.config import AdaptConfig
 from domainlm.adapt.data import MixtureExhausted, SequenceStream, StreamSource
 from domainlm.errors import ConfigError
 
@@ -96,18 +96,6 @@ def mixture_record(stream: SequenceStream, used: dict[str, int], block: int,
                      "share": used.get(s.name, 0) / total, "weight": s.weight, "epochs": epochs[s.name],
                      "max_epochs": s.max_epochs, **({"path": paths[s.name]} if paths else {})}
             for s in stream.sources}
-
-
-def plan_text(plan: dict[str, dict[str, Any]]) -> list[str]:
-    """The planned mixture as lines (compute prints them), with the repeat warning of Muennighoff et al. 2023."""
-    lines = []
-    for name, p in plan.items():
-        line = f"  {name:<28} {p['tokens']:>14,} tokens  {p['share']:6.1%}  {p['epochs']:7.2f} epochs"
-        if p["epochs"] > REPEAT_WARNING_EPOCHS:
-            line += (f"  WARNING: repeats more than {REPEAT_WARNING_EPOCHS} times; returns from repeated data fall "
-                     "after about 4 epochs (Muennighoff et al. 2023): cap it (max_epochs) or lower its weight")
-        lines.append(line)
-    return lines
 
 
 def forgetting_warnings(initial: dict, final: dict, threshold: float) -> list[str]:

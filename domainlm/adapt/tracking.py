@@ -112,7 +112,10 @@ class WandB(Tracker):
         self.run.summary["manifest"] = json.loads(json.dumps(manifest, default=str))
 
     def close(self):
+        import wandb
+
         self.run.finish()
+        wandb.teardown()  # waits for the background service to write the run's records before adapt returns
 
 
 class MLflow(Tracker):
@@ -120,7 +123,10 @@ class MLflow(Tracker):
         import mlflow
 
         self.mlflow = mlflow
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").resolve().as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if uri is None:  # MLflow's local file store in the run folder (3.x asks for this opt-in to use it)
+            uri = (run_dir / "mlruns").resolve().as_uri()
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "domainlm")
         exp = self.client.get_experiment_by_name(name)
