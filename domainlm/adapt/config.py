@@ -242,6 +242,9 @@ class AdaptConfig:
             if self.sources is not None:
                 out.append("'sources' is empty: list at least one {corpus, weight}, or drop it and use 'corpus'")
             return out
+        if self.corpus != AdaptConfig.corpus:  # the default stands in for "not set"; a set one would be dropped
+            out.append(f"'corpus' ({self.corpus}) and 'sources' are both set: list the corpus as one of the sources "
+                       "(with its weight) and drop 'corpus'")
         if self.replay_corpus or self.replay_fraction:
             out.append("'sources' replaces 'replay_corpus'/'replay_fraction': add the replay corpus as a source "
                        "with its weight (e.g. {corpus: general-english-sample, weight: 0.05})")
