@@ -238,17 +238,23 @@ def load_data(r: Run) -> Data:
         _check_tokenizer(gman, tokenizer, gdir)
         general_val = load_prepared(gdir, "validation").with_format("torch")
 
-    global_batch = cfg.batch_size * dist.world * cfg.grad_accum
-    tokens_per_step = global_batch * block
-    total_steps = cfg.max_steps or 10**12
-    if cfg.max_tokens is not None:
-        total_steps = min(total_steps, max(1, math.ceil(cfg.max_tokens / tokens_per_step)))
+    global_batch, tokens_per_step, total_steps = _budget(cfg, dist, block)
     stream = SequenceStream.replay(len(train_ds), len(replay_ds) if replay_ds is not None else 0, cfg.seed,
                                    replay_fraction)
     masker = Masker(tokenizer, cfg.mlm_probability, cfg.whole_word_mask) if objective != "causal" else None
     builder = BatchBuilder({"domain": train_ds, "replay": replay_ds}, masker, cfg.seed, cfg.document_mask)
     return Data(corpus_dir, corpus_manifest, train_ds, val_ds, general_val, replay_ds, replay_fraction, block, stream,
                 builder, global_batch, tokens_per_step, total_steps)
+
+
+def _budget(cfg: AdaptConfig, dist: Dist, block: int) -> tuple[int, int, int]:
+    """(global batch in sequences, tokens per step, steps): max_steps or max_tokens, whichever comes first."""
+    global_batch = cfg.batch_size * dist.world * cfg.grad_accum
+    tokens_per_step = global_batch * block
+    total_steps = cfg.max_steps or 10**12
+    if cfg.max_tokens is not None:
+        total_steps = min(total_steps, max(1, math.ceil(cfg.max_tokens / tokens_per_step)))
+    return global_batch, tokens_per_step, total_steps
 
 
 def _load_mixture(r: Run) -> Data:
@@ -268,11 +274,7 @@ def _load_mixture(r: Run) -> Data:
         gdir, gman = _resolve_corpus(cfg.general_eval, cfg, objective, block, r)
         _check_tokenizer(gman, tokenizer, gdir)
         general_val = load_prepared(gdir, "validation").with_format("torch")
-    global_batch = cfg.batch_size * dist.world * cfg.grad_accum
-    tokens_per_step = global_batch * block
-    total_steps = cfg.max_steps or 10**12
-    if cfg.max_tokens is not None:
-        total_steps = min(total_steps, max(1, math.ceil(cfg.max_tokens / tokens_per_step)))
+    global_batch, tokens_per_step, total_steps = _budget(cfg, dist, block)
     stream = make_stream(cfg, sources, global_batch, block, total_steps * global_batch)
     masker = Masker(tokenizer, cfg.mlm_probability, cfg.whole_word_mask) if objective != "causal" else None
     builder = BatchBuilder({s.name: s.train for s in sources}, masker, cfg.seed, cfg.document_mask)
