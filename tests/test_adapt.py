@@ -82,6 +82,10 @@ def test_two_processes_match_one_process(llama_corpus, tmp_path):
     assert m2["world_size"] == 2 and m2["global_batch"] == m1["global_batch"] == 4
     # --strategy auto: a tiny model's training state fits one device, so each process keeps a full copy
     assert m2["strategy"] == "ddp" and "fits one cpu device" in m2["strategy_reason"]
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:  # trackers log from process 0 only (issue 33)
+        assert len(list((tmp_path / "two/tensorboard").glob("events.out.tfevents.*"))) == 1
     assert _train_losses(tmp_path / "two") == pytest.approx(_train_losses(tmp_path / "one"), rel=1e-4)
     # the held-out set is 4 sequences on 1 and on 2 processes (it used to be eval_batches x per-process batch)
     fin1, fin2 = m1["metrics"]["final"], m2["metrics"]["final"]

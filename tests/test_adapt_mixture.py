@@ -370,3 +370,13 @@ def test_missing_tracker_is_refused_with_the_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     assert missing_trackers(["tensorboard", "wandb"]) == [
         "'report_to[1]': wandb is not installed: pip install 'domainlm[wandb]' (or drop it)"]
+
+
+def test_forgetting_monitor_warns_per_source():
+    from domainlm.adapt.mixture import forgetting_warnings
+
+    initial = {"sources": {"pubmed": {"ppl": 60.0}, "general": {"ppl": 40.0}, "materials": {"ppl": 50.0}}}
+    final = {"sources": {"pubmed": {"ppl": 30.0}, "general": {"ppl": 48.0}, "materials": {"ppl": 54.0}}}
+    warnings = forgetting_warnings(initial, final, threshold=0.10)
+    assert len(warnings) == 1 and "source 'general' rose +20.0% (40.00 -> 48.00)" in warnings[0]
+    assert final["sources"]["materials"]["ppl_rise"] == pytest.approx(0.08)  # recorded, under the threshold
