@@ -272,12 +272,13 @@ def loss_sum(model: Any, objective: str, input_ids: torch.Tensor, labels: torch.
     original tokens at masked positions for MLM. With ``split`` the head runs only on target rows.
     """
     kwargs = model_inputs(input_ids, doc_ids, objective, document_mask)
-    # --- attention hook (issue 15, domainlm/attention.py): a model switched to FlexAttention gets its dense 4-D
-    # document mask as a BlockMask; models on SDPA (the default) get exactly family_inputs' kwargs. ---
-    from domainlm.attention import flex_inputs
+    # --- attention hook (issues 15, 32, domainlm/attention.py): a model switched to FlexAttention gets its dense 4-D
+    # document mask as a BlockMask, one on the varlen path the documents' offsets (once per batch, read by every
+    # layer); models on SDPA get exactly family_inputs' kwargs. ---
+    from domainlm.attention import flex_inputs, varlen_inputs
 
     def inputs(module: Any) -> dict[str, Any]:
-        return flex_inputs(module, family_inputs(module, kwargs, doc_ids), doc_ids)
+        return varlen_inputs(module, flex_inputs(module, family_inputs(module, kwargs, doc_ids), doc_ids), doc_ids)
     # --- end attention hook ---
     if split is not None and fused:
         hidden = split.body(**inputs(split.body)).last_hidden_state
