@@ -88,8 +88,8 @@ def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_si
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
     left, right = window_size
     for s, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
-        i = torch.arange(e - s)
-        allowed = torch.ones(e - s, e - s, dtype=torch.bool)
+        i = torch.arange(e - s, device=q.device)
+        allowed = torch.ones(e - s, e - s, dtype=torch.bool, device=q.device)
         if left >= 0:
             allowed &= (i[:, None] - i[None, :]) <= left
         if right >= 0:

@@ -215,6 +215,13 @@ def wrap(loss_module: torch.nn.Module, model: Any, strategy: Strategy, bf16: boo
     fully_shard(loss_module, mp_policy=mp)
     if load_once:
         broadcast_into_shards(loss_module, full, device)
+    split = getattr(loss_module, "split", None)
+    if split is not None and split.fused_weight is not None:
+        # The head split made before sharding still names the unsharded head weight: a reference that would keep
+        # the loaded full tensor (and a memory-mapped checkpoint behind it) alive. Point it at the sharded one.
+        import dataclasses
+
+        loss_module.split = dataclasses.replace(split, fused_weight=split.head.weight, fused_bias=split.head.bias)
     return loss_module
 
 
@@ -228,6 +235,15 @@ def broadcast_into_shards(module: torch.nn.Module, full: dict[str, torch.Tensor]
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+    # The meta-built tree must equal process 0's in names and dtypes: set_model_state_dict would cast silently.
+    mine = {k: str(v.dtype) for k, v in module.state_dict().items()}
+    box = [mine if torch.distributed.get_rank() == 0 else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    if box[0] != mine:
+        diff = sorted(k for k in box[0].keys() | mine.keys() if box[0].get(k) != mine.get(k))
+        raise RuntimeError(f"load_once: process {torch.distributed.get_rank()} built {len(diff)} tensors unlike "
+                           f"process 0's (first: {diff[0]}: {mine.get(diff[0])} vs {box[0].get(diff[0])}); "
+                           "use --no-load-once")
     if on_meta(module) or any(b.is_meta for b in module.buffers()):
         module.to_empty(device=device)
     set_model_state_dict(module, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))

@@ -126,7 +126,7 @@ def _set_attention(model: Any, cfg: AdaptConfig, objective: str) -> None:
 def prepare_model(cfg: AdaptConfig, *, meta_report: LoadReport | None = None) -> Prepared:
     """Load (or build) the model that trains, with its tokenizer, objective and LoRA wrapping.
 
-    With ``meta_report`` (load once per node under FSDP, ``adapt.parallel.prepare``) no weight is read: the model
+    With ``meta_report`` (load once under FSDP, ``adapt.parallel.prepare``) no weight is read: the model
     is built from its config on the meta device and every later step (embedding resize, LoRA wrapping) runs there,
     so the module tree and parameter names equal process 0's; ``meta_report`` is process 0's loading report, whose
     fresh parameters decide LoRA's ``modules_to_save`` as they do there. The weights arrive after sharding.
@@ -145,7 +145,9 @@ def prepare_model(cfg: AdaptConfig, *, meta_report: LoadReport | None = None) ->
 
         config = AutoConfig.from_pretrained(materialise(src).path, trust_remote_code=cfg.trust_remote_code)
         with torch.device("meta"):
-            model = auto_class(objective).from_config(config, trust_remote_code=cfg.trust_remote_code, **kwargs)
+            # fp32 as load_model loads (a config may name the bf16 its checkpoint is stored in)
+            model = auto_class(objective).from_config(config, trust_remote_code=cfg.trust_remote_code,
+                                                      dtype=torch.float32, **kwargs)
         report = meta_report
     elif cfg.from_scratch:
         from transformers import AutoConfig
