@@ -339,6 +339,7 @@ def write_report(rows: list[dict], args) -> None:
         "",
     ]
     report = Path(args.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
     if plot_losses(rows, report.with_suffix(".png")):
         md += [f"Loss per step, both sides: `{report.with_suffix('.png').name}`.", ""]
     report.with_suffix(".json").write_text(json.dumps(rows, indent=2))
