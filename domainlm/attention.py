@@ -1,6 +1,6 @@
 """Attention for packed documents: which implementation a model trains with, and its document mask.
 
-Packed blocks hold several documents; attention must not cross their boundaries. Three paths:
+Packed blocks hold several documents; attention must not cross their boundaries. The paths:
 
 * ``sdpa`` (today's default): causal models get restarting ``position_ids`` and transformers builds a
   block-diagonal causal mask from them; masked models get an explicit ``[B, 1, L, L]`` boolean mask.
