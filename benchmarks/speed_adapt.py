@@ -9,9 +9,14 @@ its own. Prints a table and writes benchmarks/SPEED_ADAPT.md (and .json).
     python benchmarks/speed_adapt.py --compile      # torch.compile on both sides (ours per block, Trainer torch_compile)
     python benchmarks/speed_adapt.py --variants '{"full-logits": {"chunked_head": false}}'   # extra rows of ours
     SPEED_OURS_KW='{"chunked_head": false}' python benchmarks/speed_adapt.py ...   # extra adapt options for ours
+    python benchmarks/speed_adapt.py --curves ...   # every step's loss on both sides, plotted beside the report
+
+The GPU comparison of issue 32 (ours with varlen attention + the fused head + per-block compile against the Trainer
+at its best, both cases in one call, loss curves): the command is in benchmarks/SPEED_ADAPT_GPU.md.
 
 The Trainer runs with its best settings for the machine: bf16 when fast, SDPA attention, fused AdamW
-(``adamw_torch_fused``) and, with ``--compile``, ``torch_compile``. Neither side synchronises with the GPU
+(``adamw_torch_fused``), Liger Kernel (``use_liger_kernel``) when it is installed and, with ``--compile``,
+``torch_compile``. Neither side synchronises with the GPU
 between the first and the last step (both log only there), so GPU queueing is not broken by the measurement.
 """
 
@@ -81,7 +86,8 @@ def _corpus(model: str, block: int, root: Path) -> Path:
     return out
 
 
-def worker_ours(case: str, steps: int, root: Path, compile: bool = False, variant: str = "{}") -> dict:
+def worker_ours(case: str, steps: int, root: Path, compile: bool = False, variant: str = "{}",
+                curves: bool = False) -> dict:
     from domainlm.adapt import adapt
 
     model, objective, method, block, batch = CASES[case]
@@ -92,7 +98,7 @@ def worker_ours(case: str, steps: int, root: Path, compile: bool = False, varian
     kw = {"compile": compile, **json.loads(os.environ.get("SPEED_OURS_KW", "{}")), **json.loads(variant)}
     m = adapt(model=model, corpus=str(corpus), out=str(root / f"run-{case}"), objective=objective, method=method,
               batch_size=batch, max_steps=steps, eval_every=0, eval_batches=2, save_every=0, lr=2e-4,
-              warmup_ratio=0.1, overwrite=True, log_every=steps, **kw)
+              warmup_ratio=0.1, overwrite=True, log_every=1 if curves else steps, **kw)
     rows = [json.loads(x) for x in (root / f"run-{case}" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["type"] == "train"]
     # Steady state, as for the Trainer: from the end of step 1 (allocations, warm-up) to the end of the last.
@@ -108,10 +114,17 @@ def worker_ours(case: str, steps: int, root: Path, compile: bool = False, varian
             "final_loss": last["loss"], "bf16": m["bf16"], "flops_per_token": m["flops"]["training_per_token"],
             "peak_flops": peak, "compile_s": (m.get("memory_features") or {}).get("compile_s"),
             "attention": (m.get("memory_features") or {}).get("attention"), "settings": kw,
+            "losses": [r["loss"] for r in train] if curves else None,
             "gpu_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
 
 
-def worker_trainer(case: str, steps: int, root: Path, compile: bool = False) -> dict:
+def _liger_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def worker_trainer(case: str, steps: int, root: Path, compile: bool = False, curves: bool = False) -> dict:
     """The baseline: transformers Trainer configured as the run_mlm/run_clm examples do."""
     import torch
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
@@ -139,7 +152,8 @@ def worker_trainer(case: str, steps: int, root: Path, compile: bool = False) -> 
     bf16 = torch.cuda.is_bf16_supported() if cuda else bf16_is_fast()
     args = TrainingArguments(output_dir=str(root / f"trainer-{case}"), per_device_train_batch_size=batch,
                              max_steps=steps, learning_rate=2e-4, warmup_steps=math.ceil(0.1 * steps), lr_scheduler_type="cosine",
-                             logging_steps=steps, save_strategy="no", report_to=[], bf16=bf16, use_cpu=not cuda,
+                             logging_steps=1 if curves else steps, save_strategy="no", report_to=[], bf16=bf16,
+                             use_cpu=not cuda, use_liger_kernel=cuda and _liger_installed(),
                              optim="adamw_torch_fused", torch_compile=compile, dataloader_num_workers=0, seed=0,
                              disable_tqdm=True, dataloader_pin_memory=cuda)
 
@@ -173,15 +187,17 @@ def worker_trainer(case: str, steps: int, root: Path, compile: bool = False) -> 
     return {"tokens_per_s": tps, "whole_run_tokens_per_s": steps * batch * block / wall,
             "mfu": mfu(tps, fl.training_flops_per_token, peak), "final_loss": losses[-1],
             "bf16": bf16, "flops_per_token": fl.training_flops_per_token, "peak_flops": peak,
-            "settings": {"optim": "adamw_torch_fused", "attn_implementation": "sdpa", "torch_compile": compile},
+            "settings": {"optim": "adamw_torch_fused", "attn_implementation": "sdpa", "torch_compile": compile,
+                         "use_liger_kernel": cuda and _liger_installed()},
+            "losses": losses if curves else None,
             "gpu_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
 def run_case(case: str, impl: str, steps: int, root: Path, compile: bool = False, variant: str = "{}",
-             timeout: float | None = None) -> dict:
+             timeout: float | None = None, curves: bool = False) -> dict:
     """One side of one case in its own process; a failure (or a timeout) is returned as a row, not raised."""
     cmd = [sys.executable, __file__, "--worker", impl, "--cases", case, "--steps", str(steps), "--root", str(root),
-           "--variant-kw", variant] + (["--compile"] if compile else [])
+           "--variant-kw", variant] + (["--compile"] if compile else []) + (["--curves"] if curves else [])
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -210,6 +226,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=None, help="seconds per process (a timed-out side is a row)")
     ap.add_argument("--datasheet-peak", type=float, default=None,
                     help="the accelerator's dense bf16 peak in FLOP/s (H100/H200 SXM: 989e12), for a second MFU")
+    ap.add_argument("--curves", action="store_true", help="log every step's loss on both sides (a GPU sync per step "
+                    "on both) and plot the curves beside the report")
     ap.add_argument("--worker", choices=["ours", "trainer"])
     ap.add_argument("--variant-kw", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -218,9 +236,9 @@ def main() -> None:
         os.environ["ARCH_FROM"] = str(Path(args.arch_from).resolve())
     if args.worker:
         if args.worker == "ours":
-            res = worker_ours(args.cases, args.steps, root, args.compile, args.variant_kw)
+            res = worker_ours(args.cases, args.steps, root, args.compile, args.variant_kw, args.curves)
         else:
-            res = worker_trainer(args.cases, args.steps, root, args.compile)
+            res = worker_trainer(args.cases, args.steps, root, args.compile, args.curves)
         res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
         print(json.dumps(res))
         return
@@ -231,9 +249,10 @@ def main() -> None:
         subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); import speed_adapt as s; "
                         f"s._corpus({CASES[case][0]!r}, {CASES[case][3]}, __import__('pathlib').Path({str(root)!r}))"],
                        check=True, capture_output=True)
-        base = run_case(case, "trainer", args.steps, root, args.compile, timeout=args.timeout)
+        base = run_case(case, "trainer", args.steps, root, args.compile, timeout=args.timeout, curves=args.curves)
         for label, kw in variants.items():
-            ours = run_case(case, "ours", args.steps, root, args.compile, json.dumps(kw), timeout=args.timeout)
+            ours = run_case(case, "ours", args.steps, root, args.compile, json.dumps(kw), timeout=args.timeout,
+                            curves=args.curves)
             ok = "failed" not in base and "failed" not in ours
             rows.append({"case": case, "variant": label, "steps": args.steps, "compile": args.compile,
                          "trainer": base, "domainlm": ours,
@@ -286,7 +305,8 @@ def write_report(rows: list[dict], args) -> None:
     bf16 = ok[0]["domainlm"].get("bf16") if ok else None
     cmd = ("python benchmarks/speed_adapt.py" + (f" --cases {args.cases}" if args.cases != DEFAULT_CASES else "")
            + (f" --steps {args.steps}" if args.steps != 12 else "") + (" --compile" if args.compile else "")
-           + (f" --variants '{args.variants}'" if args.variants != '{"domainlm": {}}' else ""))
+           + (f" --variants '{args.variants}'" if args.variants != '{"domainlm": {}}' else "")
+           + (" --curves" if args.curves else ""))
     md = [
         "# Adapt speed: domainlm vs a Hugging Face Trainer (run_mlm / run_clm set-up)",
         "",
@@ -319,9 +339,42 @@ def write_report(rows: list[dict], args) -> None:
         "",
     ]
     report = Path(args.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    if plot_losses(rows, report.with_suffix(".png")):
+        md += [f"Loss per step, both sides: `{report.with_suffix('.png').name}`.", ""]
     report.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     report.write_text("\n".join(md))
     print(f"\nwrote {report} and {report.with_suffix('.json').name}")
+
+
+def plot_losses(rows: list[dict], out: Path) -> bool:
+    """Every step's training loss of the Trainer and of each variant of ours, one panel per case (``--curves``)."""
+    cases = [c for c in dict.fromkeys(r["case"] for r in rows)
+             if any((r["trainer"].get("losses") or r["domainlm"].get("losses")) for r in rows if r["case"] == c)]
+    if not cases:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(cases), figsize=(6 * len(cases), 4), squeeze=False)
+    for ax, case in zip(axes[0], cases, strict=True):
+        mine = [r for r in rows if r["case"] == case]
+        if mine[0]["trainer"].get("losses"):
+            ys = mine[0]["trainer"]["losses"]
+            ax.plot(range(1, len(ys) + 1), ys, label="Trainer (documents attend across)", color="black")
+        for r in mine:
+            if r["domainlm"].get("losses"):
+                ys = r["domainlm"]["losses"]
+                ax.plot(range(1, len(ys) + 1), ys, label=f"domainlm [{r['variant']}]")
+        model, _, _, block, batch = CASES[case]
+        ax.set(title=f"{case} ({block} x {batch})", xlabel="optimizer step", ylabel="training loss")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
 
 
 if __name__ == "__main__":

@@ -130,19 +130,56 @@ def split_head(model: Any, objective: str) -> HeadSplit | None:
     return None
 
 
+def _chunk_loss_and_grads(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, lab: torch.Tensor,
+                          scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One chunk of the fused head: (sum of CE, d/d logits as ``g``, the rows' logits' gradient in compute dtype).
+
+    ``h`` and ``w`` are in the compute dtype; logits, softmax and the loss in fp32. This is the body that
+    ``torch.compile`` fuses on CUDA (one kernel for the logsumexp, the softmax and the one-hot subtraction).
+    """
+    logits = (h @ w.t()).float()
+    if bias is not None:
+        logits = logits + bias.float()
+    valid = lab != IGNORE
+    safe = torch.where(valid, lab, torch.zeros_like(lab))
+    lse = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(1, safe[:, None]).squeeze(1)
+    loss = ((lse - picked) * valid).sum()
+    # d(loss)/d(logits) = softmax - onehot, for valid rows only, times the scale.
+    g = torch.exp(logits - lse[:, None])
+    g[torch.arange(g.shape[0], device=g.device), safe] -= 1.0
+    g *= (valid.float() * scale)[:, None]
+    return loss, g, g.to(h.dtype)
+
+
+_COMPILED_CHUNK: dict[str, Any] = {}
+
+
+def _compiled_chunk(backend: str = "inductor"):
+    """:func:`_chunk_loss_and_grads` under ``torch.compile`` (fullgraph: the chunk has no Python control flow that
+    depends on data), built once per backend. The loop over chunks stays eager, so the graph is one chunk's."""
+    if backend not in _COMPILED_CHUNK:
+        _COMPILED_CHUNK[backend] = torch.compile(_chunk_loss_and_grads, backend=backend, fullgraph=True,
+                                                 dynamic=False)
+    return _COMPILED_CHUNK[backend]
+
+
 class FusedLinearCrossEntropy(torch.autograd.Function):
     """Sum of cross-entropy of ``hidden @ weight.T + bias`` against ``labels``, times ``scale``.
 
     Computes logits chunk by chunk and produces the gradients during the forward pass (as Liger's
     fused linear cross-entropy does on GPU), so neither the full logits nor their softmax are kept.
-    Liger needs Triton; nothing maintained does this on CPU, hence this small function.
+    Liger needs Triton; on CPU this is the implementation, on CUDA without Liger it runs with the chunk's
+    arithmetic compiled (:func:`_compiled_chunk`).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, scale, chunk_rows, compute_dtype):  # noqa: D401
+    def forward(ctx, hidden, weight, bias, labels, scale, chunk_rows, compute_dtype, chunk_fn=None):  # noqa: D401
+        step = chunk_fn or _chunk_loss_and_grads
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             n = hidden.shape[0]
             w = weight.detach().to(compute_dtype)
+            b = bias.detach() if bias is not None else None
             need_w = weight.requires_grad
             need_b = bias is not None and bias.requires_grad
             need_h = hidden.requires_grad
@@ -153,20 +190,8 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             for start in range(0, n, chunk_rows):
                 stop = min(start + chunk_rows, n)
                 h = hidden[start:stop].detach().to(compute_dtype)
-                lab = labels[start:stop]
-                logits = (h @ w.t()).float()
-                if bias is not None:
-                    logits = logits + bias.detach().float()
-                valid = lab != IGNORE
-                safe = torch.where(valid, lab, torch.zeros_like(lab))
-                lse = torch.logsumexp(logits, dim=-1)
-                picked = logits.gather(1, safe[:, None]).squeeze(1)
-                total += ((lse - picked) * valid).sum()
-                # d(loss)/d(logits) = softmax - onehot, for valid rows only, times the scale.
-                g = torch.exp(logits - lse[:, None])
-                g[torch.arange(stop - start, device=g.device), safe] -= 1.0
-                g *= (valid.float() * scale)[:, None]
-                gc = g.to(compute_dtype)
+                loss, g, gc = step(h, w, b, labels[start:stop], scale)
+                total += loss
                 if need_h:
                     grad_h[start:stop] = (gc @ w).float()
                 if need_w:
@@ -184,17 +209,46 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         return ((grad_h * grad_out).to(h_dtype) if need_h else None,
                 (grad_w * grad_out).to(w_dtype) if need_w else None,
                 (grad_b * grad_out) if need_b else None,
-                None, None, None, None)
+                None, None, None, None, None)
+
+
+def _liger_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def fused_backend(device_type: str) -> str:
+    """Which fused head runs on ``device_type``: 'liger' (Liger Kernel's Triton fused linear cross-entropy, CUDA,
+    when ``liger-kernel`` is installed), 'compiled' (the chunked head with each chunk under torch.compile, CUDA
+    otherwise) or 'chunked' (the eager chunked head: CPU and other devices)."""
+    if device_type != "cuda":
+        return "chunked"
+    return "liger" if _liger_installed() else "compiled"
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                                labels: torch.Tensor, scale: float, *, compute_dtype: torch.dtype = torch.float32,
-                               max_logit_elements: int = 1 << 24) -> torch.Tensor:
-    """``scale * sum(CE)`` over rows of ``hidden`` (flattened to [N, d]) without materialising all logits."""
+                               max_logit_elements: int = 1 << 24, backend: str | None = None) -> torch.Tensor:
+    """``scale * sum(CE)`` over rows of ``hidden`` (flattened to [N, d]) without materialising all logits.
+
+    ``backend`` defaults to :func:`fused_backend` of the tensors' device; 'compiled:BACKEND' picks a torch.compile
+    backend for the chunk (tests use 'compiled:aot_eager', which needs no C++ or Triton build).
+    """
     hidden = hidden.reshape(-1, hidden.shape[-1])
     labels = labels.reshape(-1)
+    backend = backend or fused_backend(hidden.device.type)
+    if backend == "liger":
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+        # Liger multiplies input and weight in their (common) dtype and accumulates the loss in fp32.
+        out = liger_fused_linear_cross_entropy(hidden.to(compute_dtype), weight.to(compute_dtype), labels,
+                                               bias=None if bias is None else bias.to(compute_dtype),
+                                               ignore_index=IGNORE, reduction="sum")
+        return out.float() * scale
     chunk = max(1, max_logit_elements // weight.shape[0])
-    return FusedLinearCrossEntropy.apply(hidden, weight, bias, labels, float(scale), chunk, compute_dtype)
+    chunk_fn = _compiled_chunk(backend.partition(":")[2] or "inductor") if backend.startswith("compiled") else None
+    return FusedLinearCrossEntropy.apply(hidden, weight, bias, labels, float(scale), chunk, compute_dtype, chunk_fn)
 
 
 def model_inputs(input_ids: torch.Tensor, doc_ids: torch.Tensor | None, objective: str,
@@ -272,12 +326,13 @@ def loss_sum(model: Any, objective: str, input_ids: torch.Tensor, labels: torch.
     original tokens at masked positions for MLM. With ``split`` the head runs only on target rows.
     """
     kwargs = model_inputs(input_ids, doc_ids, objective, document_mask)
-    # --- attention hook (issue 15, domainlm/attention.py): a model switched to FlexAttention gets its dense 4-D
-    # document mask as a BlockMask; models on SDPA (the default) get exactly family_inputs' kwargs. ---
-    from domainlm.attention import flex_inputs
+    # --- attention hook (issues 15, 32, domainlm/attention.py): a model switched to FlexAttention gets its dense 4-D
+    # document mask as a BlockMask, one on the varlen path the documents' offsets (once per batch, read by every
+    # layer); models on SDPA get exactly family_inputs' kwargs. ---
+    from domainlm.attention import flex_inputs, varlen_inputs
 
     def inputs(module: Any) -> dict[str, Any]:
-        return flex_inputs(module, family_inputs(module, kwargs, doc_ids), doc_ids)
+        return varlen_inputs(module, flex_inputs(module, family_inputs(module, kwargs, doc_ids), doc_ids), doc_ids)
     # --- end attention hook ---
     if split is not None and fused:
         hidden = split.body(**inputs(split.body)).last_hidden_state

@@ -133,6 +133,52 @@ def test_fused_cross_entropy_chunks_agree():
     assert torch.allclose(gh, ch, atol=1e-5) and torch.allclose(gw, cw, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["chunked", "compiled:aot_eager"])
+def test_fused_cross_entropy_backends_equal_full_logits(backend):
+    """The CPU-runnable fused heads against the full-logits loss: the eager chunked head, and the chunk under
+    torch.compile (fullgraph; 'aot_eager' traces and differentiates it as inductor would, without a C++ build). The
+    chunk size leaves a short last chunk, a second shape. Liger's head needs Triton on CUDA (test below)."""
+    torch.manual_seed(2)
+    h = torch.randn(45, 16, requires_grad=True)
+    w = torch.randn(70, 16, requires_grad=True)
+    b = torch.randn(70, requires_grad=True)
+    labels = torch.randint(0, 70, (45,))
+    labels[[0, 7, 44]] = IGNORE
+    full = torch.nn.functional.cross_entropy(h @ w.t() + b, labels, ignore_index=IGNORE, reduction="sum") * 0.5
+    fused = fused_linear_cross_entropy(h, w, b, labels, 0.5, max_logit_elements=70 * 8, backend=backend)
+    assert float(fused) == pytest.approx(float(full), rel=1e-6)
+    for a, c in zip(torch.autograd.grad(full, (h, w, b)), torch.autograd.grad(fused, (h, w, b)), strict=True):
+        assert torch.allclose(a, c, atol=1e-6, rtol=1e-5)
+
+
+def test_fused_backend_choice(monkeypatch):
+    import domainlm.lm_loss as lm_loss
+
+    assert lm_loss.fused_backend("cpu") == "chunked"
+    monkeypatch.setattr(lm_loss, "_liger_installed", lambda: False)
+    assert lm_loss.fused_backend("cuda") == "compiled"
+    monkeypatch.setattr(lm_loss, "_liger_installed", lambda: True)
+    assert lm_loss.fused_backend("cuda") == "liger"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Liger Kernel and inductor's Triton kernels run on CUDA only")
+@pytest.mark.parametrize("backend", ["liger", "compiled"])
+def test_fused_cross_entropy_on_cuda(backend):
+    if backend == "liger":
+        pytest.importorskip("liger_kernel")
+    torch.manual_seed(3)
+    h = torch.randn(2048, 256, device="cuda", requires_grad=True)
+    w = torch.randn(4096, 256, device="cuda", requires_grad=True)
+    labels = torch.randint(0, 4096, (2048,), device="cuda")
+    labels[::7] = IGNORE
+    full = torch.nn.functional.cross_entropy((h.bfloat16() @ w.bfloat16().t()).float(), labels, ignore_index=IGNORE,
+                                             reduction="sum")
+    fused = fused_linear_cross_entropy(h, w, None, labels, 1.0, compute_dtype=torch.bfloat16, backend=backend)
+    assert float(fused) == pytest.approx(float(full), rel=1e-3)
+    for a, c in zip(torch.autograd.grad(full, (h, w)), torch.autograd.grad(fused, (h, w)), strict=True):
+        assert torch.allclose(a, c, atol=5e-2, rtol=5e-2)
+
+
 def test_mlm_head_only_at_masked_positions_matches_full_head():
     torch.manual_seed(0)
     model = _tiny("tiny-bert")

@@ -133,13 +133,18 @@ class AdaptConfig:
     strategy: Literal["auto", "ddp", "fsdp"] = opt(
         "auto", "how several processes share the work: ddp (full copy per process), fsdp (FSDP2 fully_shard: "
         "weights, gradients and optimizer state sharded); auto picks ddp when the training state fits one device")
+    load_once: bool = opt(True, "under strategy: fsdp, process 0 reads the checkpoint and the other processes build "
+                          "the model on the meta device; the weights are broadcast into the shards (one copy of the "
+                          "model in host memory instead of one per process). false: every process loads it")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (activation "
                                        "checkpointing): about a third more compute for far less activation memory")
     compile: bool = opt(False, "torch.compile the model's forward (compile time is reported separately)")
-    attention: Literal["auto", "sdpa", "flex", "flash"] = opt(
+    attention: Literal["auto", "sdpa", "flex", "flash", "varlen"] = opt(
         "auto", "attention for packed documents: sdpa (dense document mask), flex (FlexAttention BlockMask; GPU "
-        "only for training), flash (flash_attention_2 varlen, CUDA, causal); auto: flash when flash-attn is installed on "
-        "CUDA (causal models), else sdpa (flex measured slower, and failing at 1B, on an H200: SPEED_ADAPT_GPU.md)")
+        "only for training), flash (flash_attention_2 varlen, CUDA, causal; needs flash-attn), varlen (torch's own "
+        "varlen_attn flash kernel with the documents' offsets, CUDA, no install); auto: varlen on CUDA for the "
+        "families it was checked on (attention.VARLEN_FAMILIES, no attention dropout), else flash when flash-attn is "
+        "installed (causal), else sdpa (flex measured slower, and failing at 1B, on an H200: SPEED_ADAPT_GPU.md)")
     # --- replay and forgetting --------------------------------------------------------------------
     replay_corpus: str | None = opt(None, "general corpus (prepared folder or card) mixed into training "
                                     "against forgetting")

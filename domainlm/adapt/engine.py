@@ -33,13 +33,16 @@ from domainlm.adapt.parallel import (
     Strategy,
     choose_strategy,
     clip_grad_norm_,
+    loads_once,
     no_sync,
+    on_meta,
     peak_memory,
     peak_rss,
+    prepare,
     state_bytes,
     wrap,
 )
-from domainlm.adapt.setup import Prepared, prepare_model
+from domainlm.adapt.setup import Prepared
 from domainlm.artifacts import atomic_dir, sha256_file, write_manifest
 from domainlm.config import as_config, to_dict
 from domainlm.device import use_bf16
@@ -163,7 +166,7 @@ def set_up(cfg: AdaptConfig, dist: Dist) -> Run:
     run_dir, resume_from = _prepare_run_dir(cfg, dist.is_main)
     dist.barrier()
     t_start = time.perf_counter()
-    return Run(cfg, dist, run_dir, resume_from, prepare_model(cfg), t_start)
+    return Run(cfg, dist, run_dir, resume_from, prepare(cfg, dist), t_start)  # FSDP: loaded once (parallel.py)
 
 
 def _check_sources(cfg: AdaptConfig) -> None:
@@ -319,7 +322,8 @@ def build_model(r: Run, data: Data) -> Trainer:
 
     cfg, dist, device = r.cfg, r.dist, r.dist.device
     model = r.prepared.model
-    model.to(device)
+    if not on_meta(model):  # a meta-device copy (load once under FSDP) gets its storage when it is sharded
+        model.to(device)
     bf16 = use_bf16(cfg.bf16, device, _resumed_bf16(r.resume_from))
     model = apply_features(model, cfg, bf16=bf16, device=device)
     r.prepared.model = model
@@ -344,7 +348,7 @@ def build_model(r: Run, data: Data) -> Trainer:
                                   bf16=bf16, device=device):
             log.warning(fit)
     loss_module = LossModule(model, r.prepared.objective, cfg.document_mask, chunked, bf16, device.type)
-    train_module = wrap(loss_module, model, strategy, bf16, device)
+    train_module = wrap(loss_module, model, strategy, bf16, device, load_once=loads_once(cfg, dist))
 
     # Parameters are read after wrapping: FSDP replaces each one with its shard.
     params = [p for p in model.parameters() if p.requires_grad]

@@ -106,16 +106,26 @@ def transformer_blocks(model: Any) -> list[torch.nn.Module]:
     return [m for m in inner.modules() if type(m).__name__ in names]
 
 
-def compile_blocks(model: Any, backend: str = "inductor") -> int:
+def compile_blocks(model: Any, backend: str = "inductor", fullgraph: bool | None = None) -> int:
     """``torch.compile`` each transformer block in place (``nn.Module.compile``: the parameters and the state
     dict keep their names); returns how many blocks were compiled. ``backend`` is for tests ('aot_eager'
-    checks graph capture and AOT autograd without Inductor's C++ build)."""
+    checks graph capture and AOT autograd without Inductor's C++ build).
+
+    ``fullgraph`` (default: on for a model on the varlen attention path, whose blocks were captured whole for every
+    family in ``attention.VARLEN_FAMILIES``, tests/test_attention_varlen.py) makes a graph break an error instead of
+    a silent split of the block into several graphs. The varlen offsets' ``max_length`` is a Python int that
+    changes per batch: dynamo recompiles once and then treats it as dynamic (automatic dynamic shapes).
+    """
+    if fullgraph is None:
+        from domainlm.attention import uses_varlen
+
+        fullgraph = uses_varlen(model)
     blocks = transformer_blocks(model)
     if not blocks:
         raise ConfigError([f"--compile: found no transformer blocks in {type(_inner(model)).__name__} "
                            "(_no_split_modules is empty); drop --compile"])
     for block in blocks:
-        block.compile(backend=backend)
+        block.compile(backend=backend, fullgraph=fullgraph)
     return len(blocks)
 
 
@@ -148,7 +158,8 @@ def apply_features(model: Any, cfg: Any, *, bf16: bool, device: Any) -> Any:
         applied.gradient_checkpointing = True
     if getattr(cfg, "compile", False):
         applied.compiled_blocks = compile_blocks(model)
-        applied.notes.append("torch.compile per transformer block; embeddings and the fused loss head run eager")
+        applied.notes.append("torch.compile per transformer block; embeddings and the fused loss head's loop run "
+                             "eager (on CUDA without Liger each chunk of the fused head is compiled on its own)")
         log.info("torch.compile: %d transformer blocks (compiled on the first step)", applied.compiled_blocks)
     model._domainlm_features = applied
     return model

@@ -5,6 +5,12 @@ describe (RANK, WORLD_SIZE, LOCAL_RANK) and wraps the model. DDP keeps a full co
 optimizer state in every process; FSDP2 shards all three, each transformer block being one unit that is
 all-gathered for its forward and backward and freed after (torchtitan's and torchtune's layout). DeepSpeed is
 not offered: FSDP2 is PyTorch's own and does the same job.
+
+Under FSDP the model is loaded once (``load_once``, torchtitan's and accelerate's ``cpu_ram_efficient_loading``
+scheme): process 0 reads the checkpoint, every other process builds the same module tree on the meta device, and
+after ``fully_shard`` the weights are broadcast from process 0 straight into the shards
+(``set_model_state_dict(..., full_state_dict=True, broadcast_from_rank0=True)``), so host memory holds one full
+copy per job instead of one per process. Buffers outside the state dict (rotary ``inv_freq``) are broadcast too.
 """
 
 from __future__ import annotations
@@ -63,6 +69,44 @@ class Dist:
     def close(self) -> None:
         if self._owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def loads_once(cfg: Any, dist: Dist) -> bool:
+    """Whether this run loads the model once (process 0) and broadcasts it into the shards.
+
+    Only under an explicit ``strategy: fsdp``: ``auto`` chooses from the loaded model, and DDP keeps a full copy in
+    every process anyway.
+    """
+    return dist.world > 1 and getattr(cfg, "strategy", "auto") == "fsdp" and getattr(cfg, "load_once", True)
+
+
+def prepare(cfg: Any, dist: Dist):
+    """``adapt.setup.prepare_model`` in every process, or, when :func:`loads_once`, in process 0 only while the
+    others build the model on the meta device (with process 0's loading report)."""
+    from domainlm.adapt.setup import prepare_model
+    from domainlm.errors import DomainLMError
+
+    if not loads_once(cfg, dist):
+        return prepare_model(cfg)
+    prepared, box = None, [None]
+    if dist.is_main:
+        try:
+            prepared = prepare_model(cfg)
+            box = [prepared.report]
+        except BaseException as exc:
+            # the other processes wait in the broadcast below: tell them, then fail here with the real error
+            torch.distributed.broadcast_object_list([f"{type(exc).__name__}: {exc}"], src=0)
+            raise
+    torch.distributed.broadcast_object_list(box, src=0)
+    if dist.is_main:
+        return prepared
+    if isinstance(box[0], str):
+        raise DomainLMError(f"process 0 could not load {cfg.model} ({box[0].splitlines()[0]})")
+    return prepare_model(cfg, meta_report=box[0])
+
+
+def on_meta(model: torch.nn.Module) -> bool:
+    return any(p.is_meta for p in model.parameters())
 
 
 @dataclass
@@ -141,13 +185,18 @@ def fsdp_units(model: Any) -> list[torch.nn.Module]:
 
 
 def wrap(loss_module: torch.nn.Module, model: Any, strategy: Strategy, bf16: bool,
-         device: torch.device) -> torch.nn.Module:
+         device: torch.device, *, load_once: bool = False) -> torch.nn.Module:
     """The module the loop calls: ``loss_module`` itself (one process), DDP around it, or it sharded in place.
 
     Under FSDP each transformer block is one unit, then the root (the loss module: embeddings, final norm and the
     output head, which the fused loss reads directly inside the root's forward). With bf16, parameters are cast to
     bf16 for compute while gradients are reduced and the optimizer steps in fp32.
+
+    With ``load_once`` process 0 holds the loaded weights and the others a meta-device copy; after sharding, the
+    weights are broadcast into every process's shards (:func:`broadcast_into_shards`).
     """
+    if load_once and strategy.name != "fsdp":
+        raise ValueError(f"load_once needs FSDP, got strategy {strategy.name}")  # loads_once guarantees it
     if strategy.name == "single":
         return loss_module
     if strategy.name == "ddp":
@@ -158,10 +207,53 @@ def wrap(loss_module: torch.nn.Module, model: Any, strategy: Strategy, bf16: boo
 
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
           else MixedPrecisionPolicy())
+    # Process 0's full state dict, taken before sharding: references to the loaded tensors (no copy), which keep
+    # them alive until they are broadcast.
+    full = loss_module.state_dict() if load_once and torch.distributed.get_rank() == 0 else {}
     for block in fsdp_units(model):
         fully_shard(block, mp_policy=mp)
     fully_shard(loss_module, mp_policy=mp)
+    if load_once:
+        broadcast_into_shards(loss_module, full, device)
+    split = getattr(loss_module, "split", None)
+    if split is not None and split.fused_weight is not None:
+        # The head split made before sharding still names the unsharded head weight: a reference that would keep
+        # the loaded full tensor (and a memory-mapped checkpoint behind it) alive. Point it at the sharded one.
+        import dataclasses
+
+        loss_module.split = dataclasses.replace(split, fused_weight=split.head.weight, fused_bias=split.head.bias)
     return loss_module
+
+
+def broadcast_into_shards(module: torch.nn.Module, full: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Fill a sharded ``module`` with process 0's ``full`` state dict (``{}`` elsewhere), tensor by tensor.
+
+    Meta-device parameters and buffers are first given (uninitialised) storage on ``device``: FSDP2 re-registers
+    its sharded parameters on every module that shares them, so tied embeddings stay one parameter. Buffers that
+    are not in the state dict (non-persistent: rotary ``inv_freq``, BERT's ``position_ids``) are broadcast apart,
+    so a model whose buffers are computed at construction gets process 0's values, not garbage.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    # The meta-built tree must equal process 0's in names and dtypes: set_model_state_dict would cast silently.
+    mine = {k: str(v.dtype) for k, v in module.state_dict().items()}
+    box = [mine if torch.distributed.get_rank() == 0 else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    if box[0] != mine:
+        diff = sorted(k for k in box[0].keys() | mine.keys() if box[0].get(k) != mine.get(k))
+        raise RuntimeError(f"load_once: process {torch.distributed.get_rank()} built {len(diff)} tensors unlike "
+                           f"process 0's (first: {diff[0]}: {mine.get(diff[0])} vs {box[0].get(diff[0])}); "
+                           "use --no-load-once")
+    if on_meta(module) or any(b.is_meta for b in module.buffers()):
+        module.to_empty(device=device)
+    set_model_state_dict(module, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    full.clear()
+    with torch.no_grad():
+        for sub in module.modules():
+            for name in sorted(getattr(sub, "_non_persistent_buffers_set", ())):
+                buf = sub._buffers.get(name)
+                if buf is not None:
+                    torch.distributed.broadcast(buf, src=0)
 
 
 def no_sync(train_module: torch.nn.Module, last: bool):

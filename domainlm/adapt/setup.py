@@ -117,13 +117,20 @@ def _set_attention(model: Any, cfg: AdaptConfig, objective: str) -> None:
     from domainlm.attention import resolve_attention
 
     name = resolve_attention(getattr(cfg, "attention", "auto"), objective, type(model),
-                             "cuda" if torch.cuda.is_available() else "cpu")
+                             "cuda" if torch.cuda.is_available() else "cpu", config=model.config)
     if name != "sdpa":
         model.set_attn_implementation(name)
         log.info("attention: %s for packed documents", name)
 
 
-def prepare_model(cfg: AdaptConfig) -> Prepared:
+def prepare_model(cfg: AdaptConfig, *, meta_report: LoadReport | None = None) -> Prepared:
+    """Load (or build) the model that trains, with its tokenizer, objective and LoRA wrapping.
+
+    With ``meta_report`` (load once under FSDP, ``adapt.parallel.prepare``) no weight is read: the model
+    is built from its config on the meta device and every later step (embedding resize, LoRA wrapping) runs there,
+    so the module tree and parameter names equal process 0's; ``meta_report`` is process 0's loading report, whose
+    fresh parameters decide LoRA's ``modules_to_save`` as they do there. The weights arrive after sharding.
+    """
     src = resolve(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     objective = resolve_objective(cfg, src)
     tokenizer = load_tokenizer(src, trust_remote_code=cfg.trust_remote_code)
@@ -133,7 +140,16 @@ def prepare_model(cfg: AdaptConfig) -> Prepared:
     # DeBERTa) get eager, and lm_loss.family_inputs hands eager attention the additive form of the mask.
     kwargs = {"attn_implementation": None}
     torch.manual_seed(cfg.seed)  # fresh heads and from-scratch weights depend on the seed only
-    if cfg.from_scratch:
+    if meta_report is not None:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(materialise(src).path, trust_remote_code=cfg.trust_remote_code)
+        with torch.device("meta"):
+            # fp32 as load_model loads (a config may name the bf16 its checkpoint is stored in)
+            model = auto_class(objective).from_config(config, trust_remote_code=cfg.trust_remote_code,
+                                                      dtype=torch.float32, **kwargs)
+        report = meta_report
+    elif cfg.from_scratch:
         from transformers import AutoConfig
 
         path = materialise(src).path
@@ -161,7 +177,8 @@ def prepare_model(cfg: AdaptConfig) -> Prepared:
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         log.info("resizing embeddings %d -> %d to match the tokenizer", model.get_input_embeddings().weight.shape[0],
                  len(tokenizer))
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        # (on the meta device there is nothing to average: process 0's resized rows are broadcast)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=meta_report is None)
     if cfg.document_mask and getattr(model.config, "token_dropout", False):
         # ESM's token dropout rescales embeddings by the mask ratio of the whole packed row, so one document's
         # masks would change another's activations; turn it off (ESM-2 fine-tuning commonly does too).
