@@ -131,6 +131,8 @@ def prepare_pair(model: str, other: str | None, scratch: Path) -> Pair:
     other_dir = Path(src.path)
     if _weights_file(other_dir) is None:
         raise _refuse(model, other_spec, f"{other_dir} holds no model.safetensors")
+    if other_dir.resolve() == adapted.resolve():
+        raise _refuse(model, other_spec, "they are the same folder; a model merged with itself is that model")
     a_cfg, o_cfg = _config(adapted), _config(other_dir)
     if a_cfg.get("model_type") != o_cfg.get("model_type") or a_cfg.get("architectures") != o_cfg.get("architectures"):
         raise _refuse(model, other_spec, f"different architectures ({a_cfg.get('architectures')} vs "
