@@ -176,6 +176,20 @@ def test_dev_split_holds_out_part_of_train_and_never_reads_test(tmp_path: Path):
     assert "test" not in data.files and any("held out" in n for n in data.notes)
 
 
+def test_dev_split_of_a_test_ids_task_uses_only_the_records_outside_the_test_ids(tmp_path: Path):
+    from domainlm.bench.data import load_data
+    from domainlm.bench.tasks import load_task
+
+    rows = [{"id": f"r{i}", "text": f"record {i} on kinase", "label": "a" if i % 2 else "b"} for i in range(40)]
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "ids.txt").write_text("".join(f"r{i}\n" for i in range(20)))  # r0..r19 are the test split
+    (tmp_path / "t.yaml").write_text("version: 1\nformat: jsonl\nfiles: {test: all.jsonl}\ntest_ids: ids.txt\n"
+                                     "id_field: id\nhead: sequence\nmode: probe\nmetric: accuracy\n")
+    data = load_data(load_task(tmp_path / "t.yaml"), split="dev", dev_fraction=0.25)
+    used = {ex.id for ex in data.test} | {ex.id for ex in data.train}
+    assert used == {f"r{i}" for i in range(20, 40)} and len(data.test) == 4  # stratified: round(0.25 * 10) per label
+
+
 @pytest.mark.slow  # ~10 s alone, 30 s under load: a tiny run merged and scored at three weights
 def test_select_never_reads_a_test_split(full_run: Path, tmp_path: Path, monkeypatch):
     """The test files here are not even valid JSON: any read of them would fail the selection. Every file the

@@ -167,6 +167,8 @@ def _dev_splits(spec: TaskSpec) -> tuple[str, ...]:
         return tuple(s for s in ("train", "dev") if s in spec.files)
     if "train" in spec.files:
         return ("train",)
+    if spec.test_ids:
+        return ("test",)  # one file holds both: its test records (test_ids) are dropped at once, unscored
     raise DataError(f"{spec.source}: task '{spec.task_name}' has neither a dev nor a train split, so it cannot be "
                     "scored without its test split. Fix: give it a dev file (files.dev, or --override "
                     f"{spec.task_name}.dev=PATH), or leave the task out")
@@ -197,6 +199,13 @@ def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_exampl
         splits[split] = _read(reader, path, spec, split, skipped)
         files[split] = str(path)
     dev_note = None
+    if dev_mode and "test" in splits:  # train = the file's records outside test_ids (PubMedQA's 500 of 1000)
+        ids_path = Path(spec.test_ids).expanduser()
+        if not ids_path.is_absolute():
+            ids_path = (Path(data_root) / ids_path) if data_root else spec.folder / ids_path
+        ids = set(_read_ids(ids_path))
+        splits["train"] = [ex for ex in splits.pop("test") if ex.id not in ids]
+        files["train"] = f"{files.pop('test')} without the ids in {ids_path}"
     if dev_mode:
         if "dev" in splits:
             splits["test"] = splits.pop("dev")
