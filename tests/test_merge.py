@@ -63,9 +63,9 @@ def test_weight_zero_is_the_base_and_one_the_adapted_model_exactly(full_run: Pat
 
 
 def test_slerp_of_a_model_with_itself_is_that_model(full_run: Path, tmp_path: Path):
-    from domainlm.merge import merge
-
     import shutil
+
+    from domainlm.merge import merge
 
     copy = tmp_path / "copy"  # the same model in another folder (mergekit refuses one folder given twice)
     shutil.copytree(full_run / "final", copy)
@@ -99,6 +99,7 @@ def test_lora_run_merges_as_its_merged_full_weights_and_added_rows_come_from_it(
     Merged with the original tiny-llama (3 fewer rows), the added rows are the adapted model's own."""
     import torch
     from peft import PeftModel
+    from transformers import AutoTokenizer
 
     from domainlm import sources
     from domainlm.loading import read_run
@@ -110,10 +111,7 @@ def test_lora_run_merges_as_its_merged_full_weights_and_added_rows_come_from_it(
     full = PeftModel.from_pretrained(base, str(info.final)).merge_and_unload()
     by_hand = tmp_path / "by-hand"
     full.save_pretrained(str(by_hand))
-    (info.final / "tokenizer.json").is_file() and __import__("shutil").copy(info.final / "tokenizer.json", by_hand)
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        if (info.final / name).is_file():
-            __import__("shutil").copy(info.final / name, by_hand)
+    AutoTokenizer.from_pretrained(str(info.final)).save_pretrained(str(by_hand))
     merge(model=str(lora_run), out=str(tmp_path / "a"), weight=0.5)
     merge(model=str(by_hand), other=str(base_dir), out=str(tmp_path / "b"), weight=0.5)
     assert same(weights(tmp_path / "a" / "final"), weights(tmp_path / "b" / "final"), exact=False)

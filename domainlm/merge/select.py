@@ -294,7 +294,15 @@ def select(cfg: MergeConfig) -> dict[str, Any]:
                      "rule": "max domain score (mean relative gain over the domain tasks) subject to no guard task "
                              "significantly worse than the base (paired bootstrap p-values, Holm across guards)"}
 
+        # the dev texts made for perplexity tasks are kept in OUT/dev/, so the record points there
+        selection = json.loads(json.dumps(selection).replace(f"{scratch}/dev-", f"{out}/dev/dev-"))
+
         def extras(tmp: Path) -> None:
+            dev_files = sorted(scratch.glob("dev-*.jsonl"))
+            if dev_files:  # the validation texts scored, kept beside the choice they made (scratch goes away)
+                (tmp / "dev").mkdir()
+                for f in dev_files:
+                    shutil.copyfile(f, tmp / "dev" / f.name)
             atomic_write_json(tmp / "selection.json", selection)
             pareto_png(points, chosen["weight"], tmp / "pareto.png",
                        f"merge --select ({cfg.method}) on dev splits: {Path(cfg.model).name} into {pair.other_spec}")
