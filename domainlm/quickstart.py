@@ -169,16 +169,16 @@ def _verdict_text(row: dict[str, Any], prefix: str = "") -> str:
 def render_summary(rows: list[dict[str, Any]], facts: list[tuple[str, str]]) -> str:
     width = max([len(r["metric"]) for r in rows] + [24])
     if any("merged" in r for r in rows):  # base | adapted | merged, each model's paired delta against the base
-        lines = [f"{'metric':<{width}}  {'base':>9}  {'adapted':>9}  {'merged':>9}  {'adapted - base (95% CI)':>34}  "
-                 f"{'merged - base (95% CI)':>34}", "-" * (width + 104)]
+        cells = []
         for r in rows:
-            cells = []
-            for p in ("", "merged_"):
-                d = r.get(f"{p}delta")
-                cells.append(f"{'-' if d is None else format(d, '+.3g')} {_ci(r.get(f'{p}delta_ci'))} "
-                             f"{_verdict_text(r, p)}")
+            cells.append([f"{'-' if r.get(f'{p}delta') is None else format(r[f'{p}delta'], '+.3g')} "
+                          f"{_ci(r.get(f'{p}delta_ci'))} {_verdict_text(r, p)}" for p in ("", "merged_")])
+        cw = max([len(c[0]) for c in cells] + [24])
+        lines = [f"{'metric':<{width}}  {'base':>9}  {'adapted':>9}  {'merged':>9}  {'adapted - base, 95% CI':<{cw}}  "
+                 "merged - base, 95% CI", "-" * (width + 38 + 2 * cw)]
+        for r, (a, m) in zip(rows, cells, strict=True):
             lines.append(f"{r['metric']:<{width}}  {_fmt(r['base']):>9}  {_fmt(r['adapted']):>9}  "
-                         f"{_fmt(r.get('merged')):>9}  {cells[0]:>34}  {cells[1]:>34}")
+                         f"{_fmt(r.get('merged')):>9}  {a:<{cw}}  {m}")
     else:
         lines = [f"{'metric':<{width}}  {'base':>9}  {'adapted':>9}  {'delta':>9}  {'delta 95% CI':>18}  "
                  f"{'sees 2 pts':>11}  verdict", "-" * (width + 90)]
@@ -188,7 +188,7 @@ def render_summary(rows: list[dict[str, Any]], facts: list[tuple[str, str]]) -> 
                          f"{_ci(r.get('delta_ci')):>18}  {detectable(r):>11}  {verdict(r)}"
                          + (f" (Holm: {r['holm']})" if r.get("holm") else ""))
     lines.append("")
-    if any(detectable(r).startswith("no") for r in rows):
+    if not any("merged" in r for r in rows) and any(detectable(r).startswith("no") for r in rows):
         lines += ["sees 2 pts: 'no' means the test set is too small to tell a 2-point change from noise (the number "
                   "is the smallest change it can see: half the paired interval); use the real datasets "
                   "(benchmarks/*/README.md) to see one.", ""]
