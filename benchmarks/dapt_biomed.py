@@ -380,6 +380,14 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return man
 
 
+MERGE_NOT_RUN = (
+    "The merge arms ({arms}) are `domainlm merge --select` on their source arm: a linear merge back into SmolLM2 at "
+    "weights 0.25, 0.5 and 0.75, chosen on dev splits only (BC5CDR devel as the domain task; PubMedQA's labelled "
+    "questions outside its test ids, 20% held out, and WikiText-2 valid as guards, Holm over the guards), then "
+    "scored like every arm. They need their source runs (~40 min of one core each) and were not measured, so "
+    "whether a merge keeps the BC5CDR gain while removing the PubMedQA loss is still open.")
+
+
 def merge_arm(arm: str, work: Path, realdata: Path) -> dict[str, Any]:
     """A merge arm: its source arm trained (or reused), then `domainlm merge --select` on MERGE_DEV's dev splits
     into WORK/runs/ARM, a run folder scored like every arm (test scoring is evaluate_arm's, as for the others)."""
@@ -1188,6 +1196,9 @@ def render(r: dict[str, Any], stem: str) -> str:
               + ". Each runs, with its evaluation, by:", "", "```",
               "python benchmarks/dapt_biomed.py --realdata ../shared/realdata --arms " + ",".join(missing)
               + " --full-eval all", "```", ""]
+        merges = [a for a in missing if "merge" in ARMS[a]]
+        if merges:
+            L += [MERGE_NOT_RUN.format(arms=", ".join(f"`{a}`" for a in merges)), ""]
     gaps = {n: [g for g in GROUPS if not any(k.startswith(g + "/") for k in a["tasks"])]
             for n, a in arms.items() if n != "minilm-headonly-0.1m"}
     gaps = {n: g for n, g in gaps.items() if g}

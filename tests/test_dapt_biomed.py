@@ -95,6 +95,8 @@ def test_render_states_goal_not_met_without_gains():
     assert "**not met** by any arm" in md
     assert "No arm improved any task with a paired 95% CI above 0" in md
     assert "-0.010 [-0.030, +0.010] | within noise" in md
+    # the merge arms, not run here, are named with what they would measure and said to be unmeasured
+    assert "`smollm2-full-merged`, `smollm2-lora-merged`" in md and "were not measured" in md
 
 
 def test_goal_line_does_not_count_an_arm_untested_where_its_recipe_lost():
