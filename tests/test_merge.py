@@ -222,3 +222,20 @@ def test_select_never_reads_a_test_split(full_run: Path, tmp_path: Path, monkeyp
     best = max(allowed, key=lambda p: (p["domain_score"], -p["weight"]))
     assert sel["chosen_weight"] == best["weight"] == manifest["merge"]["weight"]
     assert sel["points"][0]["domain_score"] == 0.0  # weight 0 is the base itself
+
+
+def test_bench_split_dev_writes_a_report_and_leaves_test_unread(tmp_path: Path):
+    """`domainlm bench --split dev` on its own: the report says the dev split was scored; the test file is junk."""
+    from domainlm.bench import bench
+
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    dev = suite / "dev.jsonl"
+    dev.write_text("".join(json.dumps({"text": f"the kinase number {i} binds the receptor"}) + "\n" for i in range(4)))
+    (suite / "test.jsonl").write_text("{not json\n")
+    _lm_task(suite, "dom", "domain", dev, suite / "test.jsonl")
+    report = bench(model="tiny-llama", suite=str(suite), split="dev", out=str(tmp_path / "b"), bootstrap=50)
+    task = report["tasks"][0]
+    assert task["files"] == {"dev": str(dev)} and "not test" in " ".join(task["notes"])
+    saved = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert saved["config"]["split"] == "dev"
