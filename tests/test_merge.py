@@ -94,6 +94,19 @@ def test_merged_folder_is_a_run_that_bench_publish_and_generate_load(full_run: P
     assert torch.allclose(logits, probe["logits"], atol=1e-5)
 
 
+@pytest.mark.slow  # publish verifies in a fresh process: ~20 s idle
+def test_a_merged_lora_run_publishes_with_the_merge_on_its_card(lora_run: Path, tmp_path: Path):
+    from domainlm.merge import merge
+    from domainlm.publish import publish
+
+    merge(model=str(lora_run), out=str(tmp_path / "m"), method="slerp", weight=0.4)
+    manifest = publish(run_dir=str(tmp_path / "m"), out=str(tmp_path / "pub"))
+    assert manifest["verification"]["passed"]
+    card = (tmp_path / "pub" / "README.md").read_text()
+    assert "| merged back into the base | slerp, weight 0.4 on the adapted model" in card
+    assert "| method | LoRA" in card  # the source run's training method, not "full"
+
+
 def test_lora_run_merges_as_its_merged_full_weights_and_added_rows_come_from_it(lora_run: Path, tmp_path: Path):
     """The LoRA run is merged into its base by hand with peft here; merging that folder gives the same model.
     Merged with the original tiny-llama (3 fewer rows), the added rows are the adapted model's own."""

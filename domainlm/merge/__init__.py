@@ -66,7 +66,9 @@ def merge_info(cfg: MergeConfig, pair: Any, weight: float, wall_s: float, **extr
 
     info = {"method": cfg.method, "engine": f"mergekit {version('mergekit')}", "weight": weight,
             "adapted": str(cfg.model), "other": pair.other_spec,
-            "weights": {"adapted": weight, "other": 1.0 - weight},
+            # linear/SLERP interpolate (SLERP's t); TIES/DARE add weight x the sparsified task vector to the other
+            "weights": {"adapted": weight, "other": 1.0 - weight} if cfg.method in ("linear", "slerp") else
+            {"task_vector": weight, "other": 1.0},
             "vocabulary": {"rows": pair.vocab_rows, "shared_rows": pair.shared_rows,
                            "added_rows_from": "adapted" if pair.vocab_rows > pair.shared_rows else None},
             "wall_time_s": wall_s}
