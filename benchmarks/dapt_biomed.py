@@ -105,7 +105,21 @@ ARMS: dict[str, dict[str, Any]] = {
     "smollm2-lora-replay5": _smol("lora", 2e-4, 0.05),
     "smollm2-lora-replay25": _smol("lora", 2e-4, 0.25),
     "smollm2-full": _smol("full", 5e-5, 0.0),  # no replay, like smollm2-lora: the pair differs in method only
+    # `domainlm merge --select`: each SmolLM2 arm merged back into SmolLM2 (linear), the weight chosen on dev splits
+    # only (MERGE_DEV): keep the BC5CDR gain, lose neither PubMedQA nor WikiText-2 perplexity (Holm over the two)
+    "smollm2-full-merged": {"merge": "smollm2-full", "method": "linear", "weights": [0.25, 0.5, 0.75]},
+    "smollm2-lora-merged": {"merge": "smollm2-lora", "method": "linear", "weights": [0.25, 0.5, 0.75]},
 }
+# The dev splits merge --select scores (never a test file): BC5CDR's own devel file (the probe trains on its train
+# file, capped), PubMedQA's 500 labelled questions outside the test ids (20% held out as dev) and WikiText-2's
+# validation file. Paths are relative to --realdata.
+MERGE_DEV = {"suite": "biomed,general", "domain_tasks": ["ner"], "guard_tasks": ["pubmedqa", "general_perplexity"],
+             "max_examples": 500,
+             "override": ["ner.train=bc5cdr_conll/train.tsv", "ner.dev=bc5cdr_conll/devel.tsv",
+                          "ner.test=bc5cdr_conll/test.tsv", "pubmedqa.train=", "pubmedqa.test=pubmedqa/ori_pqal.json",
+                          "pubmedqa.test_ids=pubmedqa/test_ground_truth.json", "general_perplexity.format=text",
+                          "general_perplexity.dev=general_wikitext2/valid.txt",
+                          "general_perplexity.test=general_wikitext2/test.txt", "general_perplexity.max_tokens=8192"]}
 QUICK_ARM = "minilm-warmup-0.1m"
 # Head-to-head comparisons (paired bootstrap on the same test sentences) where the question is "which recipe",
 # not "better than the base": (arm, reference arm, group).
@@ -352,7 +366,8 @@ def prepare_data(realdata: Path, work: Path, models: list[str]) -> dict[str, Any
 # ----------------------------------------------------------------------------------------------------
 
 def arm_model(arm: str) -> str:
-    return ARMS[arm]["adapt"]["model"]
+    spec = ARMS[arm]
+    return arm_model(spec["merge"]) if "merge" in spec else spec["adapt"]["model"]
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -365,11 +380,40 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return man
 
 
-def run_arm(arm: str, work: Path) -> dict[str, Any]:
+MERGE_NOT_RUN = (
+    "The merge arms ({arms}) are `domainlm merge --select` on their source arm: a linear merge back into SmolLM2 at "
+    "weights 0.25, 0.5 and 0.75, chosen on dev splits only (BC5CDR devel as the domain task; PubMedQA's labelled "
+    "questions outside its test ids, 20% held out, and WikiText-2 valid as guards, Holm over the guards), then "
+    "scored like every arm. They need their source runs (~40 min of one core each) and were not measured, so "
+    "whether a merge keeps the BC5CDR gain while removing the PubMedQA loss is still open.")
+
+
+def merge_arm(arm: str, work: Path, realdata: Path) -> dict[str, Any]:
+    """A merge arm: its source arm trained (or reused), then `domainlm merge --select` on MERGE_DEV's dev splits
+    into WORK/runs/ARM, a run folder scored like every arm (test scoring is evaluate_arm's, as for the others)."""
+    from domainlm.merge import merge
+
+    spec = ARMS[arm]
+    run_arm(spec["merge"], work, realdata)
+    run_dir = work / "runs" / arm
+    if (run_dir / "manifest.json").is_file():
+        try:
+            return read_run(run_dir)
+        except Exception:  # an interrupted merge left nothing that looks complete: merge again
+            pass
+    merge(model=str(work / "runs" / spec["merge"]), out=str(run_dir), overwrite=True, select=True, test=False,
+          method=spec["method"], weights=spec["weights"], data_root=str(realdata), threads=1,
+          **{k: v for k, v in MERGE_DEV.items()})
+    return read_run(run_dir)
+
+
+def run_arm(arm: str, work: Path, realdata: Path | None = None) -> dict[str, Any]:
     """Train one arm (reused when its run folder is complete) and return its run manifest."""
     from domainlm.adapt import adapt
 
     spec = ARMS[arm]
+    if "merge" in spec:
+        return merge_arm(arm, work, realdata or ROOT.parent / "shared" / "realdata")
     run_dir = work / "runs" / arm
     lock = run_dir.with_name(arm + ".lock")
     while lock.is_file() and _alive(int(lock.read_text() or 0)):  # another process of this script trains it
@@ -548,6 +592,8 @@ def collect(work: Path) -> dict[str, Any]:
                  "tokens": man["tokens_trained"], "flops": man["flops"]["total"], "wall_s": man["wall_time_s"],
                  "tokens_per_s": man["tokens_per_s"], "adapt_metrics": man["metrics"], "tasks": {}}
         entry["head_to_head"] = {}
+        if man.get("merge"):  # a merge arm: the weight merge --select chose on the dev splits, and why
+            entry["merge"] = {k: man["merge"].get(k) for k in ("method", "weight", "other", "selection")}
         cman = work / "corpora" / f"{entry['corpus']}-{arm_model(arm)}" / "manifest.json"
         if cman.is_file():  # tokens in one pass over the training corpus (epochs = tokens / this)
             entry["corpus_train_tokens"] = json.loads(cman.read_text())["splits"]["train"]["tokens"]
@@ -1150,6 +1196,9 @@ def render(r: dict[str, Any], stem: str) -> str:
               + ". Each runs, with its evaluation, by:", "", "```",
               "python benchmarks/dapt_biomed.py --realdata ../shared/realdata --arms " + ",".join(missing)
               + " --full-eval all", "```", ""]
+        merges = [a for a in missing if "merge" in ARMS[a]]
+        if merges:
+            L += [MERGE_NOT_RUN.format(arms=", ".join(f"`{a}`" for a in merges)), ""]
     gaps = {n: [g for g in GROUPS if not any(k.startswith(g + "/") for k in a["tasks"])]
             for n, a in arms.items() if n != "minilm-headonly-0.1m"}
     gaps = {n: g for n, g in gaps.items() if g}
@@ -1253,7 +1302,7 @@ def main(argv: list[str] | None = None) -> int:
     data_info = prepare_data(realdata, work, models)
     if not args.report_only:
         for arm in arms:
-            run_arm(arm, work)
+            run_arm(arm, work, realdata)
             evaluate_arm(arm, realdata, work, full=arm in full and not args.quick,
                          groups=args.groups.split(",") if args.groups else None)
     if args.no_report:

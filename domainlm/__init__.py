@@ -21,6 +21,7 @@ _EXPORTS = {
     "adapt": "domainlm.adapt:adapt",
     "bench": "domainlm.bench:bench",
     "publish": "domainlm.publish:publish",
+    "merge": "domainlm.merge:merge",
     "generate": "domainlm.generate:generate",
     "extend_vocab": "domainlm.vocab:extend",
     "compute": "domainlm.compute:compute",

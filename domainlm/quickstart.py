@@ -31,6 +31,12 @@ DOMAINS: dict[str, dict[str, Any]] = {
                       batch_size=4, grad_accum=1, max_steps=16, eval_every=8, save_every=8, eval_batches=4,
                       replay_corpus="general-english-sample", replay_fraction=0.05),
         "bench_max_examples": 80,
+        # merge --select after adapt: the weight is chosen on dev splits (never test) so that PubMedQA
+        # zero-shot and general-English perplexity (the guards) are not significantly worse than the base
+        # while domain perplexity keeps its gain. Three weights and 60-record dev sets fit the 15-minute
+        # budget on 2 cores (the base and weight 1 are known ends of the line).
+        "merge": dict(method="linear", weights=[0.25, 0.5, 0.75], domain_tasks=["perplexity"],
+                      guard_tasks=["pubmedqa", "general_perplexity"], max_examples=60),
     },
     "materials": {
         "corpus": "arxiv-materials-sample", "suite": "materials,general",
@@ -57,6 +63,8 @@ class QuickstartConfig:
     max_examples: int | None = opt(None, "cap each bench split at this many examples (default: the domain's "
                                    "budget; 80 for biomed)")
     seeds: int = opt(1, "seeds per fine-tuned bench task (probes are deterministic)")
+    merge: bool = opt(True, "merge the adapted model back into its base with the weight chosen on dev splits "
+                      "(merge --select) and publish that (biomed; needs mergekit: pip install 'domainlm[merge]')")
 
 
 def _done(folder: Path) -> bool:
@@ -141,22 +149,74 @@ def detectable(row: dict[str, Any]) -> str:
     return f"{'yes' if mde <= TARGET_EFFECT else 'no'} (±{mde:.2f})"
 
 
+def add_merged(rows: list[dict[str, Any]], merged_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The merged model's test numbers (its bench against the same base) beside each base/adapted row."""
+    by_metric = {r["metric"]: r for r in merged_rows}
+    out = []
+    for r in rows:
+        m = by_metric.get(r["metric"]) or {}
+        out.append({**r, "merged": m.get("adapted"), "merged_delta": m.get("delta"),
+                    "merged_delta_ci": m.get("delta_ci"), "merged_holm": m.get("holm")})
+    return out
+
+
+def _verdict_text(row: dict[str, Any], prefix: str = "") -> str:
+    r = {**row, "delta": row.get(f"{prefix}delta"), "delta_ci": row.get(f"{prefix}delta_ci")}
+    holm = row.get(f"{prefix}holm")
+    return verdict(r) + (f" (Holm: {holm})" if holm else "")
+
+
 def render_summary(rows: list[dict[str, Any]], facts: list[tuple[str, str]]) -> str:
     width = max([len(r["metric"]) for r in rows] + [24])
-    lines = [f"{'metric':<{width}}  {'base':>9}  {'adapted':>9}  {'delta':>9}  {'delta 95% CI':>18}  "
-             f"{'sees 2 pts':>11}  verdict", "-" * (width + 90)]
-    for r in rows:
-        lines.append(f"{r['metric']:<{width}}  {_fmt(r['base']):>9}  {_fmt(r['adapted']):>9}  "
-                     f"{'-' if r['delta'] is None else format(r['delta'], '+.3g'):>9}  "
-                     f"{_ci(r.get('delta_ci')):>18}  {detectable(r):>11}  {verdict(r)}"
-                     + (f" (Holm: {r['holm']})" if r.get("holm") else ""))
+    if any("merged" in r for r in rows):  # base | adapted | merged, each model's paired delta against the base
+        cells = []
+        for r in rows:
+            cells.append([f"{'-' if r.get(f'{p}delta') is None else format(r[f'{p}delta'], '+.3g')} "
+                          f"{_ci(r.get(f'{p}delta_ci'))} {_verdict_text(r, p)}" for p in ("", "merged_")])
+        cw = max([len(c[0]) for c in cells] + [24])
+        lines = [f"{'metric':<{width}}  {'base':>9}  {'adapted':>9}  {'merged':>9}  {'adapted - base, 95% CI':<{cw}}  "
+                 "merged - base, 95% CI", "-" * (width + 38 + 2 * cw)]
+        for r, (a, m) in zip(rows, cells, strict=True):
+            lines.append(f"{r['metric']:<{width}}  {_fmt(r['base']):>9}  {_fmt(r['adapted']):>9}  "
+                         f"{_fmt(r.get('merged')):>9}  {a:<{cw}}  {m}")
+    else:
+        lines = [f"{'metric':<{width}}  {'base':>9}  {'adapted':>9}  {'delta':>9}  {'delta 95% CI':>18}  "
+                 f"{'sees 2 pts':>11}  verdict", "-" * (width + 90)]
+        for r in rows:
+            lines.append(f"{r['metric']:<{width}}  {_fmt(r['base']):>9}  {_fmt(r['adapted']):>9}  "
+                         f"{'-' if r['delta'] is None else format(r['delta'], '+.3g'):>9}  "
+                         f"{_ci(r.get('delta_ci')):>18}  {detectable(r):>11}  {verdict(r)}"
+                         + (f" (Holm: {r['holm']})" if r.get("holm") else ""))
     lines.append("")
-    if any(detectable(r).startswith("no") for r in rows):
+    if not any("merged" in r for r in rows) and any(detectable(r).startswith("no") for r in rows):
         lines += ["sees 2 pts: 'no' means the test set is too small to tell a 2-point change from noise (the number "
                   "is the smallest change it can see: half the paired interval); use the real datasets "
                   "(benchmarks/*/README.md) to see one.", ""]
     lines += [f"{k:<18} {v}" for k, v in facts]
     return "\n".join(lines)
+
+
+PATH_FACTS = ("model card", "loss curve", "comparison chart", "published model", "merge selection", "pareto chart")
+
+
+def _merge_line(selection: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """Weight chosen, its dev deltas, and whether the goal holds on test: no task significantly worse than
+    the base (Holm where bench applies it) while domain perplexity per word stays significantly better."""
+    chosen = next(p for p in selection["points"] if p["weight"] == selection["chosen_weight"])
+    dev = "; ".join(f"{n} {r['delta']:+.3g} [{r['delta_ci'][0]:+.3g}, {r['delta_ci'][1]:+.3g}]"
+                    for n, r in chosen["tasks"].items() if r.get("delta") is not None and r.get("delta_ci"))
+    worse = [r["metric"] for r in rows if "merged" in r and (r.get("merged_holm") or _verdict_text(r, "merged_")
+                                                              ).startswith("worse")]
+    domain = next((r for r in rows if r["metric"] == "domain perplexity (per word)"), None)
+    kept = domain is not None and _verdict_text(domain, "merged_").startswith("better")
+    if not worse and kept:
+        goal = "goal met on test: no task significantly worse than the base, domain perplexity per word better"
+    else:
+        goal = ("goal NOT met on test at this budget: " + (f"worse than the base: {', '.join(worse)}" if worse else "")
+                + ("; " if worse and not kept else "") + ("" if kept else "domain perplexity per word not "
+                                                                   "significantly better"))
+    return (f"{selection['method']} weight {selection['chosen_weight']:g} on the adapted model (chosen on dev from "
+            f"{', '.join(format(w, 'g') for w in selection['weights'])}; dev: {dev}). {goal}")
 
 
 def quickstart(config: QuickstartConfig | None = None, **overrides: Any) -> dict[str, Any]:
@@ -181,9 +241,11 @@ def quickstart(config: QuickstartConfig | None = None, **overrides: Any) -> dict
         adapt_kwargs["eval_every"] = max(1, cfg.max_steps // 2)
         adapt_kwargs["save_every"] = max(1, cfg.max_steps // 2)
     model = adapt_kwargs["model"]
-    run_dir, bench_dir, pub_dir = out / "run", out / "bench", out / "published"
+    run_dir, bench_dir, pub_dir, merged_dir = out / "run", out / "bench", out / "published", out / "merged"
+    merge_cfg = dict(preset["merge"]) if preset.get("merge") and cfg.merge else None
+    max_examples = cfg.max_examples or preset.get("bench_max_examples")
     timings: dict[str, float] = {}
-    stages = tqdm(total=4, desc="quickstart", unit="stage", position=0)
+    stages = tqdm(total=5 if merge_cfg else 4, desc="quickstart", unit="stage", position=0)
     t0 = time.perf_counter()
 
     # 1. prepare the shipped corpus with the base model's tokenizer
@@ -220,22 +282,43 @@ def quickstart(config: QuickstartConfig | None = None, **overrides: Any) -> dict
         report = json.loads((bench_dir / "report.json").read_text())
     else:
         report = bench(model=str(run_dir), baseline=model, suite=preset["suite"], out=str(bench_dir),
-                       seeds=cfg.seeds, max_examples=cfg.max_examples or preset.get("bench_max_examples"))
+                       seeds=cfg.seeds, max_examples=max_examples)
     timings["bench"] = time.perf_counter() - t
     stages.update(1)
 
-    # 4. publish with the card
+    # 4. merge --select: the adapted model merged back into its base, the weight chosen on dev splits,
+    # then scored once on test (merged/test_bench); the chosen model is what gets published
+    selection, merged_report = None, None
+    if merge_cfg:
+        stages.set_postfix_str("merge --select")
+        from domainlm.merge import merge
+
+        t = time.perf_counter()
+        if not (_done(merged_dir) and (merged_dir / "test_bench" / "report.json").is_file()):
+            merge(model=str(run_dir), out=str(merged_dir), select=True, test=True, overwrite=True,
+                  suite=preset["suite"], seeds=cfg.seeds, test_max_examples=max_examples, **merge_cfg)
+        selection = json.loads((merged_dir / "selection.json").read_text())
+        merged_report = json.loads((merged_dir / "test_bench" / "report.json").read_text())
+        timings["merge"] = time.perf_counter() - t
+        stages.update(1)
+
+    # 5. publish with the card
     stages.set_postfix_str("publish")
     from domainlm.publish import publish
 
     t = time.perf_counter()
     if not _done(pub_dir):
-        publish(run_dir=str(run_dir), out=str(pub_dir), bench=str(bench_dir), overwrite=True)
+        if merge_cfg:
+            publish(run_dir=str(merged_dir), out=str(pub_dir), bench=str(merged_dir / "test_bench"), overwrite=True)
+        else:
+            publish(run_dir=str(run_dir), out=str(pub_dir), bench=str(bench_dir), overwrite=True)
     timings["publish"] = time.perf_counter() - t
     stages.update(1)
     stages.close()
 
     rows = summary_rows(report)
+    if merged_report is not None:
+        rows = add_merged(rows, summary_rows(merged_report))
     total = time.perf_counter() - t0
     facts = [
         ("base model", f"{model} ({run_manifest['base']['origin']})"),
@@ -249,12 +332,18 @@ def quickstart(config: QuickstartConfig | None = None, **overrides: Any) -> dict
         ("comparison chart", str(bench_dir / "comparison.png")),
         ("published model", str(pub_dir)),
     ]
+    if selection is not None:
+        facts.insert(0, ("merge", _merge_line(selection, rows)))
+        facts += [("merge selection", str(merged_dir / "selection.json")), ("pareto chart", str(merged_dir / "pareto.png"))]
     text = render_summary(rows, facts)
     print("\n" + text)
     from domainlm.artifacts import atomic_write_json, atomic_write_text
 
     summary = {"domain": cfg.domain, "model": model, "rows": rows, "timings_s": timings, "wall_time_s": total,
-               "flops": run_manifest["flops"]["total"], "paths": dict(facts[4:])}
+               "flops": run_manifest["flops"]["total"], "paths": {k: v for k, v in facts if k in PATH_FACTS},
+               "merge": None if selection is None else {
+                   "chosen_weight": selection["chosen_weight"], "method": selection["method"],
+                   "verdict_dev": selection["verdict"], "line": dict(facts)["merge"]}}
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.txt", text + "\n")
     return summary

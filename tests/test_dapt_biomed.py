@@ -95,6 +95,8 @@ def test_render_states_goal_not_met_without_gains():
     assert "**not met** by any arm" in md
     assert "No arm improved any task with a paired 95% CI above 0" in md
     assert "-0.010 [-0.030, +0.010] | within noise" in md
+    # the merge arms, not run here, are named with what they would measure and said to be unmeasured
+    assert "`smollm2-full-merged`, `smollm2-lora-merged`" in md and "were not measured" in md
 
 
 def test_goal_line_does_not_count_an_arm_untested_where_its_recipe_lost():
@@ -266,3 +268,43 @@ def test_minilm_form_reading_says_whether_raw_text_losses_go_with_the_spacing():
     detok["tasks"]["cls/doccls"] = _task("HoC", -0.04, -0.07, -0.01)
     assert "still loses on HoC: the raw-text cost is not the spacing alone" in d._minilm_form_reading(arms)[0]
     assert d._minilm_form_reading({"minilm-warmup-0.3m": tok}) == []
+
+
+def test_merge_arm_trains_its_source_then_selects_on_dev_splits_only(tmp_path, monkeypatch):
+    # merge itself is stubbed (tests/test_merge.py runs it on tiny models); this checks the arm's wiring: source
+    # arm first, --select on MERGE_DEV's dev files with the real-data root, no test scoring inside, reuse when done.
+    import domainlm.merge
+
+    trained, merges = [], []
+    monkeypatch.setattr(d, "run_arm", (lambda real: lambda arm, work, realdata=None: (
+        trained.append(arm) if "merge" not in d.ARMS[arm] else None) or real(arm, work, realdata))(d.run_arm))
+    monkeypatch.setattr(d, "read_run", lambda run_dir: {"dir": str(run_dir)} if (run_dir / "manifest.json").is_file()
+                        else (_ for _ in ()).throw(FileNotFoundError(run_dir)))
+
+    def fake_adapt(**kw):
+        (Path(kw["out"]) / "final").mkdir(parents=True, exist_ok=True)
+        (Path(kw["out"]) / "manifest.json").write_text("{}")
+
+    def fake_merge(**kw):
+        merges.append(kw)
+        Path(kw["out"]).mkdir(parents=True, exist_ok=True)
+        (Path(kw["out"]) / "manifest.json").write_text("{}")
+
+    import domainlm.adapt
+
+    monkeypatch.setattr(domainlm.adapt, "adapt", fake_adapt)
+    monkeypatch.setattr(domainlm.merge, "merge", fake_merge)
+    for arm in ("smollm2-full-merged", "smollm2-lora-merged"):
+        assert d.arm_model(arm) == "smollm2"
+        d.run_arm(arm, tmp_path, tmp_path / "realdata")
+    assert trained == ["smollm2-full", "smollm2-lora"]
+    kw = merges[0]
+    assert kw["select"] and kw["test"] is False and kw["model"].endswith("runs/smollm2-full")
+    assert kw["data_root"] == str(tmp_path / "realdata") and kw["weights"] == [0.25, 0.5, 0.75]
+    assert kw["domain_tasks"] == ["ner"] and set(kw["guard_tasks"]) == {"pubmedqa", "general_perplexity"}
+    # every scored split is a dev one: each task gets a dev file, or (PubMedQA) only records outside its test ids
+    assert "ner.dev=bc5cdr_conll/devel.tsv" in kw["override"]
+    assert "general_perplexity.dev=general_wikitext2/valid.txt" in kw["override"]
+    assert "pubmedqa.test_ids=pubmedqa/test_ground_truth.json" in kw["override"]
+    d.run_arm("smollm2-full-merged", tmp_path, tmp_path / "realdata")  # finished: reused, not merged again
+    assert len(merges) == 2

@@ -39,6 +39,10 @@ class BenchConfig:
                                       "for the offline pubmedqa_local and medmcqa_local")
     num_fewshot: int | None = opt(None, "few-shot examples for harness tasks (default: each task's own setting)")
     harness_batch_size: int = opt(8, "examples per forward pass for harness tasks")
+    split: Literal["test", "dev"] = opt("test", "the split scored: test, or dev for choosing settings (merge "
+                                        "--select): a task's dev split, else a held-out part of its train split; "
+                                        "the test split is never read")
+    dev_fraction: float = opt(0.2, "split dev: share of the train split held out where a task has no dev split")
 
     def problems(self) -> list[str]:
         out = []
@@ -62,6 +66,10 @@ class BenchConfig:
             out.append(f"'num_fewshot' must be 0 or more, got {self.num_fewshot}")
         if self.harness_batch_size < 1:
             out.append(f"'harness_batch_size' must be at least 1, got {self.harness_batch_size}")
+        if not 0 < self.dev_fraction < 1:
+            out.append(f"'dev_fraction' must be between 0 and 1, got {self.dev_fraction}")
+        if self.split == "dev" and "harness:" in self.suite:
+            out.append("'split: dev' scores native tasks only; lm-evaluation-harness tasks are scored on their own split")
         if self.baseline is not None and self.baseline == self.model:
             out.append("'baseline' is the same as 'model'; compare against a different model or drop --baseline")
         return out

@@ -8,6 +8,7 @@ never shows. Labels outside the list may instead be dropped when the task says
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -160,14 +161,33 @@ def _read(reader, path: Path, spec: TaskSpec, split: str, skipped: dict[str, dic
     return out
 
 
+def _dev_splits(spec: TaskSpec) -> tuple[str, ...]:
+    """The files ``split: dev`` reads: never the test file (so choosing on dev cannot see test)."""
+    if "dev" in spec.files:
+        return tuple(s for s in ("train", "dev") if s in spec.files)
+    if "train" in spec.files:
+        return ("train",)
+    if spec.test_ids:
+        return ("test",)  # one file holds both: its test records (test_ids) are dropped at once, unscored
+    raise DataError(f"{spec.source}: task '{spec.task_name}' has neither a dev nor a train split, so it cannot be "
+                    "scored without its test split. Fix: give it a dev file (files.dev, or --override "
+                    f"{spec.task_name}.dev=PATH), or leave the task out")
+
+
 def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_examples: int | None = None,
-              needs_train: bool = True) -> TaskData:
-    """Read, split and check every split of ``spec``; see the module docstring for the checks."""
+              needs_train: bool = True, split: str = "test", dev_fraction: float = 0.2) -> TaskData:
+    """Read, split and check every split of ``spec``; see the module docstring for the checks.
+
+    ``split="dev"`` scores the dev split in the test split's place (the scored split is ``test`` in the
+    returned data), or, without one, a seeded ``dev_fraction`` of the train split held out (the model
+    trains on the rest); the test file is never opened.
+    """
     reader = FORMATS.get(spec.format).fn
     splits: dict[str, list[Example]] = {}
     files: dict[str, str] = {}
     skipped: dict[str, dict] = {}
-    for split in ("train", "dev", "test"):
+    dev_mode = split == "dev"
+    for split in _dev_splits(spec) if dev_mode else ("train", "dev", "test"):
         if split not in spec.files:
             continue
         path = resolve_path(spec, split, data_root)
@@ -178,7 +198,27 @@ def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_exampl
                             f"or point it elsewhere with --override {spec.task_name}.{split}=PATH")
         splits[split] = _read(reader, path, spec, split, skipped)
         files[split] = str(path)
-    if spec.test_ids:
+    dev_note = None
+    if dev_mode and "test" in splits:  # train = the file's records outside test_ids (PubMedQA's 500 of 1000)
+        ids_path = Path(spec.test_ids).expanduser()
+        if not ids_path.is_absolute():
+            ids_path = (Path(data_root) / ids_path) if data_root else spec.folder / ids_path
+        ids = set(_read_ids(ids_path))
+        splits["train"] = [ex for ex in splits.pop("test") if ex.id not in ids]
+        files["train"] = f"{files.pop('test')} without the ids in {ids_path}"
+    if dev_mode:
+        if "dev" in splits:
+            splits["test"] = splits.pop("dev")
+            dev_note = f"scored on the dev split ({files['dev']}), not test"
+        else:
+            held, rest = _carve(splits["train"], dataclasses.replace(spec, carve_train=dev_fraction))
+            splits["test"] = held
+            splits["train"] = rest
+            files["dev"] = f"{dev_fraction:.0%} of {files['train']} held out"
+            dev_note = (f"no dev split: scored on {len(held)} records ({dev_fraction:.0%}) of the train split held "
+                        f"out (seed {spec.split_seed}); probes train on the other {len(rest)}")
+        log.info("task %s: %s", spec.task_name, dev_note)
+    elif spec.test_ids:
         ids_path = Path(spec.test_ids).expanduser()
         if not ids_path.is_absolute():
             ids_path = (Path(data_root) / ids_path) if data_root else spec.folder / ids_path
@@ -192,12 +232,12 @@ def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_exampl
         if missing:
             raise DataError(f"{ids_path}: {missing} of its {len(ids)} ids are not records of {files['test']}. "
                             "Fix: use the ids file that belongs to this data file")
-    if spec.carve_train is not None and "train" not in splits:
+    if spec.carve_train is not None and "train" not in splits and not dev_mode:
         splits["train"], splits["test"] = _carve(splits["test"], spec)
     if not needs_train:
         splits.pop("train", None)
         splits.pop("dev", None)
-    notes: list[str] = []
+    notes: list[str] = [dev_note] if dev_note else []
     for split, snap in skipped.items():
         total = sum(snap["counts"].values())
         first = next(iter(snap["examples"].values()))[0]
@@ -210,7 +250,7 @@ def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_exampl
             splits[split] = _apply_label_list(splits[split], spec, set(labels), notes, split)
     for split, examples in splits.items():
         if not examples:
-            where = files.get(split, files.get("test"))
+            where = files.get(split, files.get("test", files.get("dev")))
             raise DataError(f"{where}: split '{split}' of task '{spec.task_name}' has no records. Fix: point "
                             f"files.{split} at a file with records (or check the reader format '{spec.format}')")
     if spec.head in ("token", "sequence", "multilabel") and "train" in splits:
@@ -221,7 +261,7 @@ def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_exampl
                     if label not in seen_train:
                         raise DataError(
                             f"{where}: label {label!r} appears in the {split} split but never in the train split "
-                            f"({files.get('train', 'carved from ' + files['test'])}), so the label sets of the "
+                            f"({files.get('train', 'carved from ' + str(files.get('test')))}), so the label sets of the "
                             f"splits differ and no model can learn it. Fix: add train records with {label!r}, "
                             "remove it from the evaluation split, or list the scored labels in 'labels:' with "
                             "other_labels: drop")
@@ -238,6 +278,6 @@ def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_exampl
         # Capped after the checks: the checks are about the files, the cap about run time.
         splits = {k: _cap(v, max_examples, spec.split_seed) for k, v in splits.items()}
     if spec.head == "sequence" and labels is not None and len(labels) < 2 and spec.mode != "zeroshot":
-        raise DataError(f"{files.get('train', files['test'])}: task '{spec.task_name}' has only the label(s) "
+        raise DataError(f"{files.get('train', files.get('test'))}: task '{spec.task_name}' has only the label(s) "
                         f"{labels}; a classifier needs at least two. Fix: check label_field and the data")
     return TaskData(splits, labels, files, notes, skipped)

@@ -94,7 +94,8 @@ def load_all(config: BenchConfig) -> tuple[list[TaskSpec], dict[str, TaskData]]:
     data = {}
     for spec in specs:
         data[spec.task_name] = load_data(spec, data_root=config.data_root, max_examples=config.max_examples,
-                                         needs_train=_needs_train(spec, config.mode))
+                                         needs_train=_needs_train(spec, config.mode), split=config.split,
+                                         dev_fraction=config.dev_fraction)
         sizes = ", ".join(f"{k} {len(v)}" for k, v in data[spec.task_name].splits.items())
         log.info("task %s: %s (%s)", spec.task_name, sizes, spec.format)
     return specs, data
@@ -172,9 +173,35 @@ def warm_imports() -> None:
     import sklearn.metrics  # noqa: F401
 
 
-def run(config: BenchConfig) -> dict[str, Any]:
+def score_model(model_spec: str, specs: list[TaskSpec], data: dict[str, TaskData], ctx, objective: str | None,
+                *, role: str = "model", harness=None) -> dict[str, Any]:
+    """Load one model, score it on every native task (features cached per model in ``ctx``), free it.
+
+    ``merge --select`` calls this once per swept weight, on data loaded once with ``split: dev``.
+    """
     from domainlm.bench.loading import load_for_eval
-    from domainlm.bench.modes import RunContext, run_task
+    from domainlm.bench.modes import run_task
+
+    log.info("loading %s %s", role, model_spec)
+    loaded = load_for_eval(model_spec, objective)
+    loaded.model.to(ctx.device)
+    results = {}
+    for spec in [s for s in specs if s.format != "harness"]:
+        log.info("%s: task %s", role, spec.task_name)
+        results[spec.task_name] = r = run_task(loaded, spec, data[spec.task_name], ctx)
+        if r.skipped is None:
+            log.info("%s: task %s %s = %.4f (%.1f s)", role, spec.task_name, spec.metric,
+                     sum(r.seed_scores) / len(r.seed_scores), r.wall_s)
+    if harness is not None:
+        results.update(harness(loaded))
+    del loaded
+    ctx.cache.clear()
+    gc.collect()
+    return results
+
+
+def run(config: BenchConfig) -> dict[str, Any]:
+    from domainlm.bench.modes import RunContext
     from domainlm.bench.report import build_report, print_table, write_report
 
     start = time.perf_counter()
@@ -196,22 +223,9 @@ def run(config: BenchConfig) -> dict[str, Any]:
                      force_mode=config.mode)
     results: dict[str, dict[str, Any]] = {}
     for role, model_spec in models:
-        log.info("loading %s %s", role, model_spec)
-        loaded = load_for_eval(model_spec, objective)
-        loaded.model.to(device)
-        results[role] = {}
-        for spec in [s for s in specs if s.format != "harness"]:
-            log.info("%s: task %s", role, spec.task_name)
-            results[role][spec.task_name] = run_task(loaded, spec, data[spec.task_name], ctx)
-            r = results[role][spec.task_name]
-            if r.skipped is None:
-                log.info("%s: task %s %s = %.4f (%.1f s)", role, spec.task_name, spec.metric,
-                         sum(r.seed_scores) / len(r.seed_scores), r.wall_s)
-        if hplan is not None:
-            results[role].update(run_harness(hplan, loaded, config, specs, data, role))
-        del loaded
-        ctx.cache.clear()
-        gc.collect()
+        harness = (lambda loaded, role=role: run_harness(hplan, loaded, config, specs, data, role)) \
+            if hplan is not None else None
+        results[role] = score_model(model_spec, specs, data, ctx, objective, role=role, harness=harness)
     report = build_report(config, specs, data, results, n_boot=config.bootstrap, device=device, bf16=ctx.bf16)
     report["wall_s"] = time.perf_counter() - start
     write_report(out, report, config, specs, data)

@@ -59,8 +59,11 @@ class CardInputs:
 
     @property
     def adapter_method(self) -> str | None:
-        """'LoRA' or 'QLoRA' for runs that trained an adapter (qlora: over a 4-bit base), else None."""
-        return {"lora": "LoRA", "qlora": "QLoRA"}.get(self.method)
+        """'LoRA' or 'QLoRA' for runs that trained an adapter (qlora: over a 4-bit base), else None.
+
+        A merged run (`domainlm merge`) is a full model whose training method is its source run's."""
+        method = (self.run.get("config") or {}).get("method") if self.run.get("merge") else self.method
+        return {"lora": "LoRA", "qlora": "QLoRA"}.get(method)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -296,6 +299,11 @@ def _training_section(inp: CardInputs) -> str:
         f"| learning rate | {cfg.get('lr', 'n/a')} ({cfg.get('schedule', 'n/a')}, warmup {cfg.get('warmup_ratio', 'n/a')})"
         " |",
     ]
+    merge = run.get("merge")
+    if merge:  # the published weights are the adapted model merged back into its base (domainlm merge)
+        how = "chosen on dev splits by `merge --select`" if merge.get("selection") else "set by hand"
+        lines.append(f"| merged back into the base | {merge.get('method')}, weight {_num(merge.get('weight'))} on the "
+                     f"adapted model and the rest on {merge.get('other')} ({merge.get('engine')}; weight {how}) |")
     if stream.get("replay_sequences"):
         lines.append(f"| replay | {_num(stream.get('replay_fraction_actual'))} of sequences from "
                      f"{stream.get('replay_corpus')} (against forgetting) |")

@@ -114,7 +114,7 @@ def run_contacts(loaded: LoadedModel, spec: TaskSpec, data: TaskData, ctx: RunCo
     if len(set(y.tolist())) < 2:
         from domainlm.errors import DataError
 
-        raise DataError(f"{data.files.get('train', data.files['test'])}: the train proteins of task "
+        raise DataError(f"{data.files.get('train', data.files.get('test'))}: the train proteins of task "
                         f"'{spec.task_name}' have no residue pairs {'in' if y.any() else 'out of'} contact at "
                         f"separation >= {spec.train_separation}; add structures with contacts")
     clf = LogisticRegression(l1_ratio=1.0, C=L1_C, solver="liblinear", max_iter=500)  # L1, as ESM

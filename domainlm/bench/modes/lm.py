@@ -19,7 +19,7 @@ def run_lm(loaded: LoadedModel, spec: TaskSpec, data: TaskData, ctx: RunContext)
     texts = [ex.text or "" for ex in data.test]
     budget = spec.max_tokens if loaded.is_causal or spec.masked_max_tokens is None else spec.masked_max_tokens
     window = spec.window if loaded.is_causal or spec.masked_window is None else spec.masked_window
-    key = ("lm", loaded.spec, data.files["test"], len(texts), window, spec.stride, budget)
+    key = ("lm", loaded.spec, data.files.get("test", data.files.get("dev")), len(texts), window, spec.stride, budget)
     scores = ctx.cache.get(key)
     if scores is None:
         scores = score_texts(loaded.model, loaded.tokenizer, texts, causal=loaded.is_causal, window=window,

@@ -121,7 +121,7 @@ def run_probe(loaded: LoadedModel, spec: TaskSpec, data: TaskData, ctx: RunConte
     if spec.head in ("token", "sequence") and len(set(y.tolist())) < 2:
         from domainlm.errors import DataError
 
-        raise DataError(f"{data.files.get('train', data.files['test'])}: the train split of task "
+        raise DataError(f"{data.files.get('train', data.files.get('test'))}: the train split of task "
                         f"'{spec.task_name}' holds one class only ({y[0]!r}); a probe needs two or more")
     test = data.test
     test_x, test_m = _features(loaded, spec, test, ctx, notes, "test")
