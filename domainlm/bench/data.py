@@ -32,6 +32,8 @@ class TaskData:
     files: dict[str, str]
     notes: list[str] = field(default_factory=list)
     skipped: dict[str, dict] = field(default_factory=dict)  # split -> {"counts": {reason: n}, "examples": ...}
+    sources: list[dict] = field(default_factory=list)  # real suites: each data file's sha256, pinned sha256, url
+    shortened: list[str] = field(default_factory=list)  # how the run departs from the task's protocol (budget flags)
 
     @property
     def train(self) -> list[Example]:
@@ -161,7 +163,7 @@ def _read(reader, path: Path, spec: TaskSpec, split: str, skipped: dict[str, dic
 
 
 def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_examples: int | None = None,
-              needs_train: bool = True) -> TaskData:
+              needs_train: bool = True, max_train_examples: int | None = None) -> TaskData:
     """Read, split and check every split of ``spec``; see the module docstring for the checks."""
     reader = FORMATS.get(spec.format).fn
     splits: dict[str, list[Example]] = {}
@@ -237,6 +239,10 @@ def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_exampl
     if max_examples is not None:
         # Capped after the checks: the checks are about the files, the cap about run time.
         splits = {k: _cap(v, max_examples, spec.split_seed) for k, v in splits.items()}
+    if max_train_examples is not None and len(splits.get("train", [])) > max_train_examples:
+        notes.append(f"train split capped at {max_train_examples} of {len(splits['train'])} records "
+                     "(--max-train-examples)")
+        splits["train"] = _cap(splits["train"], max_train_examples, spec.split_seed)
     if spec.head == "sequence" and labels is not None and len(labels) < 2 and spec.mode != "zeroshot":
         raise DataError(f"{files.get('train', files['test'])}: task '{spec.task_name}' has only the label(s) "
                         f"{labels}; a classifier needs at least two. Fix: check label_field and the data")
