@@ -72,10 +72,11 @@ def _calibrated(task: dict[str, Any], n_boot: int) -> dict[str, Any] | None:
     return out
 
 
-def family_verdicts(tasks: list[dict[str, Any]], alpha: float = 0.05) -> dict[str, Any] | None:
-    """Holm-corrected verdict over the tasks with a paired p-value, when more than three are compared."""
+def family_verdicts(tasks: list[dict[str, Any]], alpha: float = 0.05, min_tasks: int = 4) -> dict[str, Any] | None:
+    """Holm-corrected verdict over the tasks with a paired p-value, when at least ``min_tasks`` are compared
+    (real suites: 2, since a BLURB score is read as one claim over its datasets)."""
     pvals = {t["name"]: t["p_value"] for t in tasks if t.get("p_value") is not None}
-    if len(pvals) <= 3:
+    if len(pvals) < min_tasks:
         return None
     rejected = holm(pvals, alpha)
     verdicts = {}
@@ -154,7 +155,8 @@ def build_report(config, specs: list[TaskSpec], data: dict[str, TaskData], resul
     shortened = {t["name"]: t["protocol_shortened"] for t in tasks if t["protocol_shortened"]}
     return _clean({
         "model": config.model, "baseline": config.baseline, "suite": config.suite, "tasks": tasks,
-        "aggregate": {"blurb_style_macro": macro, "family_wise": family_verdicts(tasks),
+        "aggregate": {"blurb_style_macro": macro,
+                      "family_wise": family_verdicts(tasks, min_tasks=2 if any(s.sources for s in specs) else 4),
                       "real_suite": real_suite_summary(specs, tasks)},
         "protocol": {"shortened": bool(shortened), "tasks": shortened},
         "perplexity": perplexity,

@@ -118,7 +118,12 @@ def load_all(config: BenchConfig) -> tuple[list[TaskSpec], dict[str, TaskData]]:
 
 
 def shortened_protocol(spec: TaskSpec, config: BenchConfig, epochs_before: float | None, td: TaskData) -> list[str]:
-    """How this run departs from the task's protocol (budget flags, fewer seeds), in words; [] when it does not."""
+    """How this run departs from a real-suite task's protocol (budget flags, fewer seeds), in words; [] when it
+    does not, or when the task states no protocol (then an --epochs change is a plain note)."""
+    if not spec.protocol:
+        if config.epochs is not None and config.epochs != epochs_before:
+            td.notes.append(f"fine-tuned for {config.epochs:g} epoch(s) (--epochs)")
+        return []
     out = []
     mode = config.mode or spec.mode
     finetuned = mode == "finetune" or (mode == "zeroshot" and spec.fallback_mode == "finetune")
