@@ -251,3 +251,33 @@ def test_blurb_names_give_the_override_files_scores(tmp_path, realdata):
     scores_old = {t["name"]: t["model"]["seeds"] for t in old["tasks"]}
     assert scores_new["ncbi_disease"] == scores_old["ner"]
     assert scores_new["bc5cdr_chem"] == scores_old["ner_pubtator"]
+
+
+def test_shortened_protocol_and_reference_lines():
+    """The budget flags are named task by task; ours is printed beside the paper's, with the macro over the same
+    tasks and the tasks not run (pure functions: no model)."""
+    from domainlm.bench.config import BenchConfig
+    from domainlm.bench.data import TaskData
+    from domainlm.bench.report import reference_lines
+    from domainlm.bench.runner import shortened_protocol
+
+    spec = load_task(benchmarks_dir() / "blurb" / "ncbi_disease.yaml")
+    td = TaskData({}, None, {}, notes=["train split capped at 500 of 5424 records (--max-train-examples)"])
+    cfg = BenchConfig(model="minilm", suite="blurb", epochs=0.2, seeds=1, max_train_examples=500)
+    why = shortened_protocol(spec, cfg, 1.0, td)
+    assert why == ["fine-tuned for 0.2 epoch(s) instead of the task's 1 epoch(s) (--epochs)",
+                   "train split capped at 500 of 5424 records (--max-train-examples)",
+                   "1 seed(s) instead of the protocol's 3 (--seeds)"]
+    assert shortened_protocol(spec, BenchConfig(model="minilm", suite="blurb"), 1.0, TaskData({}, None, {})) == []
+    side = {"score": 0.7}
+    report = {"tasks": [{"name": "ncbi_disease", "family": "ner", "model": side, "baseline": None, "protocol": "P",
+                         "reference": spec.reference, "data_files": [{}], "protocol_shortened": why}],
+              "aggregate": {"real_suite": {"suite_tasks": ["a", "ncbi_disease"], "run": ["ncbi_disease"],
+                                           "not_run": ["a"], "reference_model": "PubMedBERT", "reference_source": "S",
+                                           "model_macro": 0.7, "reference_macro": 0.8782}},
+              "protocol": {"shortened": True, "tasks": {"ncbi_disease": why}}}
+    lines = reference_lines(report)
+    assert "ncbi_disease  ours 0.700  vs  0.878" in lines[1]
+    assert lines[2].startswith("BLURB-style score over the 1 of 2 suite tasks run") and "PubMedBERT 0.878" in lines[2]
+    assert lines[3] == "Not run: a" and lines[4].startswith("Shortened protocol")
+    assert lines[5:] == [f"  - {w}" for w in why]
