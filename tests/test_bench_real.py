@@ -237,9 +237,11 @@ def test_first_use_downloads_then_bench_reports_sha_reference_and_shortening(tmp
 
 
 @pytest.mark.slow
-def test_blurb_names_give_the_override_files_scores(tmp_path, realdata):
+def test_blurb_names_give_the_override_files_scores(tmp_path, realdata, monkeypatch):
     """NCBI-disease and BC5CDR through the blurb suite score exactly as today's override files at the same settings."""
     from domainlm.bench import bench
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # --data-root: nothing is fetched
 
     common = dict(model="minilm", data_root=str(realdata), seeds=1, max_examples=60, bootstrap=0, threads=1)
     new = bench(suite="blurb", tasks=["ncbi_disease", "bc5cdr_chem"], out=str(tmp_path / "new"),
