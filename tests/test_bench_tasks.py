@@ -16,7 +16,7 @@ SHIPPED = sorted(iter_shipped_tasks())
 
 def test_every_suite_is_shipped_with_a_readme():
     suites = {p.parent.name for p in SHIPPED}
-    assert suites == {"biomed", "materials", "protein", "general"}
+    assert suites == {"biomed", "materials", "protein", "general", "blurb", "matsci", "protein-fitness"}
     for suite in suites:
         assert (SHIPPED[0].parent.parent / suite / "README.md").is_file()
 

@@ -21,13 +21,20 @@ Output folder ``OUT/`` (written atomically; a crash leaves no half report):
                 "wall_s", "examples_per_s", "n_test", "files": {split: path}, "notes": [...],
                 "skipped_records": {split: {"counts": {reason: n}, "examples": {reason: [...]}}} | null,
                 # classification tasks: answer priors (see domainlm.bench.priors)
-                "gold_distribution": {label: n}, "calibrated": {"model", "baseline", "delta", "delta_ci"} | null}],
+                "gold_distribution": {label: n}, "calibrated": {"model", "baseline", "delta", "delta_ci"} | null,
+                # real suites (tasks with `sources`): each data file's provenance and the published number
+                "data_files": [{"path", "file", "sha256", "pinned": sha256 | null, "url", "license", "files"}] | null,
+                "protocol": str | null, "protocol_shortened": [reason, ...], "reference": {"model", "score", "source"}
+                | null}],
      # each side also has "priors": {"predicted": {label: n}, "macro_f1", "acc_norm", "acc_calibrated"} | null
      # and, in finetune mode with a dev split, "selection": [{"seed", "dev": [[step, score]], "chosen_step"}]
      "aggregate": {"blurb_style_macro": {"model", "baseline", "delta",
                                          "families": {family: {"model", "baseline"}}},
                    "family_wise": {"method": "holm", "alpha", "tasks_compared", "verdicts": {task: verdict},
-                                   "better": [...], "worse": [...]} | null},  # only when > 3 tasks compared
+                                   "better": [...], "worse": [...]} | null,  # > 3 tasks compared (real suites: >= 2)
+                   "real_suite": {"suite_tasks", "run", "not_run", "reference_model", "reference_source",
+                                  "model_macro", "reference_macro"} | null},  # macros over the same tasks run
+     "protocol": {"shortened": bool, "tasks": {task: [reason, ...]}},  # --epochs, --max-train-examples, seeds
      "perplexity": {"domain" | "general": {"task", "model": {"per_token", "per_char", "per_word",
                     "bits_per_char", "tokens", "chars", "words", "method", ...}, "baseline": {...} | null}},
      "config": {...}, "wall_s": float, "created": iso time}

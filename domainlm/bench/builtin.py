@@ -26,6 +26,7 @@ BUILTIN_FORMATS = {
     "csv": (r.read_csv, ("sequence", "multilabel", "regression", "lm")),
     "pairs": (r.read_pairs, ("regression", "sequence")),
     "fasta": (r.read_fasta, ("regression", "sequence", "lm")),
+    "flip": (r.read_flip, ("regression",)),
     "text": (r.read_text, LM),
     "paragraphs": (r.read_paragraphs, LM),
     "pubmed-xml": (r.read_pubmed_xml, LM),

@@ -13,13 +13,16 @@ class BenchConfig:
     model: str = opt(help="model to evaluate: a run folder from `adapt`, a local folder, a packaged name "
                      "(minilm, smollm2), tiny-* or a Hub id")
     baseline: str | None = opt(None, "the model to compare against (usually the base model adapt started from)")
-    suite: str = opt("biomed", "biomed, materials, protein, general, a folder of task YAMLs, or several "
+    suite: str = opt("biomed", "biomed, materials, protein, general; the real suites blurb, matsci, "
+                     "protein-fitness (fetched and checked on first use); a folder of task YAMLs, or several "
                      "joined by commas (biomed,general adds the forgetting check); harness:TASKS runs "
                      "lm-evaluation-harness tasks or groups (causal models), after any native suites: "
                      "biomed,harness:pubmedqa,medmcqa")
     tasks: list[str] | None = opt(None, "run only these tasks of the suite (names are the YAML file names)")
     data_root: str | None = opt(None, "resolve task data files under this folder instead of beside the task "
-                                "files (e.g. ../shared/realdata with the real datasets)")
+                                "files (e.g. ../shared/realdata with the real datasets). Real suites (blurb, "
+                                "matsci, protein-fitness) read a folder laid out like their download cache; "
+                                "without it they read (and on first use fill) $DOMAINLM_CACHE/bench")
     override: list[str] = opt(factory=list, sep=None, help="per-task settings, TASK.KEY=VALUE: a split's file "
                               "(ner.test=ncbi/test.tsv; empty removes the split) or any task key "
                               "(ner.labels=Disease); @FILE reads one per line")
@@ -27,6 +30,14 @@ class BenchConfig:
     seeds: int = opt(3, "seeds per fine-tuned task (mean +- std is reported); probes are deterministic")
     mode: Literal["probe", "finetune"] | None = opt(None, "force every supervised task into this mode")
     max_examples: int | None = opt(None, "cap each split at this many records (seeded sample) for quick runs")
+    max_train_examples: int | None = opt(None, "budget: cap only the train split at this many records (seeded "
+                                         "sample); dev and test stay whole. The report says the protocol was "
+                                         "shortened")
+    epochs: float | None = opt(None, "budget: fine-tune every task for this many passes over train instead of "
+                               "its finetune_epochs/steps (fractions allowed); the report says when this "
+                               "shortens a real suite's protocol")
+    allow_unpinned: bool = opt(False, "real suites: accept downloaded files whose task YAML pins no sha256 (the "
+                               "sha256 of what arrived is recorded in the report)")
     objective: Literal["auto", "causal", "masked", "protein"] = opt(
         "auto", "how to load the models; auto uses what the source or run folder says")
     device: str = opt("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
@@ -56,6 +67,10 @@ class BenchConfig:
             out.append(f"'bootstrap' must be 0 or more, got {self.bootstrap}")
         if self.max_examples is not None and self.max_examples < 1:
             out.append(f"'max_examples' must be at least 1, got {self.max_examples}")
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            out.append(f"'max_train_examples' must be at least 1, got {self.max_train_examples}")
+        if self.epochs is not None and self.epochs <= 0:
+            out.append(f"'epochs' must be positive, got {self.epochs}")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             out.append(f"'device' must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")

@@ -33,6 +33,8 @@ class TaskData:
     files: dict[str, str]
     notes: list[str] = field(default_factory=list)
     skipped: dict[str, dict] = field(default_factory=dict)  # split -> {"counts": {reason: n}, "examples": ...}
+    sources: list[dict] = field(default_factory=list)  # real suites: each data file's sha256, pinned sha256, url
+    shortened: list[str] = field(default_factory=list)  # how the run departs from the task's protocol (budget flags)
 
     @property
     def train(self) -> list[Example]:
@@ -175,12 +177,14 @@ def _dev_splits(spec: TaskSpec) -> tuple[str, ...]:
 
 
 def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_examples: int | None = None,
-              needs_train: bool = True, split: str = "test", dev_fraction: float = 0.2) -> TaskData:
+              needs_train: bool = True, split: str = "test", dev_fraction: float = 0.2,
+              max_train_examples: int | None = None) -> TaskData:
     """Read, split and check every split of ``spec``; see the module docstring for the checks.
 
     ``split="dev"`` scores the dev split in the test split's place (the scored split is ``test`` in the
     returned data), or, without one, a seeded ``dev_fraction`` of the train split held out (the model
-    trains on the rest); the test file is never opened.
+    trains on the rest); the test file is never opened. ``max_train_examples`` caps the train split only
+    (a shortened protocol, noted in the data's notes).
     """
     reader = FORMATS.get(spec.format).fn
     splits: dict[str, list[Example]] = {}
@@ -277,6 +281,10 @@ def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_exampl
     if max_examples is not None:
         # Capped after the checks: the checks are about the files, the cap about run time.
         splits = {k: _cap(v, max_examples, spec.split_seed) for k, v in splits.items()}
+    if max_train_examples is not None and len(splits.get("train", [])) > max_train_examples:
+        notes.append(f"train split capped at {max_train_examples} of {len(splits['train'])} records "
+                     "(--max-train-examples)")
+        splits["train"] = _cap(splits["train"], max_train_examples, spec.split_seed)
     if spec.head == "sequence" and labels is not None and len(labels) < 2 and spec.mode != "zeroshot":
         raise DataError(f"{files.get('train', files.get('test'))}: task '{spec.task_name}' has only the label(s) "
                         f"{labels}; a classifier needs at least two. Fix: check label_field and the data")

@@ -171,7 +171,7 @@ def pool(h, batch: dict[str, Any], how: str):
 
 def use_spacing(spec, loaded: LoadedModel) -> bool:
     """TaskSpec.spaced, or its default: FASTA text for a model that is not a protein model."""
-    return spec.spaced if spec.spaced is not None else (spec.format == "fasta" and loaded.kind != "protein")
+    return spec.spaced if spec.spaced is not None else (spec.format in ("fasta", "flip") and loaded.kind != "protein")
 
 
 def sequence_features(loaded: LoadedModel, examples: list[Example], *, max_length: int, batch_size: int,

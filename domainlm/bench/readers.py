@@ -536,6 +536,42 @@ def read_csv(path: Path, spec: TaskSpec, split: str) -> list[Example]:
     return out
 
 
+FLIP_COLUMNS = ("sequence", "target", "set", "validation")
+
+
+def read_flip(path: Path, spec: TaskSpec, split: str) -> list[Example]:
+    """A FLIP split CSV (Dallago et al. 2021): ``sequence,target,set,validation`` for every split in one file.
+
+    The split picks the rows as FLIP's own loaders do: train = set "train" not marked validation, dev = set
+    "train" with validation True, test = set "test". The label is ``target`` (a number: fitness, Tm)."""
+    out = []
+    try:
+        fh = path.open(encoding="utf-8", newline="")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    with fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in FLIP_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise _fail(f"{path}:1", f"the header lacks FLIP's column(s) {', '.join(missing)}",
+                        f"a FLIP split CSV has {', '.join(FLIP_COLUMNS)}")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            val = str(row["validation"]).strip().lower() == "true"
+            in_split = {"train": row["set"] == "train" and not val, "dev": row["set"] == "train" and val,
+                        "test": row["set"] == "test"}.get(split, False)
+            if not in_split:
+                continue
+            ex = Example(f"row{reader.line_num}", where, text=row["sequence"])
+            try:
+                ex.label = _labels_of(row["target"], spec, where)
+            except DataError as exc:
+                skip_or_raise(spec, exc, "bad FLIP target")
+                continue
+            out.append(ex)
+    return out
+
+
 def read_pairs(path: Path, spec: TaskSpec, split: str) -> list[Example]:
     """Scored sentence pairs, BIOSSES style: ``sentence1<TAB>sentence2<TAB>score`` with an optional header.
 

@@ -72,10 +72,11 @@ def _calibrated(task: dict[str, Any], n_boot: int) -> dict[str, Any] | None:
     return out
 
 
-def family_verdicts(tasks: list[dict[str, Any]], alpha: float = 0.05) -> dict[str, Any] | None:
-    """Holm-corrected verdict over the tasks with a paired p-value, when more than three are compared."""
+def family_verdicts(tasks: list[dict[str, Any]], alpha: float = 0.05, min_tasks: int = 4) -> dict[str, Any] | None:
+    """Holm-corrected verdict over the tasks with a paired p-value, when at least ``min_tasks`` are compared
+    (real suites: 2, since a BLURB score is read as one claim over its datasets)."""
     pvals = {t["name"]: t["p_value"] for t in tasks if t.get("p_value") is not None}
-    if len(pvals) <= 3:
+    if len(pvals) < min_tasks:
         return None
     rejected = holm(pvals, alpha)
     verdicts = {}
@@ -126,6 +127,9 @@ def build_report(config, specs: list[TaskSpec], data: dict[str, TaskData], resul
             "n_test": len(data[name].test), "files": data[name].files, "notes": data[name].notes,
             "backend": "lm-evaluation-harness" if spec.format == "harness" else "domainlm",
             "skipped_records": data[name].skipped or None,
+            # real suites: provenance, protocol and the published number shown beside ours
+            "data_files": data[name].sources or None, "protocol": spec.protocol,
+            "protocol_shortened": data[name].shortened, "reference": spec.reference,
         })
         if model_side.get("priors") is not None:
             tasks[-1]["gold_distribution"] = label_distribution([ex.label for ex in data[name].test])
@@ -148,12 +152,76 @@ def build_report(config, specs: list[TaskSpec], data: dict[str, TaskData], resul
     for fam in sorted(set(agg["model"]["families"]) | set(agg["baseline"]["families"])):
         macro["families"][fam] = {"model": agg["model"]["families"].get(fam),
                                   "baseline": agg["baseline"]["families"].get(fam) if has_base else None}
+    shortened = {t["name"]: t["protocol_shortened"] for t in tasks if t["protocol_shortened"]}
     return _clean({
         "model": config.model, "baseline": config.baseline, "suite": config.suite, "tasks": tasks,
-        "aggregate": {"blurb_style_macro": macro, "family_wise": family_verdicts(tasks)}, "perplexity": perplexity,
+        "aggregate": {"blurb_style_macro": macro,
+                      "family_wise": family_verdicts(tasks, min_tasks=2 if any(s.sources for s in specs) else 4),
+                      "real_suite": real_suite_summary(specs, tasks)},
+        "protocol": {"shortened": bool(shortened), "tasks": shortened},
+        "perplexity": perplexity,
         "config": to_dict(config), "device": device, "bf16": bf16, "bootstrap": n_boot,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     })
+
+
+def real_suite_summary(specs: list[TaskSpec], tasks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """For real suites: which of the suite's tasks ran, and the published reference's macro over the same tasks.
+
+    The reference macro uses the same family averaging as ours (:func:`blurb_macro`) over exactly the tasks
+    that ran, so the two numbers compare like with like; the paper's full BLURB score averages all 13.
+    """
+    from domainlm.bench.tasks import task_files
+
+    real = [s for s in specs if s.sources]
+    if not real:
+        return None
+    suite_tasks = sorted({p.stem for s in real for p in task_files(s.folder)})
+    ran = [t for t in tasks if t["reference"] is not None or t["data_files"]]
+    ran_names = [t["name"] for t in ran if t["model"]["score"] is not None]
+    refs = [t for t in ran if t["reference"] is not None and t["model"]["score"] is not None]
+    ref_macro = blurb_macro([(t["family"], float(t["reference"]["score"])) for t in refs]) if refs else None
+    ours = blurb_macro([(t["family"], t["model"]["score"]) for t in refs]) if refs else None
+    return {"suite_tasks": suite_tasks, "run": ran_names, "not_run": [n for n in suite_tasks if n not in ran_names],
+            "reference_model": refs[0]["reference"].get("model") if refs else None,
+            "reference_source": refs[0]["reference"].get("source") if refs else None,
+            "model_macro": ours["score"] if ours else None, "reference_macro": ref_macro["score"] if ref_macro else None}
+
+
+def reference_lines(report: dict[str, Any]) -> list[str]:
+    """Plain lines: our score beside the published one per task, the macro over the tasks run, what was not run,
+    and whether the protocol was shortened."""
+    real = report["aggregate"].get("real_suite")
+    lines = []
+    if real:
+        rows = [t for t in report["tasks"] if t.get("reference")]
+        if rows:
+            who = real["reference_model"]
+            lines.append(f"Published reference beside ours ({who}; {real['reference_source']}):")
+            width = max(len(t["name"]) for t in rows)
+            for t in rows:
+                base = f", baseline {_fmt(t['baseline']['score'])}" if t.get("baseline") else ""
+                lines.append(f"  {t['name']:<{width}}  ours {_fmt(t['model']['score'])}{base}  vs  "
+                             f"{_fmt(float(t['reference']['score']))}")
+            lines.append(f"BLURB-style score over the {len(real['run'])} of {len(real['suite_tasks'])} suite tasks run "
+                         f"({', '.join(real['run'])}): ours {_fmt(real['model_macro'])}, {who} "
+                         f"{_fmt(real['reference_macro'])} on the same tasks")
+        if real["not_run"]:
+            lines.append(f"Not run: {', '.join(real['not_run'])}")
+    proto = report.get("protocol") or {}
+    if proto.get("shortened"):
+        by_reason: dict[str, list[str]] = {}
+        for name, why in proto["tasks"].items():
+            for reason in why:
+                by_reason.setdefault(reason, []).append(name)
+        n_tasks = len(report["tasks"])
+        lines.append("Shortened protocol (these scores do not follow the task files' protocol):")
+        lines += [f"  - {reason}" + ("" if len(names) == n_tasks else f" [{', '.join(names)}]")
+                  for reason, names in by_reason.items()]
+    elif real:
+        lines.append("Protocol: as the task files define it (" + "; ".join(
+            dict.fromkeys(t["protocol"] for t in report["tasks"] if t.get("protocol"))) + ")")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,6 +325,8 @@ def print_table(report: dict[str, Any]) -> None:
         if macro["baseline"] is not None:
             line += f", baseline {_fmt(macro['baseline'])}, delta {macro['delta']:+.3f}"
         print(line)
+    for line in reference_lines(report):
+        print(line)
     fw = report["aggregate"].get("family_wise")
     if fw:
         print(f"Holm-corrected over {fw['tasks_compared']} tasks (family-wise alpha {fw['alpha']}): better: "
@@ -308,6 +378,14 @@ def markdown(report: dict[str, Any]) -> str:
                   "| family | model | baseline |", "|---|---|---|"]
         lines += [f"| {f} | {_fmt(v['model'])} | {_fmt(v['baseline'])} |" for f, v in macro["families"].items()]
         lines.append(f"| **macro** | **{_fmt(macro['model'])}** | **{_fmt(macro['baseline'])}** |")
+    refs = reference_lines(report)
+    if refs:
+        lines += ["", "## Published reference and protocol", ""] + [f"    {r}" for r in refs]
+    files = [(t["name"], f) for t in report["tasks"] for f in (t.get("data_files") or [])]
+    if files:
+        lines += ["", "## Data files", "", "| task | file | sha256 | pinned in the task file |", "|---|---|---|---|"]
+        lines += [f"| {name} | {f['path']} | `{f['sha256']}` | {'yes' if f['pinned'] else 'no (recorded only)'} |"
+                  for name, f in files]
     if report["perplexity"]:
         lines += ["", "## Held-out perplexity", "", "| text | model | per token | per char | per word | bits/char |",
                   "|---|---|---|---|---|---|"]

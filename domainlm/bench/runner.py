@@ -91,14 +91,55 @@ def load_all(config: BenchConfig) -> tuple[list[TaskSpec], dict[str, TaskData]]:
     if not native and (config.tasks or overrides):
         raise ConfigError(["'tasks' and 'override' select native tasks, but 'suite' names only harness tasks"])
     specs = load_suite(native, config.tasks, overrides) if native else []
+    if any(s.sources for s in specs):
+        from domainlm.bench.download import prepare_real
+
+        specs, roots = prepare_real(specs, data_root=config.data_root, tasks=config.tasks,
+                                    allow_unpinned=config.allow_unpinned, suite=native)
+    else:
+        roots = {}
     data = {}
     for spec in specs:
-        data[spec.task_name] = load_data(spec, data_root=config.data_root, max_examples=config.max_examples,
+        epochs_before = spec.finetune_epochs
+        if config.epochs is not None:
+            spec.finetune_epochs = config.epochs
+        data[spec.task_name] = load_data(spec, data_root=roots.get(spec.task_name, config.data_root),
+                                         max_examples=config.max_examples,
                                          needs_train=_needs_train(spec, config.mode), split=config.split,
-                                         dev_fraction=config.dev_fraction)
+                                         dev_fraction=config.dev_fraction,
+                                         max_train_examples=config.max_train_examples)
+        data[spec.task_name].shortened = shortened_protocol(spec, config, epochs_before, data[spec.task_name])
+        if spec.sources:
+            from domainlm.bench.download import verify
+
+            data[spec.task_name].sources = verify(spec, Path(roots[spec.task_name]))
         sizes = ", ".join(f"{k} {len(v)}" for k, v in data[spec.task_name].splits.items())
         log.info("task %s: %s (%s)", spec.task_name, sizes, spec.format)
     return specs, data
+
+
+def shortened_protocol(spec: TaskSpec, config: BenchConfig, epochs_before: float | None, td: TaskData) -> list[str]:
+    """How this run departs from a real-suite task's protocol (budget flags, fewer seeds), in words; [] when it
+    does not, or when the task states no protocol (then an --epochs change is a plain note)."""
+    if not spec.protocol:
+        if config.epochs is not None and config.epochs != epochs_before:
+            td.notes.append(f"fine-tuned for {config.epochs:g} epoch(s) (--epochs)")
+        return []
+    out = []
+    mode = config.mode or spec.mode
+    finetuned = mode == "finetune" or (mode == "zeroshot" and spec.fallback_mode == "finetune")
+    if config.epochs is not None and finetuned and config.epochs != epochs_before:
+        was = f"{epochs_before:g} epoch(s)" if epochs_before is not None else f"{spec.finetune_steps} steps"
+        out.append(f"fine-tuned for {config.epochs:g} epoch(s) instead of the task's {was} (--epochs)")
+    out += [n for n in td.notes if n.endswith("(--max-train-examples)")]
+    if config.max_examples is not None:
+        out.append(f"every split capped at {config.max_examples} records, the test split too (--max-examples): "
+                   "scores are not comparable with published ones")
+    if spec.protocol_seeds and finetuned and config.seeds < spec.protocol_seeds:
+        out.append(f"{config.seeds} seed(s) instead of the protocol's {spec.protocol_seeds} (--seeds)")
+    if config.mode is not None and config.mode != spec.mode and spec.protocol:
+        out.append(f"mode forced to {config.mode} (--mode); the protocol uses {spec.mode}")
+    return out
 
 
 def _model_kind(spec: str, objective: str | None) -> str | None:

@@ -26,6 +26,10 @@ from domainlm.errors import ConfigError
 Head = Literal["token", "sequence", "multilabel", "regression", "lm", "contacts"]
 Mode = Literal["probe", "finetune", "zeroshot", "perplexity"]
 SUITES = ("biomed", "materials", "protein", "general")
+# Real suites: each task names the canonical public source of its files (``sources``); `bench download` fetches
+# them into the cache and `bench --data-root` reads a folder laid out the same way.
+REAL_SUITES = ("blurb", "matsci", "protein-fitness")
+SOURCE_KEYS = {"path", "url", "sha256", "license", "why", "note", "unpack", "size"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,6 +113,26 @@ class TaskSpec:
     contact_threshold: float = opt(8.0, "contacts: C-beta distance in angstrom below which residues touch")
     min_separation: int = opt(24, "contacts: sequence separation counted as long range (Rao et al. 2020)")
     train_separation: int = opt(6, "contacts: smallest separation of residue pairs the regression is fit on")
+
+    # Real suites (benchmarks/blurb, matsci, protein-fitness): provenance, protocol and published numbers.
+    sources: list[dict[str, Any]] = opt(factory=list, help="real suites: the canonical source of each data file, "
+                                        "one mapping per file: path (relative to the data root: the download "
+                                        "cache or --data-root), url (pinned at a commit or release; null when the "
+                                        "file must be placed by hand), sha256 (null when not known: the downloader "
+                                        "then refuses the file unless --allow-unpinned), license, why (why this "
+                                        "source), note, unpack (zip/tar.gz archives: extract beside the archive)")
+    protocol: str | None = opt(None, "real suites: the evaluation protocol in words (the paper's: fine-tune on "
+                               "train, select on dev, score test, 3 seeds; or zero-shot for causal models)")
+    protocol_seeds: int | None = opt(None, "seeds the protocol asks for (BLURB: 3); fewer in a run is reported as "
+                                     "a shortened protocol")
+    metric_definition: str | None = opt(None, "the metric in the benchmark's own definition (BLURB: entity-level "
+                                        "F1, micro-F1 without the negative class, Pearson, ...)")
+    reference: dict[str, Any] | None = opt(None, "a published score shown beside ours: {model, score (0-1 like "
+                                           "ours), source (paper and table)}")
+    ready: bool = opt(True, "false: the task is registered with its sources but domainlm cannot run it yet "
+                      "(no reader for its release format, or data behind a login); 'note' says why")
+    note: str | None = opt(None, "real suites: caveats a user must know (a source that differs from the paper's, "
+                           "a file that must be placed by hand)")
 
     # Filled by the loader, not by users.
     source: str | None = opt(None, "the task file (set by the loader)")
@@ -198,7 +222,61 @@ class TaskSpec:
             out.append("'probe_c' and 'probe_c_grid' must be positive")
         if self.finetune_lr <= 0:
             out.append(f"'finetune_lr' must be positive, got {self.finetune_lr}")
+        out.extend(self._source_problems())
         return out
+
+    def _source_problems(self) -> list[str]:
+        """Real-suite keys: every source is complete and every data file is covered by one."""
+        import re
+
+        out: list[str] = []
+        for i, src in enumerate(self.sources):
+            where = f"'sources[{i}]'"
+            if not isinstance(src, dict):
+                out.append(f"{where} must be a mapping with path, url, sha256, license")
+                continue
+            unknown = set(src) - SOURCE_KEYS
+            if unknown:
+                out.append(f"{where} has unknown keys {sorted(unknown)}; known: {', '.join(sorted(SOURCE_KEYS))}")
+            path = src.get("path")
+            if not isinstance(path, str) or not path or path.startswith("/") or ".." in Path(path).parts:
+                out.append(f"{where}.path must be a relative path inside the data root, got {path!r}")
+            url = src.get("url")
+            if url is not None and not (isinstance(url, str) and re.match(r"^(https?|file)://", url)):
+                out.append(f"{where}.url must be an http(s):// or file:// URL or null, got {url!r}")
+            sha = src.get("sha256")
+            if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+                out.append(f"{where}.sha256 must be 64 lowercase hex digits or null, got {sha!r}")
+            if (sha is None or url is None) and not (src.get("note") or src.get("why")):
+                out.append(f"{where}: a source without a url or sha256 needs a 'note' saying why and what to do")
+            if not src.get("license"):
+                out.append(f"{where}.license is required (quote the source's license, or 'unknown' with a note)")
+            if src.get("unpack") not in (None, "zip", "tar.gz"):
+                out.append(f"{where}.unpack must be zip or tar.gz, got {src.get('unpack')!r}")
+        if self.sources:
+            for key, rel in [(f"files.{k}", v) for k, v in self.files.items()] + [("test_ids", self.test_ids)]:
+                if rel and self.source_for(rel) is None:
+                    out.append(f"'{key}' ({rel}) has no entry in 'sources'; add one (path, url, sha256, license)")
+        if self.reference is not None:
+            if not isinstance(self.reference.get("score"), (int, float)) or not 0 <= self.reference["score"] <= 1:
+                out.append("'reference' needs a numeric 'score' between 0 and 1 (like ours), with 'model' and 'source'")
+            if set(self.reference) != {"model", "score", "source"}:
+                out.append(f"'reference' takes exactly model, score and source, got {sorted(map(str, self.reference))}")
+        if self.protocol_seeds is not None and self.protocol_seeds < 1:
+            out.append(f"'protocol_seeds' must be at least 1, got {self.protocol_seeds}")
+        if not self.ready and not self.note:
+            out.append("'ready: false' needs a 'note' saying what is missing")
+        return out
+
+    def source_for(self, rel: str) -> dict[str, Any] | None:
+        """The source entry that provides data file ``rel``: the same path, or an archive unpacked above it."""
+        for src in self.sources:
+            path = src.get("path") or ""
+            if rel == path or Path(rel).is_relative_to(path):  # a file, or a folder placed whole
+                return src
+            if src.get("unpack") and Path(rel).is_relative_to(Path(path).parent):
+                return src
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,7 +317,7 @@ def suite_folder(suite: str) -> Path:
     if path.is_dir():
         return path
     shipped = benchmarks_dir() / suite
-    if suite in SUITES or shipped.is_dir():
+    if suite in SUITES + REAL_SUITES or shipped.is_dir():
         return shipped
     known = [p.name for p in sorted(benchmarks_dir().iterdir()) if p.is_dir() and p.name != "harness"]
     raise ConfigError([f"suite '{suite}' is neither a folder nor a shipped suite{did_you_mean(suite, known)}; "
@@ -330,7 +408,7 @@ def iter_shipped_tasks() -> Iterator[Path]:
     """Every shipped task YAML (tests load and validate each one)."""
     from domainlm.resources import benchmarks_dir
 
-    for suite in SUITES:
+    for suite in SUITES + REAL_SUITES:
         folder = benchmarks_dir() / suite
         if folder.is_dir():
             yield from task_files(folder)

@@ -126,16 +126,31 @@ def _metalink(base: str, timeout: float) -> dict[str, str]:
     return out
 
 
-def md5_file(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
+def file_digest(path: Path, algo: str = "md5") -> str:
+    """Hex digest of a file (md5 for the NCBI/UniProt checksums, sha256 for pinned benchmark files)."""
+    h = hashlib.new(algo, usedforsecurity=False) if algo == "md5" else hashlib.new(algo)
     with open(path, "rb") as fh:
         while block := fh.read(CHUNK):
             h.update(block)
     return h.hexdigest()
 
 
+def md5_file(path: Path) -> str:
+    return file_digest(path, "md5")
+
+
+def _progress(name: str, total: int | None, done: int):
+    """A tqdm bar on a terminal (silent otherwise, so logs and tests stay clean); None without tqdm."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm comes with transformers; without it the log lines are the progress
+        return None
+    return tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024, desc=name, leave=False,
+                disable=None)
+
+
 def _transfer(url: str, part: Path, timeout: float) -> None:
-    """Append the rest of ``url`` to ``part`` (Range request when part already has bytes)."""
+    """Append the rest of ``url`` to ``part`` (Range request when part already has bytes), with a progress bar."""
     have = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
@@ -149,18 +164,29 @@ def _transfer(url: str, part: Path, timeout: float) -> None:
             have = 0  # the server ignored Range: start over
         expected = resp.headers.get("Content-Length")
         received = 0
-        with open(part, "ab" if have else "wb") as fh:
-            while True:
-                block = resp.read(CHUNK)
-                if not block:
-                    break
-                fh.write(block)
-                received += len(block)
+        bar = _progress(part.name[: -len(".part")], int(expected) + have if expected else None, have)
+        try:
+            with open(part, "ab" if have else "wb") as fh:
+                while True:
+                    block = resp.read(CHUNK)
+                    if not block:
+                        break
+                    fh.write(block)
+                    received += len(block)
+                    if bar is not None:
+                        bar.update(len(block))
+        finally:
+            if bar is not None:
+                bar.close()
         if expected is not None and received < int(expected):
             raise http.client.IncompleteRead(b"", int(expected) - received)
 
 
-def _download_one(url: str, final: Path, md5: str, config: DownloadConfig) -> int:
+def _download_one(url: str, final: Path, md5: str | None, config: DownloadConfig, *, algo: str = "md5",
+                  mismatch_fix: str = "The server copy may be being replaced (PubMed updates daily): try again "
+                                      "later") -> int:
+    """Fetch ``url`` to ``final`` via ``final.part`` (resumed across attempts), renamed only once its ``algo``
+    digest equals ``md5`` (None: accepted as fetched; the caller records the digest). Returns the size."""
     part = final.with_name(final.name + ".part")
     wait = config.retry_wait
     mismatches = 0
@@ -174,13 +200,13 @@ def _download_one(url: str, final: Path, md5: str, config: DownloadConfig) -> in
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             error = str(getattr(exc, "reason", None) or exc.__class__.__name__)
         else:
-            got = md5_file(part)
+            got = file_digest(part, algo) if md5 is not None else None
             if got == md5:
                 part.replace(final)
                 return final.stat().st_size
             mismatches += 1
             part.unlink()  # a wrong file cannot be resumed: fetch it again from the start
-            error = f"md5 {got} does not match the published {md5}"
+            error = f"{algo} {got} does not match the expected {md5}"
             if mismatches >= 2:
                 break
         if attempt < config.retries:
@@ -189,9 +215,8 @@ def _download_one(url: str, final: Path, md5: str, config: DownloadConfig) -> in
             time.sleep(wait)
             wait *= 2
     if mismatches:
-        raise DataError(f"{url}: the downloaded file's md5 does not match the published checksum {md5} (twice); "
-                        "nothing was kept. The server copy may be being replaced (PubMed updates daily): try again "
-                        "later")
+        raise DataError(f"{url}: the downloaded file's {algo} does not match the expected checksum {md5} (twice); "
+                        f"nothing was kept. {mismatch_fix}")
     raise DomainLMError(f"{url}: download failed after {config.retries + 1} attempts ({error}); run the command "
                         f"again to resume from the {part.stat().st_size if part.exists() else 0} bytes kept in "
                         f"{part}")
