@@ -89,7 +89,8 @@ def prepare_card(name: str, model: str, out: str | Path, block_size: int | None 
 
 
 def _after_shard(shard: int) -> None:
-    """Called by the pack stage after each finished output shard (tests replace it to simulate an interruption)."""
+    """Called by each pack task after each document-table file it writes (``shard`` counts within the task; tests
+    replace it to simulate an interruption)."""
 
 
 class _Run:
@@ -321,12 +322,22 @@ class _Run:
         hashing = ([steps.ExactKeys(work, tasks)] if c.dedup else []) + \
                   ([steps.Signature(sigs, mh)] if mh is not None else [])
 
-        read = steps.ReadClean(work, files, options, clean, tasks if updates else None)
+        decont = decont_index = None
+        if c.decontaminate:
+            sources, decont = self._decontamination_sources()
+            index = self.work / "decont"
+            sizes = steps.build_decont_index(index, sources, c.decontaminate_ngram)
+            decont.update(ngram=c.decontaminate_ngram, test_ngrams=sizes)
+            decont_index = (str(index), c.decontaminate_ngram)
+        read = steps.ReadClean(work, files, options, clean, tasks if updates else None, plan=self.plan,
+                               validation_fraction=c.validation_fraction, parallel=tasks > 1,
+                               write_text=bool(updates and hashing), decontaminate=decont_index)
         stages: list[tuple[str, list, int]] = [("read", [read, *([] if updates else hashing)], tasks)]
         if updates:
             stages.append(("updates", [steps.ResolveKeys(work, "pubmed", "pubmed", tasks)], tasks))
             if hashing:
-                stages.append(("hash", [steps.ReadDocs(work), steps.DropKeyed(work, "pubmed", True), *hashing], tasks))
+                stages.append(("hash", [steps.ReadDocs(work), steps.DropKeyed(work, "pubmed", False), *hashing],
+                               tasks))
         if c.dedup:
             stages.append(("exact", [steps.ResolveKeys(work, "exact", "exact", tasks)], tasks))
         if mh is not None:
@@ -339,26 +350,9 @@ class _Run:
             stages.append(("minhash-buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)],
                            mh.num_buckets * per_band))
             stages.append(("minhash-clusters", [MinhashDedupCluster(buckets, clusters, config=mh)], 1))
-        tokenize: list = [steps.ReadDocs(work)]
-        if updates:
-            tokenize.append(steps.DropKeyed(work, "pubmed", not hashing))
-        if c.dedup:
-            tokenize.append(steps.MarkExact(work))
-        if mh is not None:
-            from datatrove.pipeline.dedup.minhash import MinhashDedupFilter
-
-            tokenize.append(MinhashDedupFilter(clusters, exclusion_writer=steps.ExcludedLog(str(self.work / "neardups"))))
-        if c.dedup:
-            tokenize.append(steps.DropExact(work))
-        decont = None
-        if c.decontaminate:
-            sources, decont = self._decontamination_sources()
-            index = self.work / "decont"
-            sizes = steps.build_decont_index(index, sources, c.decontaminate_ngram)
-            decont.update(ngram=c.decontaminate_ngram, test_ngrams=sizes)
-            tokenize.append(steps.Decontaminate(str(index), c.decontaminate_ngram, work))
-        tokenize.append(steps.Tokenize(work, self.plan, c.validation_fraction, parallel=tasks > 1))
-        stages.append(("tokenize", tokenize, tasks))
+        stages.append(("pack", [steps.PackTask(work, str(self.out), c.block_size, c.shard_size, pubmed=updates,
+                                               exact=c.dedup, clusters=clusters if mh is not None else None)],
+                       tasks))
         log.info("preparing %d input file(s) -> %s with %s (%s executor, %d task%s)", len(self.files), self.out,
                  c.model, c.executor, tasks, "s" if tasks > 1 else "")
         kinds = sorted({"protein" if f.format in ("fasta", "swissprot") else "text" for f in self.files})
@@ -377,11 +371,10 @@ class _Run:
             _preload()
         with _quiet_datatrove(c.executor == "local"):
             try:
+                index = ("index", [steps.Index(work, str(self.out), tasks, c.block_size, meta)], 1)
                 if c.executor == "slurm":  # submitted at once as jobs that depend on each other
-                    stages.append(("pack", [steps.Pack(work, str(self.out), tasks, c.block_size, c.shard_size,
-                                                       meta)], 1))
                     stage = None
-                    for name, pipeline, n in stages:
+                    for name, pipeline, n in [*stages, index]:
                         stage = self._executor(name, pipeline, n, stage)
                     stage.run()
                 else:  # one stage after the other, timed (the manifest records where the time went)
@@ -391,8 +384,7 @@ class _Run:
                         self._executor(name, pipeline, n, None).run()
                         seconds[name] = round(time.perf_counter() - t, 3)
                     meta["stage_seconds"] = seconds
-                    pack = steps.Pack(work, str(self.out), tasks, c.block_size, c.shard_size, meta)
-                    self._executor("pack", [pack], 1, None).run()
+                    self._executor(*index, None).run()
             except Exception as exc:
                 from domainlm.errors import DomainLMError
 
