@@ -127,26 +127,28 @@ exit 0
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-@pytest.mark.slow  # every stage's job script starts a fresh interpreter (16 of them): ~100 s on 2 busy cores
-def test_slurm_executor_with_a_stubbed_sbatch(tmp_path, monkeypatch):
+@pytest.mark.slow  # every stage's job script starts a fresh interpreter per array task (~50 of them): ~5 min
+def test_slurm_executor_with_a_stubbed_sbatch_8_tasks_equal_1_local_task(tmp_path, monkeypatch):
     bin_dir, log = tmp_path / "bin", tmp_path / "jobs"
     bin_dir.mkdir()
     log.mkdir()
     _fake_slurm(bin_dir, log)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     kw = dict(inputs=PUBMED, model="tiny-llama", block_size=16, validation_fraction=0.2)
-    local = prepare(out=str(tmp_path / "local"), **kw)
+    local = prepare(out=str(tmp_path / "local"), tasks=1, **kw)
     out = tmp_path / "slurm"
-    m = prepare(out=str(out), executor="slurm", partition="debug", time="00:10:00", **kw)
-    assert m["executor"] == {"kind": "slurm", "tasks": 2, "workers": -1}
-    assert _summary(out) == _summary(tmp_path / "local") and m["counts"] == local["counts"]
+    m = prepare(out=str(out), executor="slurm", partition="debug", time="00:10:00", tasks=8, **kw)
+    assert m["executor"] == {"kind": "slurm", "tasks": 8, "workers": -1} and len(m["layout"]["tasks"]) == 8
+    assert _summary(out, blocks=False) == _summary(tmp_path / "local", blocks=False)
+    assert m["counts"]["tokens"] == local["counts"]["tokens"] and m["counts"]["drops"] == local["counts"]["drops"]
     submitted = sorted(log.glob("job-*.sh"), key=lambda p: int(p.stem.split("-")[1]))
     saved = {p.read_text() for p in log.glob("saved-*.slurm")}  # the launch_script.slurm datatrove wrote
     jobs = [p.read_text() for p in submitted if "launch_pickled_pipeline" in p.read_text()]
     assert len(jobs) == 8 and set(jobs) == saved  # what was submitted is datatrove's launch script, stage by stage
     first = jobs[0]
     assert "#SBATCH --partition=debug" in first and "#SBATCH --time=00:10:00" in first
-    assert "#SBATCH --array=0-1" in first and "domainlm-read" in first
+    assert "#SBATCH --array=0-7" in first and "domainlm-read" in first
+    assert "domainlm-index" in jobs[-1] and "#SBATCH --array=0-0" in jobs[-1]  # the index step is one small task
 
 
 @pytest.mark.slow  # starting a local Ray cluster takes ~20-40 s on 2 busy cores
