@@ -323,7 +323,7 @@ def replicate(src: Path, dst: Path, times: int) -> None:
     m = json.loads((src / "manifest.json").read_text())
     shutil.rmtree(dst, ignore_errors=True)
     tasks, base = [], 0
-    for k in range(times):
+    for _ in range(times):
         for t in m["layout"]["tasks"]:
             rank = len(tasks)
             for split in ("train", "validation", "documents"):

@@ -190,3 +190,27 @@ def test_memory_mapped_reading_keeps_peak_rss_flat(tmp_path):
         assert int(out[0]) >= 39_000 * scale
     assert abs(peaks[10] - peaks[1]) <= 0.10 * peaks[1], peaks
     assert read_corpus_manifest(tmp_path / "x10")["layout"]["tasks"][3]["doc_base"] > 0
+
+
+def _pubmed(path: Path, records: dict[int, str]) -> str:
+    body = "".join(f'<PubmedArticle><MedlineCitation Status="MEDLINE" Owner="NLM"><PMID Version="1">{pmid}</PMID>'
+                   f"<Article><Journal><Title>J</Title></Journal><ArticleTitle>Title.</ArticleTitle><Abstract>"
+                   f"<AbstractText>{text}</AbstractText></Abstract></Article></MedlineCitation></PubmedArticle>"
+                   for pmid, text in records.items())
+    path.write_text(f'<?xml version="1.0" ?>\n<PubmedArticleSet>{body}</PubmedArticleSet>\n')
+    return str(path)
+
+
+@pytest.mark.parametrize("near_dup", [False, True])
+def test_exact_duplicates_of_a_superseded_version_are_kept_whether_keys_are_hashed_early_or_late(tmp_path, near_dup):
+    """With near-dup off, exact keys are written while reading (before the PubMed update barrier) and their
+    resolution leaves out what the updates remove; with it on they are hashed after the barrier. Same result:
+    PMID 2 copied PMID 1's old abstract, which the update revised, so PMID 2 is no longer a duplicate."""
+    same = "An abstract that two records share word for word, long enough to pass the length filter."
+    files = [_pubmed(tmp_path / "base.xml", {1: same, 2: same, 3: "A third abstract, different from the others."}),
+             _pubmed(tmp_path / "update.xml", {1: "The revised abstract of record one replaces the old one."})]
+    m = prepare(inputs=files, model="tiny-llama", out=str(tmp_path / "o"), block_size=8, validation_fraction=0,
+                near_dup=near_dup, near_dup_num_perm=16, tasks=2, workers=1)
+    assert m["counts"]["drops"] == {"superseded": 1}
+    assert sorted(load_documents(tmp_path / "o")["id"]) == ["1", "2", "3"]
+    assert ("hash" in m["stage_seconds"]) == near_dup

@@ -1,4 +1,4 @@
-"""Tokenising and packing: documents -> fixed-length blocks of token ids with per-token document ids.
+"""Tokenising and packing: documents -> fixed-length blocks of token ids, and reading them back.
 
 Packing rule (the contract ``adapt`` relies on):
 
@@ -6,14 +6,20 @@ Packing rule (the contract ``adapt`` relies on):
   sequence (BERT ``[CLS] x [SEP]``, ESM ``<cls> x <eos>``, Llama ``<s> x`` when it adds BOS); when that
   wrapping does not end in EOS/SEP (causal tokenizers), EOS is appended, so every document ends with
   a separator;
-* documents are concatenated and cut into blocks of exactly ``block_size`` tokens; a long document
-  continues into the next block with the same document id;
-* ``doc_ids`` holds a global document index for every token, so training can restart positions and
-  block attention where it changes;
-* the last partial block of each split is dropped and counted, never padded.
+* each prepare task concatenates its own documents, per split, in input order and cuts blocks of exactly
+  ``block_size`` tokens; a long document continues into the next block with the same document id;
+* blocks never span tasks: the last partial block of each task and split is dropped and counted, never
+  padded (at most ``block_size - 1`` tokens per task and split; the manifest's
+  ``layout.tail_tokens_from_task_boundaries`` says how many more than one stream would drop). With one task
+  the blocks are exactly those of a single stream;
+* ``doc_ids`` gives a global document index for every token (task offset from a prefix sum of the tasks'
+  document counts + index within the task), so training can restart positions and block attention where it
+  changes; the indices are the same on any task count.
 
-Blocks are written as Arrow IPC streams (the format ``datasets`` memory-maps), with the ``datasets``
-feature schema attached, one file per split and shard.
+On disk (format 2, ``layout`` in the manifest): per task and split, ``<rank>.tokens`` holds the ids as raw
+little-endian uint16 (vocabulary <= 65,536) or uint32, ``<rank>.docs.npy`` the (token offset, document) pair
+of each document start, and ``<rank>.mask`` an optional loss mask, one bit per token; ``documents/`` the
+document table. Format 1 (int32 Arrow shards with a per-token doc_ids column) is still read.
 """
 
 from __future__ import annotations
@@ -436,7 +442,7 @@ def _split_v1(out: Path, split: str, manifest: dict[str, Any]) -> PreparedSplit:
         if "loss_mask" in table.column_names:
             columns = ("input_ids", "doc_ids", "loss_mask")
         for i in range(table.num_rows and len(table.column("input_ids").chunks)):
-            def col(name: str, i: int = i):
+            def col(name: str, i: int = i, table=table):
                 if name not in table.column_names:
                     return None
                 values = table.column(name).chunks[i].flatten()

@@ -300,14 +300,23 @@ class ResolveKeys(_Step):
 
     name = "resolve keys"
 
-    def __init__(self, work: str, key_name: str, mode: str, data_tasks: int) -> None:
+    def __init__(self, work: str, key_name: str, mode: str, data_tasks: int, exclude: str | None = None) -> None:
         super().__init__(work)
-        self.key_name, self.mode, self.data_tasks = key_name, mode, data_tasks
+        self.key_name, self.mode, self.data_tasks, self.exclude = key_name, mode, data_tasks, exclude
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         folder = Path(self.work) / "keys" / self.key_name
         parts = [np.fromfile(p, dtype=KEY_DTYPE) for p in sorted(folder.glob(f"*-{rank:04d}.bin"))]
         rec = np.concatenate(parts) if parts else np.zeros(0, dtype=KEY_DTYPE)
+        if self.exclude and len(rec):
+            # Keys written in the read stage, before the PubMed update barrier: documents that stage removes take
+            # no part (a superseded version must not make its own revision, or another copy, a duplicate).
+            gone = np.zeros(len(rec), dtype=bool)
+            for r in range(self.data_tasks):
+                removed = [np.load(p)["idx"] for p in (Path(self.work) / "removed" / self.exclude).glob(f"{r:05d}-*.npy")]
+                if removed:
+                    gone |= (rec["rank"] == r) & np.isin(rec["idx"], np.concatenate(removed))
+            rec = rec[~gone]
         remove = np.zeros(len(rec), dtype=bool)
         reason = np.zeros(len(rec), dtype=np.uint8)
         if len(rec):
@@ -598,10 +607,13 @@ class PackTask(_Step):
     name = "pack"
 
     def __init__(self, work: str, out: str, block_size: int, shard_size: int, *, pubmed: bool, exact: bool,
-                 clusters: str | None) -> None:
+                 clusters: str | None, exact_in_read_order: bool = False) -> None:
         super().__init__(work)
         self.out, self.block_size, self.shard_size = out, block_size, shard_size
         self.pubmed, self.exact, self.clusters = pubmed, exact, clusters
+        # True when the exact keys were written in the read stage: their positions count every document read,
+        # not the ones left after the PubMed removals.
+        self.exact_in_read_order = exact_in_read_order
 
     @staticmethod
     def _removed(work: str, name: str, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -660,7 +672,7 @@ class PackTask(_Step):
                 idx2 = seen2 + np.cumsum(~pub) - 1
                 seen2 += int((~pub).sum())
                 near = ~pub & np.isin(idx2, near_idx)
-                exact = ~pub & np.isin(idx2, exact_idx)
+                exact = ~pub & np.isin(idx if self.exact_in_read_order else idx2, exact_idx)
                 task_col = batch.column("task")
                 contaminated = ~pub & ~near & ~exact & ~np.asarray(task_col.is_null().to_numpy(zero_copy_only=False))
                 keep = ~(pub | near | exact | contaminated)
