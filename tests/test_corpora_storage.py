@@ -126,21 +126,29 @@ def test_loss_mask_is_stored_as_bits_and_read_back(tmp_path):
     lengths = rng.integers(3, 40, size=30)
     flat = rng.integers(0, 260, size=int(lengths.sum()))
     mask = rng.integers(0, 2, size=len(flat))
+    mask[:int(lengths[:5].sum())] = 1  # the first batch has no mask: its documents count everywhere
     w = SplitWriter(tmp_path / "train", 0, 16, token_dtype(260))
-    for a, b in ((0, 11), (11, 30)):  # two batches: the mask's partial block carries over
+    for a, b in ((0, 5), (5, 11), (11, 30)):  # batches: the mask's partial block carries over
         lo, hi = int(lengths[:a].sum()), int(lengths[:b].sum())
-        w.add(flat[lo:hi], lengths[a:b], np.arange(a, b), mask[lo:hi])
+        w.add(flat[lo:hi], lengths[a:b], np.arange(a, b), mask[lo:hi] if a else None)
     got = w.close()
     blocks = len(flat) // 16
     assert got["blocks"] == blocks and got["tail"] == len(flat) % 16 and got["mask"]
     assert (tmp_path / "train" / "00000.mask").stat().st_size == blocks * 2  # 16 bits a block
     from domainlm.artifacts import write_manifest
 
+    plain = SplitWriter(tmp_path / "train", 1, 16, token_dtype(260))  # a task without any masked document
+    plain.add(flat[:48], np.array([48]), np.array([0]))
+    assert not plain.close()["mask"]
     write_manifest(tmp_path, "corpus", block_size=16, layout={
         "version": 2, "dtype": "uint16", "loss_mask": True,
-        "tasks": [{"rank": 0, "doc_base": 7, "documents": 30, "blocks": {"train": blocks, "validation": 0}}]})
-    ds = load_prepared(tmp_path, "train").with_format("numpy")
-    assert ds.column_names == ["input_ids", "doc_ids", "loss_mask"]
+        "tasks": [{"rank": 0, "doc_base": 7, "documents": 30, "blocks": {"train": blocks, "validation": 0}},
+                  {"rank": 1, "doc_base": 37, "documents": 1, "blocks": {"train": 3, "validation": 0}}]})
+    both = load_prepared(tmp_path, "train").with_format("numpy")
+    assert len(both) == blocks + 3 and (both[blocks:]["loss_mask"] == 1).all()
+    assert (both[blocks:]["doc_ids"] == 37).all()
+    ds = both[:blocks]
+    assert both.column_names == ["input_ids", "doc_ids", "loss_mask"]
     assert np.array_equal(ds["input_ids"].ravel(), flat[:blocks * 16])
     assert np.array_equal(ds["loss_mask"].ravel(), mask[:blocks * 16]) and ds["loss_mask"].dtype == np.int8
     assert np.array_equal(ds["doc_ids"].ravel(), 7 + np.repeat(np.arange(30), lengths)[:blocks * 16])

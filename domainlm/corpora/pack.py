@@ -211,9 +211,11 @@ class SplitWriter:
         if len(lengths) == 0:
             return
         if mask is not None and self.mask_fh is None:
-            if self.tokens:
-                raise DataError("a loss mask started in the middle of a split: every document of a corpus needs one")
+            # Documents before the first masked one count everywhere (plain text beside chat data).
             self.mask_fh = open(self.tmp["mask"], "wb")  # noqa: SIM115
+            full = self.tokens // self.block_size
+            self.mask_fh.write(np.packbits(np.ones((full, self.block_size), dtype=bool), axis=1).tobytes())
+            self.mask_carry = np.ones(self.tokens - full * self.block_size, dtype=np.uint8)
         starts = self.tokens + np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
         self.starts.append(starts)
         self.docs.append(np.asarray(doc_index, dtype=np.int64))
@@ -221,7 +223,7 @@ class SplitWriter:
         self.tokens += int(np.sum(lengths))
         if self.mask_fh is not None:
             if mask is None:
-                raise DataError("some documents of a split carry a loss mask and others do not")
+                mask = np.ones(len(flat), dtype=np.uint8)
             m = np.concatenate([self.mask_carry, np.asarray(mask, dtype=np.uint8)])
             n = len(m) // self.block_size * self.block_size
             if n:
@@ -315,7 +317,9 @@ class _Part:
                 out["doc_ids"] = np.asarray(self.doc_array[rows], dtype=np.int32)
             else:
                 out["doc_ids"] = (self.starts.doc_ids(rows) + self.base).astype(np.int32)
-        if "loss_mask" in columns and self.mask is not None:
+        if "loss_mask" in columns and self.mask is None:  # a task of a masked corpus that had no masked document
+            out["loss_mask"] = np.ones((len(rows), self.block_size), dtype=np.int8)
+        elif "loss_mask" in columns:
             m = np.asarray(self.mask[rows])
             if m.dtype == np.uint8 and m.shape[1] != self.block_size:  # format 2: one bit per token
                 m = np.unpackbits(m, axis=1, count=self.block_size)
@@ -560,7 +564,7 @@ def load_prepared(out: str | Path, split: str = "train") -> PreparedSplit:
             raise DataError(f"{files['tokens']} holds {max(size, 0)} bytes but the manifest lists {n} blocks of "
                             f"{block} {dtype.name} tokens; the folder was modified after it was prepared. Prepare it "
                             "again (--overwrite)")
-        mask = _FileRows(files["mask"], np.uint8, (n, (block + 7) // 8)) if layout.get("loss_mask") else None
+        mask = _FileRows(files["mask"], np.uint8, (n, (block + 7) // 8)) if files["mask"].is_file() else None
         parts.append(_Part(_FileRows(files["tokens"], dtype, (n, block)), starts=_DocStarts(files["docs"], block),
                            base=task["doc_base"], mask=mask, block_size=block))
     columns = ("input_ids", "doc_ids", "loss_mask") if layout.get("loss_mask") else ("input_ids", "doc_ids")
