@@ -222,3 +222,25 @@ def test_exact_duplicates_of_a_superseded_version_are_kept_whether_keys_are_hash
     assert m["counts"]["drops"] == {"superseded": 1}
     assert sorted(load_documents(tmp_path / "o")["id"]) == ["1", "2", "3"]
     assert ("hash" in m["stage_seconds"]) == near_dup
+
+
+def test_documents_with_loss_segments_get_a_token_mask(tmp_path):
+    """The contract for chat/instruction readers: ``metadata['loss_segments']`` = [(text, counts), ...] makes the
+    tokens of the counting segments (and the closing separator after one) 1 in ``loss_mask``, the rest 0."""
+    import pyarrow as pa
+
+    from domainlm.corpora.pack import Encoder, plan_tokenizer
+    from domainlm.corpora.steps import TokenLog
+
+    plan, _ = plan_tokenizer("tiny-llama")
+    log = TokenLog(str(tmp_path), 0, plan, 0.0, parallel=False)
+    log.add("plain", "A plain document with no segments.")
+    log.add("chat", "Question: what binds? Answer: the ligand.", [("Question: what binds?", False),
+                                                                   (" Answer: the ligand.", True)])
+    log.close()
+    rows = pa.ipc.open_stream(str(tmp_path / "tokens" / "00000.arrow")).read_all().to_pylist()
+    enc = Encoder(plan).encode(["Question: what binds?", " Answer: the ligand."])
+    pre, suf = plan.prefix, plan.suffix
+    assert rows[1]["ids"] == pre + enc[0] + enc[1] + suf
+    assert rows[1]["loss_mask"] == [0] * (len(pre) + len(enc[0])) + [1] * (len(enc[1]) + len(suf))
+    assert rows[0]["loss_mask"] == [1] * len(rows[0]["ids"])  # plain text beside chat data counts everywhere
