@@ -85,6 +85,7 @@ def test_reader_offers_what_callers_use(tmp_path):
         ds[[n]]
 
 
+@pytest.mark.slow  # three tiny adapt runs and a prepare: ~25 s on 2 busy cores
 def test_uint16_uint32_and_the_previous_format_train_the_same_losses(tmp_path):
     from domainlm.adapt import adapt
 
