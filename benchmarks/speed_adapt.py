@@ -143,7 +143,7 @@ def worker_trainer(case: str, steps: int, root: Path, compile: bool = False, cur
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear"))
-    ds = load_prepared(corpus, "train").remove_columns(["doc_ids"])
+    ds = load_prepared(corpus, "train").to_dataset().remove_columns(["doc_ids"])  # the Trainer wants a Dataset
     if objective == "causal":
         ds = ds.map(lambda b: {"labels": b["input_ids"]}, batched=True)  # run_clm: labels = input_ids
         collator = None

@@ -298,7 +298,71 @@ def run_prepare(folder: Path, out: Path, model: str, tasks: int, old_engine: str
     r["tokens_per_s"] = r["tokens"] / r["seconds"]
     r["tokens_per_cpu_s"] = r["tokens"] / r["cpu_seconds"]
     r["load_average_1min"] = os.getloadavg()[0]
+    r.update(storage(out))
     return r
+
+
+def storage(out: Path) -> dict:
+    """Bytes on disk per token in blocks: the block files (ids, document starts or per-token doc ids, loss mask),
+    and with the document table (source ids and sizes) added."""
+    m = json.loads((out / "manifest.json").read_text())
+    blocks = sum(f.stat().st_size for s in ("train", "validation") for f in (out / s).iterdir())
+    docs = sum(f.stat().st_size for f in (out / "documents").iterdir())
+    n = m["counts"]["tokens_in_blocks"]
+    return {"format": (m.get("layout") or {}).get("version", 1), "block_bytes": blocks, "document_table_bytes": docs,
+            "bytes_per_token": blocks / n, "bytes_per_token_with_documents": (blocks + docs) / n,
+            "tail_tokens_dropped": m["counts"]["tail_tokens_dropped"],
+            "tail_tokens_from_task_boundaries": (m.get("layout") or {}).get("tail_tokens_from_task_boundaries")}
+
+
+def replicate(src: Path, dst: Path, times: int) -> None:
+    """A format-2 corpus ``times`` as large: ``src``'s tasks repeated as further tasks (what a prepare of ``times``
+    the input would write, as far as the reader is concerned), for the reader's memory at 1x vs 10x."""
+    import shutil
+
+    m = json.loads((src / "manifest.json").read_text())
+    shutil.rmtree(dst, ignore_errors=True)
+    tasks, base = [], 0
+    for _ in range(times):
+        for t in m["layout"]["tasks"]:
+            rank = len(tasks)
+            for split in ("train", "validation", "documents"):
+                (dst / split).mkdir(parents=True, exist_ok=True)
+                for f in (src / split).glob(f"*{t['rank']:05d}*"):
+                    shutil.copyfile(f, dst / split / f.name.replace(f"{t['rank']:05d}", f"{rank:05d}", 1))
+            tasks.append({**t, "rank": rank, "doc_base": base})
+            base += t["documents"]
+    m["layout"]["tasks"] = tasks
+    for split in ("train", "validation"):
+        for key in ("blocks", "tokens", "documents", "files"):
+            m["splits"][split][key] *= times
+    (dst / "manifest.json").write_text(json.dumps(m))
+
+
+def _adapt_child(args_json: str) -> None:
+    kw = json.loads(args_json)
+    from domainlm.adapt import adapt
+
+    t = time.perf_counter()
+    adapt(**kw)
+    status = {x.split(":")[0]: int(x.split()[1]) for x in open("/proc/self/status") if x.startswith(("VmHWM", "RssAnon"))}
+    print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_mb": status["VmHWM"] / 1024,
+                      "rss_anon_end_mb": status["RssAnon"] / 1024}))
+
+
+def adapt_rss(corpus: Path, model: str, out: Path, steps: int) -> dict:
+    """Peak RSS (VmHWM) of a fresh ``adapt`` process on ``corpus``: ``steps`` steps of batch 8, one thread."""
+    kw = {"model": model, "corpus": str(corpus), "out": str(out), "max_steps": steps, "batch_size": 8,
+          "eval_every": 0, "save_every": 0, "eval_sequences": 16, "log_every": steps, "seed": 0}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DOMAINLM_PROGRESS": "0"}
+    res = subprocess.run([sys.executable, __file__, "--_adapt", json.dumps(kw)], env=env, capture_output=True,
+                         text=True)
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr[-3000:])
+    m = json.loads((corpus / "manifest.json").read_text())
+    return {**json.loads(res.stdout.strip().splitlines()[-1]), "train_blocks": m["splits"]["train"]["blocks"],
+            "block_file_mb": sum(f.stat().st_size for s in ("train", "validation") for f in (corpus / s).iterdir())
+            / 1e6}
 
 
 def kept_ids(out: Path) -> list[str]:
@@ -323,6 +387,8 @@ def main() -> None:
         return _bare_child(*sys.argv[2:5])
     if len(sys.argv) > 1 and sys.argv[1] == "--_prepare":
         return _prepare_child(sys.argv[2])
+    if len(sys.argv) > 1 and sys.argv[1] == "--_adapt":
+        return _adapt_child(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=40.0, help="size of the 1x input in MB (the 10x run uses 10 times it)")
     ap.add_argument("--files", type=int, default=8, help="files the 1x input is split into (10x: the same count)")
@@ -333,6 +399,8 @@ def main() -> None:
                     "`git archive fed954b domainlm benchmarks/speed_prepare.py | tar -x -C /tmp/base`), run side by "
                     "side: same tasks, and its kept documents must equal this engine's")
     ap.add_argument("--skip-10x", action="store_true")
+    ap.add_argument("--adapt-steps", type=int, default=0, help="also measure adapt's peak RSS on the near-dup-off "
+                    "corpus at 1x and at 10x (its tasks repeated ten times), this many steps (0: skip)")
     ap.add_argument("--work", default=None, help="folder for the inputs and outputs (default: a temporary one)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
@@ -384,6 +452,14 @@ def main() -> None:
                 for k in ("on", "off")}
             print("baseline_same_output", results["baseline_same_output"], flush=True)
             save()
+        if args.adapt_steps:
+            one = work / "out-datatrove_near_dup_off"
+            replicate(one, work / "corpus-10x", 10)
+            results["adapt_rss"] = {}
+            for name, corpus in (("1x", one), ("10x", work / "corpus-10x")):
+                results["adapt_rss"][name] = adapt_rss(corpus, args.model, work / f"adapt-{name}", args.adapt_steps)
+                print("adapt", name, json.dumps(results["adapt_rss"][name]), flush=True)
+                save()
         if args.old_engine:
             new_ids, old_ids = kept_ids(work / "out-datatrove_near_dup_on"), kept_ids(work / "out-old_near_dup_on")
             results["kept_sets"] = {"datatrove": len(new_ids), "old": len(old_ids), "same_order": new_ids == old_ids,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -134,17 +135,55 @@ def test_exact_and_near_duplicates_are_dropped(tmp_path):
     assert m["counts"]["documents"] == 9 and m["counts"]["drops"] == {}
 
 
-def test_same_output_with_several_tasks(tmp_path):
+def _task_streams(out: Path, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(token ids, doc ids) of each pack task's blocks, flattened: the unit blocks never cross."""
+    m = read_corpus_manifest(out)
+    ids, docs = _blocks(out, split)
+    block, streams, at = m["block_size"], [], 0
+    for task in m["layout"]["tasks"]:
+        n = task["blocks"][split]
+        streams.append((ids[at:at + n].ravel(), docs[at:at + n].ravel()))
+        at += n
+    assert at == len(ids) and all(len(s[0]) % block == 0 for s in streams)
+    return streams
+
+
+def test_one_and_four_tasks_keep_the_same_documents_and_blocks_differ_only_at_task_ends(tmp_path):
+    """Blocks never span tasks: each task packs its own documents and drops its own partial block per split.
+    Everything else is the same on any task count: documents, their global indices and token counts, and every
+    block is a run of the one-task token stream."""
     docs = _docs(700, 4)
-    srcs = [str(_jsonl(tmp_path / f"d{k}.jsonl", docs[k * 250:(k + 1) * 250], prefix=f"f{k}-")) for k in range(3)]
+    srcs = [str(_jsonl(tmp_path / f"d{k}.jsonl", docs[k * 175:(k + 1) * 175], prefix=f"f{k}-")) for k in range(4)]
     kw = dict(inputs=srcs, model="tiny-llama", block_size=64, validation_fraction=0.1, shard_size=300)
     one = prepare(out=str(tmp_path / "one"), tasks=1, **kw)
-    three = prepare(out=str(tmp_path / "three"), tasks=3, workers=2, **kw)
-    assert three["executor"]["tasks"] == 3 and one["counts"] == three["counts"]
+    four = prepare(out=str(tmp_path / "four"), tasks=4, workers=2, **kw)
+    assert four["executor"]["tasks"] == 4 and len(four["layout"]["tasks"]) == 4
+    same = ("documents", "tokens", "records_read", "drops", "word_tokenised_documents")
+    assert {k: one["counts"][k] for k in same} == {k: four["counts"][k] for k in same}
+    assert load_documents(tmp_path / "one").to_dict() == load_documents(tmp_path / "four").to_dict()
+    for s in ("train", "validation"):
+        assert one["splits"][s]["documents"] == four["splits"][s]["documents"]
+        assert four["counts"]["tail_tokens_dropped"][s] <= 4 * (64 - 1)
+    c = four["counts"]
+    assert c["tokens"] == c["tokens_in_blocks"] + sum(c["tail_tokens_dropped"].values())
+    extra = sum(four["counts"]["tail_tokens_dropped"].values()) - sum(one["counts"]["tail_tokens_dropped"].values())
+    assert four["layout"]["tail_tokens_from_task_boundaries"] == extra > 0
+    assert one["layout"]["tail_tokens_from_task_boundaries"] == 0
+    table = load_documents(tmp_path / "one")
     for split in ("train", "validation"):
-        a, da = _blocks(tmp_path / "one", split)
-        b, db = _blocks(tmp_path / "three", split)
-        assert np.array_equal(a, b) and np.array_equal(da, db)
+        (whole_ids, whole_docs), = _task_streams(tmp_path / "one", split)
+        for ids, doc_ids in _task_streams(tmp_path / "four", split):
+            # A task's stream is the one-task stream from its first document on, cut at a block boundary.
+            # (The last task's cut may fall after the one-task cut: compare what both hold.)
+            start = int(np.flatnonzero(whole_docs == doc_ids[0])[0])
+            n = min(len(ids), len(whole_ids) - start)
+            assert n > len(ids) - 64
+            assert np.array_equal(whole_ids[start:start + n], ids[:n])
+            assert np.array_equal(whole_docs[start:start + n], doc_ids[:n])
+        # Every document's length in the table is what the blocks hold of it, unless it was cut at a task's end.
+        lengths = dict(zip(table["doc_index"], table["tokens"], strict=True))
+        got = Counter(_blocks(tmp_path / "four", split)[1].ravel().tolist())
+        assert sum(got[d] == lengths[d] for d in got) >= len(got) - 4
 
 
 def test_interrupted_prepare_resumes_with_the_finished_tasks(tmp_path, monkeypatch):
@@ -170,7 +209,7 @@ def test_interrupted_prepare_resumes_with_the_finished_tasks(tmp_path, monkeypat
     monkeypatch.setattr(prepare_mod, "_after_shard", calls.append)
     monkeypatch.setattr(steps.ReadClean, "run", lambda self, *a, **k: reads.append(a) or iter(()))
     manifest = prepare(out=str(out), **kw)
-    assert calls == [0, 1, 2, 3, 4]  # the pack stage is redone (50 documents, 10 a shard) ...
+    assert calls == [0, 1, 2, 3, 4]  # the pack task is redone (50 documents, 10 a document file) ...
     assert reads == []  # ... the finished read stage is not
     whole = read_corpus_manifest(tmp_path / "whole")
     assert manifest["counts"] == whole["counts"] and manifest["splits"] == whole["splits"]

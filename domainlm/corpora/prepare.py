@@ -4,7 +4,7 @@ The work runs as datatrove stages (domainlm/corpora/steps.py has the steps and t
 executor ``--executor`` names: ``local`` (processes on this machine), ``slurm`` (sbatch job arrays that
 depend on each other, written and submitted by datatrove) or ``ray``. Intermediate files and datatrove's
 completion markers live in ``OUT/.work``, so re-running an interrupted prepare skips the finished tasks.
-``OUT/manifest.json`` is written last, by the final (pack) stage.
+``OUT/manifest.json`` is written last, by the final (index) stage, from the pack tasks' counts.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ SMALL_INPUT = 4 * 2**20  # below this, one task: starting processes costs more t
 def prepare(config: PrepareConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
     """Read, clean, deduplicate, split, tokenise and pack a domain corpus into OUT.
 
-    OUT gets train/ and validation/ (Arrow shards of fixed-length blocks with input_ids and per-token
-    doc_ids; load with domainlm.corpora.load_prepared), documents/ (which source id each document
-    index is) and, written last, manifest.json (inputs and hashes, counts and drops by reason, tokenizer,
+    OUT gets train/ and validation/ (each task's fixed-length blocks as uint16 or uint32 token ids with its
+    document starts; load with domainlm.corpora.load_prepared, which gives input_ids and per-token doc_ids),
+    documents/ (which source id each document index is) and, written last, manifest.json (inputs and hashes, counts and drops by reason, tokenizer,
     config, versions). Re-running with the same settings reuses a finished folder and resumes an
     interrupted one. Returns the manifest (with ``--executor slurm``, the jobs are submitted and the
     returned dict says where the manifest will appear).
@@ -89,7 +89,8 @@ def prepare_card(name: str, model: str, out: str | Path, block_size: int | None 
 
 
 def _after_shard(shard: int) -> None:
-    """Called by the pack stage after each finished output shard (tests replace it to simulate an interruption)."""
+    """Called by each pack task after each document-table file it writes (``shard`` counts within the task; tests
+    replace it to simulate an interruption)."""
 
 
 class _Run:
@@ -321,14 +322,30 @@ class _Run:
         hashing = ([steps.ExactKeys(work, tasks)] if c.dedup else []) + \
                   ([steps.Signature(sigs, mh)] if mh is not None else [])
 
-        read = steps.ReadClean(work, files, options, clean, tasks if updates else None)
-        stages: list[tuple[str, list, int]] = [("read", [read, *([] if updates else hashing)], tasks)]
+        decont = decont_index = None
+        if c.decontaminate:
+            sources, decont = self._decontamination_sources()
+            index = self.work / "decont"
+            sizes = steps.build_decont_index(index, sources, c.decontaminate_ngram)
+            decont.update(ngram=c.decontaminate_ngram, test_ngrams=sizes)
+            decont_index = (str(index), c.decontaminate_ngram)
+        # Exact keys can be written while reading even with PubMed updates (their resolution leaves out what the
+        # updates remove); MinHash signatures cannot (datatrove's buckets would pair a kept abstract with its own
+        # superseded version), so with near-dup on and updates the cleaned text is written once and hashed after
+        # the update barrier.
+        late_hashing = updates and mh is not None
+        read = steps.ReadClean(work, files, options, clean, tasks if updates else None, plan=self.plan,
+                               validation_fraction=c.validation_fraction, parallel=tasks > 1,
+                               write_text=late_hashing, decontaminate=decont_index)
+        stages: list[tuple[str, list, int]] = [("read", [read, *([] if late_hashing else hashing)], tasks)]
         if updates:
             stages.append(("updates", [steps.ResolveKeys(work, "pubmed", "pubmed", tasks)], tasks))
-            if hashing:
-                stages.append(("hash", [steps.ReadDocs(work), steps.DropKeyed(work, "pubmed", True), *hashing], tasks))
+            if late_hashing:
+                stages.append(("hash", [steps.ReadDocs(work), steps.DropKeyed(work, "pubmed", False), *hashing],
+                               tasks))
         if c.dedup:
-            stages.append(("exact", [steps.ResolveKeys(work, "exact", "exact", tasks)], tasks))
+            exclude = "pubmed" if updates and not late_hashing else None
+            stages.append(("exact", [steps.ResolveKeys(work, "exact", "exact", tasks, exclude)], tasks))
         if mh is not None:
             from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster
 
@@ -339,26 +356,10 @@ class _Run:
             stages.append(("minhash-buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)],
                            mh.num_buckets * per_band))
             stages.append(("minhash-clusters", [MinhashDedupCluster(buckets, clusters, config=mh)], 1))
-        tokenize: list = [steps.ReadDocs(work)]
-        if updates:
-            tokenize.append(steps.DropKeyed(work, "pubmed", not hashing))
-        if c.dedup:
-            tokenize.append(steps.MarkExact(work))
-        if mh is not None:
-            from datatrove.pipeline.dedup.minhash import MinhashDedupFilter
-
-            tokenize.append(MinhashDedupFilter(clusters, exclusion_writer=steps.ExcludedLog(str(self.work / "neardups"))))
-        if c.dedup:
-            tokenize.append(steps.DropExact(work))
-        decont = None
-        if c.decontaminate:
-            sources, decont = self._decontamination_sources()
-            index = self.work / "decont"
-            sizes = steps.build_decont_index(index, sources, c.decontaminate_ngram)
-            decont.update(ngram=c.decontaminate_ngram, test_ngrams=sizes)
-            tokenize.append(steps.Decontaminate(str(index), c.decontaminate_ngram, work))
-        tokenize.append(steps.Tokenize(work, self.plan, c.validation_fraction, parallel=tasks > 1))
-        stages.append(("tokenize", tokenize, tasks))
+        stages.append(("pack", [steps.PackTask(work, str(self.out), c.block_size, c.shard_size, pubmed=updates,
+                                               exact=c.dedup, clusters=clusters if mh is not None else None,
+                                               exact_in_read_order=updates and not late_hashing)],
+                       tasks))
         log.info("preparing %d input file(s) -> %s with %s (%s executor, %d task%s)", len(self.files), self.out,
                  c.model, c.executor, tasks, "s" if tasks > 1 else "")
         kinds = sorted({"protein" if f.format in ("fasta", "swissprot") else "text" for f in self.files})
@@ -377,11 +378,10 @@ class _Run:
             _preload()
         with _quiet_datatrove(c.executor == "local"):
             try:
+                index = ("index", [steps.Index(work, str(self.out), tasks, c.block_size, meta)], 1)
                 if c.executor == "slurm":  # submitted at once as jobs that depend on each other
-                    stages.append(("pack", [steps.Pack(work, str(self.out), tasks, c.block_size, c.shard_size,
-                                                       meta)], 1))
                     stage = None
-                    for name, pipeline, n in stages:
+                    for name, pipeline, n in [*stages, index]:
                         stage = self._executor(name, pipeline, n, stage)
                     stage.run()
                 else:  # one stage after the other, timed (the manifest records where the time went)
@@ -391,8 +391,7 @@ class _Run:
                         self._executor(name, pipeline, n, None).run()
                         seconds[name] = round(time.perf_counter() - t, 3)
                     meta["stage_seconds"] = seconds
-                    pack = steps.Pack(work, str(self.out), tasks, c.block_size, c.shard_size, meta)
-                    self._executor("pack", [pack], 1, None).run()
+                    self._executor(*index, None).run()
             except Exception as exc:
                 from domainlm.errors import DomainLMError
 

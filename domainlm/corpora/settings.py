@@ -55,7 +55,8 @@ class PrepareConfig:
                                        "continued across blocks)")
     ambiguous: Literal["keep", "to-x", "drop"] = opt("keep", "proteins: U/O/B/Z/J/X residues: keep them, rewrite "
                                                                "them to X (ProtTrans), or drop the sequence")
-    shard_size: int = opt(20000, "kept documents per output shard (train/, validation/ and documents/ files)")
+    shard_size: int = opt(20000, "kept documents per documents/ file (each task writes its own files; blocks go to "
+                                 "one train/ and one validation/ file per task)")
     executor: Executor = opt("local", "where the datatrove stages run: local (processes on this machine), slurm "
                                       "(sbatch jobs; needs --partition) or ray (the cluster ray.init() reaches; "
                                       "pip install 'domainlm[ray]')")

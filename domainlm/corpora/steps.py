@@ -3,21 +3,24 @@
 The run is a chain of datatrove stages (each stage one executor, local, Slurm or Ray; see prepare.py):
 
 1. ``read``: :class:`ReadClean`: our readers (every bad-record policy and drop count kept), cleaning and
-   the length filters; the surviving documents go to ``WORK/docs/<rank>.jsonl``. Each task reads a
-   *contiguous* run of input files, so (task, position) order is the input order on any task count.
+   the length filters, the n-gram decontamination check (``--decontaminate``: datatrove's filter with our
+   index of the bench suites' test texts), and tokenisation: :class:`TokenLog` encodes the kept documents
+   in batches and writes their ids to ``WORK/tokens/<rank>.arrow``, so the cleaned text is written again
+   only when a later stage must re-read it (PubMed updates with deduplication: ``WORK/docs``). Each task
+   reads a *contiguous* run of input files, so (task, position) order is the input order on any task count.
 2. ``updates`` (PubMed, several XML files): :class:`ResolveKeys` keyed by PMID, on disk. Every task
    wrote (PMID, file, position, deleted?) records into hash partitions; one task per partition sorts
    them and marks every version older than the PMID's last file as ``superseded`` (or ``deleted`` when
    that file deletes it). Memory is one partition, not the corpus.
-3. ``hash``: :class:`DropKeyed` applies those removals; :class:`ExactKeys` writes 64-bit text hashes
-   into partitions; :class:`Signature` is datatrove's MinHash stage 1 with our shingles.
+3. ``hash`` (in the read stage when there is no update barrier): :class:`ExactKeys` writes 64-bit text
+   hashes into partitions; :class:`Signature` is datatrove's MinHash stage 1 with our shingles.
 4. ``exact`` (:class:`ResolveKeys`, first occurrence wins) and datatrove's MinHash buckets (stage 2)
    and clusters (stage 3), all on disk.
-5. ``tokenize``: removals applied, datatrove's MinHash filter (stage 4), optional n-gram
-   decontamination (datatrove's filter with our index of the bench suites' test texts), then
-   :class:`Tokenize` encodes in batches (the tokenizer is built once per task) and writes token ids.
-6. ``pack`` (one task): :class:`Pack` concatenates the tasks' token ids in input order into blocks with
-   per-token document ids, writes train/, validation/, documents/ and, last, manifest.json.
+5. ``pack`` (one task per read task): :class:`PackTask` reads only its own task's token ids, drops what
+   stages 2-4 and the decontamination check removed, and writes that task's blocks (``train/<rank>.tokens``,
+   ``validation/<rank>.tokens``: uint16 or uint32 ids), document starts and document table.
+6. ``index`` (one small task): :class:`Index` reads the pack tasks' *counts* (a prefix sum gives each task's
+   first global document index) and writes manifest.json. No stage reads every task's tokens.
 
 Steps 2-4 are skipped when their option is off. Intermediate files live in ``OUT/.work`` (with
 datatrove's completion markers, so an interrupted run resumes task by task) and are removed at the end.
@@ -25,6 +28,7 @@ datatrove's completion markers, so an interrupted run resumes task by task) and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,7 +43,6 @@ from datatrove.data import Document as TroveDocument
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.decont.n_grams import NGramsDecontConfig, NGramsDecontFilter
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
-from datatrove.pipeline.writers.disk_base import DiskWriter
 from datatrove.utils.hashing import HashConfig
 from datatrove.utils.word_tokenizers import WordTokenizer
 
@@ -53,6 +56,32 @@ KEY_DTYPE = np.dtype([("key", "<u8"), ("file", "<u4"), ("rank", "<u4"), ("idx", 
 REMOVED_DTYPE = np.dtype([("idx", "<u4"), ("reason", "u1")])
 REASONS = ("superseded", "deleted", "exact_duplicate")
 MAX_PMID = 2**63 - 1
+
+
+def _cache_loguru_lib_dirs() -> None:
+    """datatrove adds loguru handlers for every task of every stage, and each builds an ``ExceptionFormatter`` that
+    recomputes the standard-library and site-packages folders from sysconfig: ~36 ms each, 0.5-0.7 CPU-s of a
+    3 MB prepare (cProfile). The answer depends only on ``sys.path``: computed once per path list."""
+    try:
+        from loguru import _better_exceptions as be
+    except ImportError:
+        return
+    original = be.ExceptionFormatter.__dict__.get("_get_lib_dirs")
+    if not isinstance(original, staticmethod) or getattr(original.__func__, "_domainlm_cached", False):
+        return
+    cache: dict[tuple[str, ...], list[str]] = {}
+
+    def lib_dirs() -> list[str]:
+        key = tuple(sys.path)
+        if key not in cache:
+            cache[key] = original.__func__()
+        return list(cache[key])
+
+    lib_dirs._domainlm_cached = True  # type: ignore[attr-defined]
+    be.ExceptionFormatter._get_lib_dirs = staticmethod(lib_dirs)
+
+
+_cache_loguru_lib_dirs()  # here, so that every Slurm or Ray job (a fresh interpreter that unpickles these steps) has it
 
 
 def file_range(rank: int, world_size: int, n_files: int) -> range:
@@ -132,9 +161,14 @@ class ReadClean(_Step):
     name = "read and clean"
 
     def __init__(self, work: str, files: list[dict[str, Any]], options: dict[str, Any], clean: dict[str, Any],
-                 pmid_parts: int | None) -> None:
+                 pmid_parts: int | None, *, plan: Any, validation_fraction: float, parallel: bool,
+                 write_text: bool, decontaminate: tuple[str, int] | None = None) -> None:
         super().__init__(work)
         self.files, self.options, self.clean, self.pmid_parts = files, options, clean, pmid_parts
+        self.plan, self.validation_fraction, self.parallel = plan, validation_fraction, parallel
+        # The cleaned text goes to disk only when a later stage reads it again (the hash stage after the PubMed
+        # update barrier); otherwise it is tokenised here and never written.
+        self.write_text, self.decontaminate = write_text, decontaminate
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         from domainlm.corpora.clean import CleanOptions, clean_text, detokenize, length_problem, looks_word_tokenised
@@ -168,7 +202,9 @@ class ReadClean(_Step):
         out_path = Path(self.work) / "docs" / f"{rank:05d}.jsonl"
         out_path.parent.mkdir(parents=True, exist_ok=True)
         read = kept = spaced = 0
-        with open(out_path, "w", encoding="utf-8") as out:
+        tokens = TokenLog(self.work, rank, self.plan, self.validation_fraction, self.parallel)
+        decont = Decontaminate(self.decontaminate[0], self.decontaminate[1], self.work) if self.decontaminate else None
+        with open(out_path, "w", encoding="utf-8") if self.write_text else contextlib.nullcontext() as out:
             if len(mine):
                 stream = iter_documents(files, ReaderOptions(**self.options), skips, start=Position(mine.start, 0),
                                         stop=mine.stop, on_record=on_record)
@@ -187,15 +223,22 @@ class ReadClean(_Step):
                         commit(kept)
                     if kind != "protein" and not opts.detokenize and looks_word_tokenised(text):
                         spaced += 1
-                    out.write(json.dumps({"id": doc.id, "text": text, "kind": kind, "file": pos.file_index},
-                                         ensure_ascii=False) + "\n")
+                    if out is not None:
+                        out.write(json.dumps({"id": doc.id, "text": text, "kind": kind, "file": pos.file_index},
+                                             ensure_ascii=False) + "\n")
                     self.stat_update("kept")
-                    yield TroveDocument(text=text, id=doc.id, metadata={"kind": kind, "idx": kept, "idx2": kept})
+                    trove = TroveDocument(text=text, id=doc.id, metadata={"kind": kind, "idx": kept, "idx2": kept})
+                    task = ngram = None
+                    if decont is not None and decont.filter(trove) is not True:
+                        task, ngram = trove.metadata["contaminated_task"], trove.metadata["contaminated_ngram"]
+                    tokens.add(str(doc.id), text, doc.metadata.get("loss_segments"), task, ngram)
+                    yield trove
                     kept += 1
                     if kept >= int(NONE):
                         from domainlm.errors import DataError
 
                         raise DataError("more than 2^32 documents in one task: raise --tasks")
+        tokens.close()
         if keys is not None:
             commit(int(NONE))
             keys.flush()
@@ -283,14 +326,23 @@ class ResolveKeys(_Step):
 
     name = "resolve keys"
 
-    def __init__(self, work: str, key_name: str, mode: str, data_tasks: int) -> None:
+    def __init__(self, work: str, key_name: str, mode: str, data_tasks: int, exclude: str | None = None) -> None:
         super().__init__(work)
-        self.key_name, self.mode, self.data_tasks = key_name, mode, data_tasks
+        self.key_name, self.mode, self.data_tasks, self.exclude = key_name, mode, data_tasks, exclude
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         folder = Path(self.work) / "keys" / self.key_name
         parts = [np.fromfile(p, dtype=KEY_DTYPE) for p in sorted(folder.glob(f"*-{rank:04d}.bin"))]
         rec = np.concatenate(parts) if parts else np.zeros(0, dtype=KEY_DTYPE)
+        if self.exclude and len(rec):
+            # Keys written in the read stage, before the PubMed update barrier: documents that stage removes take
+            # no part (a superseded version must not make its own revision, or another copy, a duplicate).
+            gone = np.zeros(len(rec), dtype=bool)
+            for r in range(self.data_tasks):
+                removed = [np.load(p)["idx"] for p in (Path(self.work) / "removed" / self.exclude).glob(f"{r:05d}-*.npy")]
+                if removed:
+                    gone |= (rec["rank"] == r) & np.isin(rec["idx"], np.concatenate(removed))
+            rec = rec[~gone]
         remove = np.zeros(len(rec), dtype=bool)
         reason = np.zeros(len(rec), dtype=np.uint8)
         if len(rec):
@@ -317,32 +369,6 @@ class ResolveKeys(_Step):
         self.stat_update("removed", value=int(remove.sum()))
         return
         yield  # a generator step with no output
-
-
-class MarkExact(_Step):
-    """Marks exact duplicates (they are dropped after the MinHash filter, whose positions must not shift)."""
-
-    name = "mark exact duplicates"
-
-    def run(self, data, rank: int = 0, world_size: int = 1):
-        removed = _load_removed(self.work, "exact", rank)
-        for doc in data:
-            if doc.metadata["idx2"] in removed:
-                doc.metadata["exact_duplicate"] = True
-            yield doc
-
-
-class DropExact(_Step):
-    name = "drop exact duplicates"
-
-    def run(self, data, rank: int = 0, world_size: int = 1):
-        n = 0
-        for doc in data:
-            if doc.metadata.get("exact_duplicate"):
-                n += 1
-                continue
-            yield doc
-        save_counts(self.work, "drop-exact", rank, {"drops": {"exact_duplicate": n} if n else {}})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,24 +483,6 @@ class Signature(MinhashDedupSignature):
             self.skip_existing_sigs = False
 
 
-class ExcludedLog(DiskWriter):
-    """The MinHash filter's exclusion writer: one JSON line (id, and whether it is also an exact duplicate) per
-    near-duplicate it drops, so the pack stage can count them by reason and show examples. (datatrove's
-    JsonlWriter would do, but needs orjson for this one small file.)"""
-
-    default_output_filename = "${rank}.jsonl"
-    name = "near-duplicate log"
-
-    def __init__(self, output_folder: str) -> None:
-        super().__init__(output_folder, output_filename="${rank}.jsonl", compression=None, mode="wt")
-
-    def _default_adapter(self, document) -> dict:
-        return {"id": str(document.id), "metadata": {"exact_duplicate": bool(document.metadata.get("exact_duplicate"))}}
-
-    def _write(self, document: dict, file_handler, filename: str) -> None:
-        file_handler.write(json.dumps(document) + "\n")
-
-
 # --------------------------------------------------------------------------------------------------
 # Decontamination
 # --------------------------------------------------------------------------------------------------
@@ -507,204 +515,300 @@ def build_decont_index(folder: Path, sources: dict[str, list[str]], n: int) -> d
 
 
 class Decontaminate(NGramsDecontFilter):
-    """datatrove's n-gram decontamination filter; counts the dropped documents and keeps a few examples."""
+    """datatrove's n-gram decontamination filter, asked per document by the read stage (``filter``); the documents
+    it flags are dropped and counted by task at packing."""
 
     def __init__(self, index_folder: str, n: int, work: str) -> None:
         super().__init__(index_folder, config=decont_config(n), language=Whitespace())
         self.work = work
-        self._dropped: Counter[str] = Counter()
-        self._examples: list[dict[str, str]] = []
-
-    def filter(self, doc):
-        result = super().filter(doc)
-        if result is not True:
-            task = doc.metadata.get("contaminated_task", "?")
-            self._dropped[task] += 1
-            if len(self._examples) < 5:
-                self._examples.append({"id": str(doc.id), "task": task,
-                                       "ngram": doc.metadata.get("contaminated_ngram", "")})
-        return result
-
-    def run(self, data, rank: int = 0, world_size: int = 1):
-        yield from super().run(data, rank, world_size)
-        save_counts(self.work, "decontaminate", rank, {"by_task": dict(self._dropped), "examples": self._examples})
 
 
 # --------------------------------------------------------------------------------------------------
-# Tokenise and pack
+# Tokenise (inside the read stage) and pack (per task)
 # --------------------------------------------------------------------------------------------------
 
-class Tokenize(_Step):
-    """Encodes documents in batches (the tokenizer is built once per task) and writes their ids, wrapped the
-    way the tokenizer wraps one sequence, with the validation flag and length, to an Arrow stream."""
+class TokenLog:
+    """The read stage's token ids, one row per kept document in read order, in ``WORK/tokens/<rank>.arrow``.
 
-    name = "tokenize"
+    Documents are encoded in batches of :attr:`BATCH` (one ``encode_batch`` call) and wrapped the way the tokenizer
+    wraps one sequence. A document whose metadata has ``loss_segments`` (a list of ``(text, counts)`` pairs whose
+    texts make up the document, e.g. a prompt and its answer) also gets a per-token ``loss_mask``: 1 on the tokens
+    of the segments that count, and on the closing separator when the last segment counts; 0 on the prefix.
+    Rows also carry the test task and n-gram that ``--decontaminate`` found in the text (dropped at packing, after
+    deduplication, so a duplicate is counted as a duplicate as before).
+    """
+
     BATCH = 256
 
-    def __init__(self, work: str, plan: Any, validation_fraction: float, parallel: bool) -> None:
-        super().__init__(work)
-        self.plan, self.validation_fraction, self.parallel = plan, validation_fraction, parallel
-
-    def _write(self, writer, encoder, docs) -> None:
-        import itertools
-
+    def __init__(self, work: str, rank: int, plan: Any, validation_fraction: float, parallel: bool) -> None:
         import pyarrow as pa
+
+        from domainlm.corpora.pack import Encoder, token_dtype
+
+        if parallel:
+            # One tokenizer thread per task: N tasks already use N cores, a Rust pool in each would oversubscribe.
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        self.pa, self.plan, self.validation_fraction = pa, plan, validation_fraction
+        self.encoder = Encoder(plan)
+        self.dtype = token_dtype(plan.vocab_size)
+        self.type = pa.uint16() if self.dtype.itemsize == 2 else pa.uint32()
+        self.schema = pa.schema([("id", pa.string()), ("validation", pa.bool_()), ("chars", pa.int32()),
+                                 ("ids", pa.large_list(self.type)), ("loss_mask", pa.large_list(pa.uint8())),
+                                 ("task", pa.string()), ("ngram", pa.string())])
+        path = Path(work) / "tokens" / f"{rank:05d}.arrow"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = pa.ipc.new_stream(str(path), self.schema)
+        self.rows: list[tuple] = []
+
+    def add(self, doc_id: str, text: str, segments: Any = None, task: str | None = None,
+            ngram: str | None = None) -> None:
+        self.rows.append((doc_id, text, segments, task, ngram))
+        if len(self.rows) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        import itertools
 
         from domainlm.corpora.clean import validation_of
 
-        texts = [d.text for d in docs]
-        encoded = encoder.encode(texts)
+        if not self.rows:
+            return
+        pa, rows = self.pa, self.rows
+        self.rows = []
         prefix, suffix = list(self.plan.prefix), list(self.plan.suffix)
-        lengths = np.fromiter((len(e) + len(prefix) + len(suffix) for e in encoded), dtype=np.int64,
-                              count=len(encoded))
-        flat = np.fromiter(itertools.chain.from_iterable(itertools.chain(prefix, e, suffix) for e in encoded),
-                           dtype=np.int32, count=int(lengths.sum()))
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        ids = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(flat, pa.int32()))
-        writer.write_batch(pa.RecordBatch.from_arrays(
-            [pa.array([str(d.id) for d in docs], pa.string()),
-             pa.array([validation_of(str(d.id), self.validation_fraction) for d in docs], pa.bool_()),
-             pa.array([len(t) for t in texts], pa.int32()), ids],
-            names=["id", "validation", "chars", "ids"]))
+        plain = [r[1] for r in rows if r[2] is None]
+        seg_texts = [t for r in rows if r[2] is not None for t, _ in r[2]]
+        encoded = iter(self.encoder.encode(plain + seg_texts)) if plain or seg_texts else iter(())
+        plain_ids = [next(encoded) for _ in plain]
+        docs, masks, any_mask = [], [], False
+        plain_iter = iter(plain_ids)
+        for r in rows:
+            if r[2] is None:
+                docs.append(next(plain_iter))
+                masks.append(None)
+                continue
+            any_mask = True
+            ids: list[int] = []
+            mask: list[int] = [0] * len(prefix)
+            counts = False
+            for _, counts in r[2]:
+                seg = next(encoded)
+                ids.extend(seg)
+                mask.extend([1 if counts else 0] * len(seg))
+            docs.append(ids)
+            masks.append(mask + [1 if counts else 0] * len(suffix))
+        lengths = np.fromiter((len(e) + len(prefix) + len(suffix) for e in docs), dtype=np.int64, count=len(docs))
+        flat = np.fromiter(itertools.chain.from_iterable(itertools.chain(prefix, e, suffix) for e in docs),
+                           dtype=self.dtype, count=int(lengths.sum()))
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), pa.int64())
+        ids_col = pa.LargeListArray.from_arrays(offsets, pa.array(flat, self.type))
+        if any_mask:
+            # Documents without segments count everywhere (plain text next to chat data).
+            full = [m if m is not None else [1] * int(n) for m, n in zip(masks, lengths, strict=True)]
+            mask_col = pa.LargeListArray.from_arrays(offsets, pa.array(np.fromiter(
+                itertools.chain.from_iterable(full), dtype=np.uint8, count=int(lengths.sum())), pa.uint8()))
+        else:
+            mask_col = pa.nulls(len(rows), pa.large_list(pa.uint8()))
+        self.writer.write_batch(pa.RecordBatch.from_arrays(
+            [pa.array([r[0] for r in rows], pa.string()),
+             pa.array([validation_of(r[0], self.validation_fraction) for r in rows], pa.bool_()),
+             pa.array([len(r[1]) for r in rows], pa.int32()), ids_col, mask_col,
+             pa.array([r[3] for r in rows], pa.string()), pa.array([r[4] for r in rows], pa.string())],
+            schema=self.schema))
 
-    def run(self, data, rank: int = 0, world_size: int = 1):
-        import pyarrow as pa
-
-        from domainlm.corpora.pack import Encoder
-
-        if self.parallel:
-            # One tokenizer thread per task: N tasks already use N cores, a Rust pool in each would oversubscribe.
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        encoder = Encoder(self.plan)
-        schema = pa.schema([("id", pa.string()), ("validation", pa.bool_()), ("chars", pa.int32()),
-                            ("ids", pa.large_list(pa.int32()))])
-        path = Path(self.work) / "tokens" / f"{rank:05d}.arrow"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with pa.ipc.new_stream(str(path), schema) as writer:
-            batch = []
-            for doc in data:
-                batch.append(doc)
-                if len(batch) == self.BATCH:
-                    self._write(writer, encoder, batch)
-                    batch = []
-            if batch:
-                self._write(writer, encoder, batch)
-        return
-        yield
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
 
 
-class Pack(_Step):
-    """One task: the tokenised documents of every task in input order -> blocks, documents/, manifest.json."""
+class PackTask(_Step):
+    """One task's tokenised documents -> its own blocks in OUT/train and OUT/validation, and its document table.
+
+    Applies every removal the keyed and MinHash stages decided (PubMed revisions and deletions by read position,
+    then near-duplicates and exact duplicates by position after those, then test-set overlap), in the order the
+    text stages applied them before, and counts them. Reads only this task's token file: there is no stage that
+    reads every task's tokens. Blocks never span tasks, so each task drops its own last partial block per split.
+    """
 
     name = "pack"
 
-    def __init__(self, work: str, out: str, data_tasks: int, block_size: int, shard_size: int,
-                 meta: dict[str, Any]) -> None:
+    def __init__(self, work: str, out: str, block_size: int, shard_size: int, *, pubmed: bool, exact: bool,
+                 clusters: str | None, exact_in_read_order: bool = False) -> None:
         super().__init__(work)
-        self.out, self.data_tasks, self.block_size, self.shard_size, self.meta = \
-            out, data_tasks, block_size, shard_size, meta
+        self.out, self.block_size, self.shard_size = out, block_size, shard_size
+        self.pubmed, self.exact, self.clusters = pubmed, exact, clusters
+        # True when the exact keys were written in the read stage: their positions count every document read,
+        # not the ones left after the PubMed removals.
+        self.exact_in_read_order = exact_in_read_order
+
+    @staticmethod
+    def _removed(work: str, name: str, rank: int) -> tuple[np.ndarray, np.ndarray]:
+        arrs = [np.load(p) for p in sorted((Path(work) / "removed" / name).glob(f"{rank:05d}-*.npy"))]
+        arr = np.concatenate(arrs) if arrs else np.zeros(0, dtype=REMOVED_DTYPE)
+        arr = np.sort(arr, order="idx")
+        return arr["idx"].astype(np.int64), arr["reason"]
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        import shutil
-
         import pyarrow as pa
 
-        from domainlm.corpora.pack import BlockWriter, Packer, write_documents
+        from domainlm.corpora.pack import SPLITS, SplitWriter, token_dtype, write_documents
 
         out = Path(self.out)
-        for name in ("train", "validation", "documents"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        packers = {s: Packer(self.block_size) for s in ("train", "validation")}
-        splits = {s: {"blocks": 0, "tokens": 0, "documents": 0, "files": 0} for s in packers}
+        empty = np.zeros(0, np.int64)
+        pub_idx, pub_reason = self._removed(self.work, "pubmed", rank) if self.pubmed else (empty, empty)
+        exact_idx = self._removed(self.work, "exact", rank)[0] if self.exact else empty
+        near_idx = empty
+        if self.clusters:
+            path = Path(self.clusters) / f"{rank:06d}.remove"
+            if path.is_file():
+                near_idx = np.fromfile(path, dtype="<u4").astype(np.int64)
+        src = Path(self.work) / "tokens" / f"{rank:05d}.arrow"
+        for old in (out / "documents").glob(f"shard-{rank:05d}-*.arrow"):
+            old.unlink()  # a re-run task writes its document files afresh
+        drops: Counter[str] = Counter()
+        examples: dict[str, list[str]] = {}
+        decont: Counter[str] = Counter()
+        decont_examples: list[dict[str, str]] = []
         rows: dict[str, list] = {k: [] for k in ("doc_index", "id", "split", "tokens", "chars")}
-        state = {"shard": 0, "writers": {}}
-        next_doc = tokens_total = 0
+        shard = kept = seen = seen2 = tokens = 0
+        writers: dict[str, SplitWriter] = {}
+        split_docs = dict.fromkeys(SPLITS, 0)
+        prepare_mod = sys.modules.get("domainlm.corpora.prepare")  # the test hook (see prepare._after_shard)
 
-        def writers() -> dict[str, BlockWriter]:
-            if not state["writers"]:
-                state["writers"] = {s: BlockWriter(out / s / f"shard-{state['shard']:05d}.arrow", self.block_size)
-                                    for s in packers}
-            return state["writers"]
-
-        def close_shard() -> None:
-            w = writers()
-            for s, p in packers.items():
-                w[s].write(*p.full_blocks())
-                splits[s]["blocks"] += w[s].blocks
-                splits[s]["tokens"] += w[s].blocks * self.block_size
-                splits[s]["files"] += int(w[s].close())
-            if rows["doc_index"]:
-                write_documents(out / "documents" / f"shard-{state['shard']:05d}.arrow", rows)
+        def flush_rows() -> None:
+            nonlocal shard
+            write_documents(out / "documents" / f"shard-{rank:05d}-{shard:04d}.arrow", rows)
             for v in rows.values():
                 v.clear()
-            # The test hook lives in prepare.py; looked up, not imported (prepare imports this module), and only
-            # present in the process that called prepare (a Slurm job never has it).
-            prepare_mod = sys.modules.get("domainlm.corpora.prepare")
             if prepare_mod is not None:
-                prepare_mod._after_shard(state["shard"])
-            state["shard"] += 1
-            state["writers"] = {}
-
-        def add(ids_col, doc_ids: list, val, chars, start: int) -> None:
-            """Documents ``start...`` of one batch slice: vectorised packing by split, then the document rows."""
-            offsets = ids_col.offsets.to_numpy()
-            flat = ids_col.values.to_numpy()[offsets[0]:offsets[-1]]
-            lengths = np.diff(offsets)
-            index = np.arange(start, start + len(lengths), dtype=np.int32)
-            on_tokens = np.repeat(val, lengths)
-            per_token = np.repeat(index, lengths)
-            for split, mask in (("train", ~on_tokens), ("validation", on_tokens)):
-                if mask.any():
-                    packers[split].add(flat[mask], per_token[mask])
-            names = np.where(val, "validation", "train")
-            for split in packers:
-                splits[split]["documents"] += int((names == split).sum())
-            rows["doc_index"].extend(index.tolist())
-            rows["id"].extend(doc_ids)
-            rows["split"].extend(names.tolist())
-            rows["tokens"].extend(lengths.tolist())
-            rows["chars"].extend(chars)
+                prepare_mod._after_shard(shard)
+            shard += 1
 
         try:
-            for r in range(self.data_tasks):
-                path = Path(self.work) / "tokens" / f"{r:05d}.arrow"
-                if not path.is_file():
-                    continue
-                with pa.ipc.open_stream(str(path)) as reader:
-                    for batch in reader:
-                        n, a = batch.num_rows, 0
-                        while a < n:  # cut the batch where an output shard ends
-                            b = min(n, a + self.shard_size - len(rows["doc_index"]))
-                            part = batch.slice(a, b - a)
-                            add(part.column("ids"), part.column("id").to_pylist(),
-                                part.column("validation").to_numpy(zero_copy_only=False),
-                                part.column("chars").to_pylist(), next_doc)
-                            tokens_total += int(part.column("ids").value_lengths().to_numpy().sum())
-                            next_doc += b - a
-                            a = b
-                            if next_doc >= 2**31 - 1:
-                                from domainlm.errors import DataError
-
-                                raise DataError("more than 2^31 documents: split the inputs into several "
-                                                "prepared corpora")
-                            if len(rows["doc_index"]) >= self.shard_size:
-                                close_shard()
-                        w = writers()
-                        for s, p in packers.items():
-                            if p.pending >= 1 << 20:
-                                w[s].write(*p.full_blocks())
-            if rows["doc_index"] or state["shard"] == 0:
-                close_shard()
+            reader = pa.ipc.open_stream(pa.memory_map(str(src))) if src.is_file() else None
+            for batch in (reader or ()):
+                n = batch.num_rows
+                if not writers:
+                    dtype = token_dtype(1 << 16 if batch.schema.field("ids").type.value_type == pa.uint16()
+                                        else 1 << 32)
+                    writers = {s: SplitWriter(out / s, rank, self.block_size, dtype) for s in SPLITS}
+                idx = np.arange(seen, seen + n)
+                seen += n
+                pub = np.isin(idx, pub_idx)
+                idx2 = seen2 + np.cumsum(~pub) - 1
+                seen2 += int((~pub).sum())
+                near = ~pub & np.isin(idx2, near_idx)
+                exact = ~pub & np.isin(idx if self.exact_in_read_order else idx2, exact_idx)
+                task_col = batch.column("task")
+                contaminated = ~pub & ~near & ~exact & ~np.asarray(task_col.is_null().to_numpy(zero_copy_only=False))
+                keep = ~(pub | near | exact | contaminated)
+                ids = batch.column("id").to_pylist()
+                for i in np.flatnonzero(pub):
+                    why = REASONS[int(pub_reason[np.searchsorted(pub_idx, idx[i])])]
+                    drops[why] += 1
+                    if len(examples.setdefault(why, [])) < 5:
+                        examples[why].append(f"PMID {ids[i]}")
+                drops["exact_duplicate"] += int(exact.sum())
+                drops["near_duplicate"] += int((near & ~exact).sum())
+                for i in np.flatnonzero(near & ~exact)[:max(0, 5 - len(examples.get("near_duplicate", [])))]:
+                    examples.setdefault("near_duplicate", []).append(ids[i])
+                if contaminated.any():
+                    tasks_, ngrams = task_col.to_pylist(), batch.column("ngram").to_pylist()
+                    for i in np.flatnonzero(contaminated):
+                        decont[tasks_[i]] += 1
+                        if len(decont_examples) < 10:
+                            decont_examples.append({"id": ids[i], "task": tasks_[i], "ngram": ngrams[i]})
+                col = batch.column("ids")
+                offsets = col.offsets.to_numpy()
+                flat = col.values.to_numpy()[offsets[0]:offsets[-1]]
+                lengths = np.diff(offsets)
+                mask_col = batch.column("loss_mask")
+                mask = None if mask_col.null_count == n else mask_col.values.to_numpy()[offsets[0]:offsets[-1]]
+                val = batch.column("validation").to_numpy(zero_copy_only=False)
+                local = np.full(n, -1, dtype=np.int64)
+                local[keep] = kept + np.arange(int(keep.sum()))
+                kept += int(keep.sum())
+                tokens += int(lengths[keep].sum())
+                chars = batch.column("chars").to_numpy()
+                for split, in_split in (("train", keep & ~val), ("validation", keep & val)):
+                    if not in_split.any():
+                        continue
+                    split_docs[split] += int(in_split.sum())
+                    on_tokens = np.repeat(in_split, lengths)
+                    writers[split].add(flat[on_tokens], lengths[in_split], local[in_split],
+                                       None if mask is None else mask[on_tokens])
+                for i in np.flatnonzero(keep):
+                    rows["doc_index"].append(int(local[i]))
+                    rows["id"].append(ids[i])
+                    rows["split"].append("validation" if val[i] else "train")
+                    rows["tokens"].append(int(lengths[i]))
+                    rows["chars"].append(int(chars[i]))
+                    if len(rows["doc_index"]) >= self.shard_size:
+                        flush_rows()
+            if rows["doc_index"]:
+                flush_rows()
+            splits = {s: w.close() for s, w in writers.items()}
         except BaseException:
-            for w in state["writers"].values():
+            for w in writers.values():
                 w.abort()
             raise
-        tail = {s: len(p.carry_ids) for s, p in packers.items()}
-        self._manifest(splits, tokens_total, tail)
+        save_counts(self.work, "pack", rank, {
+            "documents": kept, "tokens": tokens, "splits": splits, "split_documents": split_docs, "drops": {k: v for k, v in drops.items() if v},
+            "examples": examples, "decontaminated": dict(decont), "decontamination_examples": decont_examples})
         return
         yield
 
-    def _manifest(self, splits, tokens_total: int, tail: dict[str, int]) -> None:
+
+class Index(_Step):
+    """One small task: the prefix sums of the pack tasks' counts (never their tokens) -> manifest.json.
+
+    Document indices are global: task ``r``'s documents start at the number of documents the tasks before it kept,
+    so the indices are the same on any task count; the manifest's ``layout`` lists each task's offset and blocks.
+    """
+
+    name = "index"
+
+    def __init__(self, work: str, out: str, data_tasks: int, block_size: int, meta: dict[str, Any]) -> None:
+        super().__init__(work)
+        self.out, self.data_tasks, self.block_size, self.meta = out, data_tasks, block_size, meta
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from domainlm.corpora.pack import FORMAT_VERSION, SPLITS, token_dtype
+        from domainlm.errors import DataError
+
+        folder = Path(self.work) / "counts" / "pack"
+        packed = []
+        for r in range(self.data_tasks):
+            path = folder / f"{r:05d}.json"
+            if not path.is_file():
+                raise DataError(f"pack task {r} left no counts ({path}); run prepare again to finish it")
+            packed.append(json.loads(path.read_text(encoding="utf-8")))
+        splits = {s: {"blocks": 0, "tokens": 0, "documents": 0, "files": 0} for s in SPLITS}
+        tail = dict.fromkeys(SPLITS, 0)
+        tasks, base = [], 0
+        for r, c in enumerate(packed):
+            blocks = {}
+            for s in SPLITS:
+                got = c["splits"].get(s) or {"blocks": 0, "tokens": 0, "tail": 0, "documents": 0}
+                blocks[s] = got["blocks"]
+                splits[s]["blocks"] += got["blocks"]
+                splits[s]["tokens"] += got["tokens"]
+                splits[s]["files"] += int(got["blocks"] > 0)
+                tail[s] += got["tail"]
+            tasks.append({"rank": r, "doc_base": base, "documents": c["documents"], "blocks": blocks})
+            base += c["documents"]
+        for s in SPLITS:
+            splits[s]["documents"] = sum(c["split_documents"][s] for c in packed)
+        mask = any((c["splits"].get(s) or {}).get("mask") for c in packed for s in SPLITS)
+        dtype = token_dtype(self.meta["tokenizer"]["vocab_size"])
+        layout = {"version": FORMAT_VERSION, "dtype": dtype.name, "bytes_per_token": dtype.itemsize,
+                  "loss_mask": mask, "tasks": tasks}
+        self._manifest(splits, sum(c["tokens"] for c in packed), tail, packed, layout)
+        return
+        yield
+
+    def _manifest(self, splits, tokens_total: int, tail: dict[str, int], packed: list[dict[str, Any]],
+                  layout: dict[str, Any]) -> None:
         from domainlm.artifacts import write_manifest
         from domainlm.errors import DataError
 
@@ -721,39 +825,20 @@ class Pack(_Step):
                 slot = examples.setdefault(reason, [])
                 slot.extend(ex[: max(0, 5 - len(slot))])
         drops.update(m.get("setup_skips", {}))
-        folder = Path(self.work) / "counts"
-        for step in sorted(p.name for p in folder.iterdir() if p.name.startswith("drop-")):
-            for c in load_counts(self.work, step):
-                drops.update(c["drops"])
-                for reason, ex in c.get("examples", {}).items():
-                    slot = examples.setdefault(reason, [])
-                    slot.extend(ex[: max(0, 5 - len(slot))])
+        by_task: Counter[str] = Counter()
+        dex: list[dict[str, str]] = []
+        for c in packed:
+            drops.update(c["drops"])
+            for reason, ex in c.get("examples", {}).items():
+                slot = examples.setdefault(reason, [])
+                slot.extend(ex[: max(0, 5 - len(slot))])
+            by_task.update(c["decontaminated"])
+            dex.extend(c["decontamination_examples"][: max(0, 10 - len(dex))])
         # records_read counts what the readers passed on, as before: PubMed versions that a later file revises
         # or deletes were reader-level skips then, and are dropped by the PMID-keyed stage now.
         records -= drops["superseded"] + drops["deleted"]
-        near_examples: list[str] = []
-        for path in sorted((Path(self.work) / "neardups").glob("*.jsonl*")):
-            import gzip
-
-            opener = gzip.open if path.suffix == ".gz" else open
-            with opener(path, "rt", encoding="utf-8") as fh:
-                for line in fh:
-                    d = json.loads(line)
-                    if (d.get("metadata") or {}).get("exact_duplicate"):
-                        drops["exact_duplicate"] += 1
-                    else:
-                        drops["near_duplicate"] += 1
-                        if len(near_examples) < 5:
-                            near_examples.append(str(d.get("id")))
-        if near_examples:
-            examples["near_duplicate"] = near_examples
         extra: dict[str, Any] = {}
         if m.get("decontamination") is not None:
-            by_task: Counter[str] = Counter()
-            dex: list[dict[str, str]] = []
-            for c in load_counts(self.work, "decontaminate"):
-                by_task.update(c["by_task"])
-                dex.extend(c["examples"][: max(0, 10 - len(dex))])
             if sum(by_task.values()):
                 drops["test_set_overlap"] += sum(by_task.values())
             extra["decontamination"] = {**m["decontamination"], "dropped": sum(by_task.values()),
@@ -784,9 +869,13 @@ class Pack(_Step):
                   "word_tokenised_documents": spaced,
                   "tokens_in_blocks": splits["train"]["tokens"] + splits["validation"]["tokens"],
                   "tail_tokens_dropped": tail, "drops": dict(sorted(drops.items())), "drop_examples": examples}
+        # Blocks never span tasks: each task drops its own partial block per split, at most
+        # (block_size - 1) x tasks x 2 tokens; this is what that costs over packing all tasks as one stream.
+        one_stream = sum((splits[s]["tokens"] + tail[s]) % self.block_size for s in tail)
+        layout["tail_tokens_from_task_boundaries"] = sum(tail.values()) - one_stream
         write_manifest(Path(self.out), "corpus", complete=True, config=m["config"], inputs=m["inputs"], counts=counts,
                        tokenizer=m["tokenizer"], block_size=self.block_size, splits=splits, content=m["content"],
-                       fingerprint=m["fingerprint"], near_dup=m["near_dup"], executor=m["executor"],
+                       fingerprint=m["fingerprint"], near_dup=m["near_dup"], executor=m["executor"], layout=layout,
                        stage_seconds=m.get("stage_seconds"),
                        wall_time_s=round(time.time() - m["started"], 3), notes=notes, **extra)
         log.info("prepared %s: %d documents, %d tokens, %d train / %d validation blocks; drops: %s", self.out,
