@@ -57,6 +57,8 @@ class QuickstartConfig:
     max_examples: int | None = opt(None, "cap each bench split at this many examples (default: the domain's "
                                    "budget; 80 for biomed)")
     seeds: int = opt(1, "seeds per fine-tuned bench task (probes are deterministic)")
+    gguf: list[str] = opt(factory=list, help="also publish verified GGUF files for llama.cpp/Ollama: f16, bf16, q8_0 "
+                          "(see `domainlm publish --gguf`)")
 
 
 def _done(folder: Path) -> bool:
@@ -226,11 +228,13 @@ def quickstart(config: QuickstartConfig | None = None, **overrides: Any) -> dict
 
     # 4. publish with the card
     stages.set_postfix_str("publish")
+    from domainlm.artifacts import read_manifest
     from domainlm.publish import publish
 
     t = time.perf_counter()
-    if not _done(pub_dir):
-        publish(run_dir=str(run_dir), out=str(pub_dir), bench=str(bench_dir), overwrite=True)
+    if not _done(pub_dir) or {g["type"] for g in read_manifest(pub_dir).get("gguf") or []} != {
+            t.lower() for t in cfg.gguf}:
+        publish(run_dir=str(run_dir), out=str(pub_dir), bench=str(bench_dir), overwrite=True, gguf=cfg.gguf)
     timings["publish"] = time.perf_counter() - t
     stages.update(1)
     stages.close()
