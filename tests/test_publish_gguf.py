@@ -20,7 +20,8 @@ ARCH_CONFIGS = {
                               "num_key_value_heads": 2, "num_hidden_layers": 2, "max_position_embeddings": 256}),
     "qwen2": ("Qwen2Config", {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
                               "num_key_value_heads": 2, "num_hidden_layers": 2, "max_position_embeddings": 256}),
-    "gpt2": ("GPT2Config", {"n_embd": 64, "n_head": 4, "n_layer": 2, "n_positions": 256}),
+    # 1024 positions, GPT-2's own: transformers' GGUF loader reads back no other number (refused, tested below)
+    "gpt2": ("GPT2Config", {"n_embd": 64, "n_head": 4, "n_layer": 2, "n_positions": 1024}),
 }
 
 
@@ -189,6 +190,9 @@ def test_unsupported_family_and_no_merge_are_refused(tmp_path: Path):
     assert any("biogpt family cannot be converted" in p for p in probs)
     assert any("--no-merge" in p for p in probs)
     assert all("\n" not in p for p in probs)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 256}))
+    (problem,) = [p for p in gguf.problems(info, ["q8_0"], merge=True) if "extra" not in p and "install" not in p]
+    assert "256 positions" in problem
 
 
 def test_modelfile_formats():

@@ -88,8 +88,8 @@ def file_stem(model_name: str) -> str:
     return re.sub(r"[^\w.-]+", "-", model_name).strip("-.") or "model"
 
 
-def model_type_of(info: Any) -> str | None:
-    """The run's transformers ``model_type``, read from config.json without loading weights."""
+def model_config(info: Any) -> dict[str, Any]:
+    """The run's config.json (the base's for an adapter run), read without loading weights."""
     candidates = [info.final / "config.json"]
     if info.is_adapter:
         try:
@@ -101,10 +101,10 @@ def model_type_of(info: Any) -> str | None:
     for path in candidates:
         if path.is_file():
             try:
-                return json.loads(path.read_text(encoding="utf-8")).get("model_type")
+                return json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
-                return None
-    return None
+                return {}
+    return {}
 
 
 def converter_available() -> bool:
@@ -122,10 +122,16 @@ def problems(info: Any, types: list[str], *, merge: bool) -> list[str]:
         return [f"'gguf': this is a {info.objective} model; llama.cpp runs causal language models only, so it is "
                 "published as safetensors alone (drop --gguf)"]
     out = []
-    model_type = model_type_of(info)
+    config = model_config(info)
+    model_type = config.get("model_type")
     if model_type not in FAMILIES:
         out.append(f"'gguf': the {model_type or 'unknown'} family cannot be converted and verified; GGUF export "
                    f"supports {', '.join(sorted(set(FAMILIES.values())))}")
+    elif model_type == "gpt2" and config.get("n_positions", 1024) != 1024:
+        # transformers' GGUF loader maps llama.cpp's context length to `n_ctx` and leaves `n_positions` at its
+        # default, so only GPT-2's own 1024 positions reload (and can be verified).
+        out.append(f"'gguf': this GPT-2 has {config['n_positions']} positions; transformers' GGUF loader reads back "
+                   "only GPT-2's standard 1024, so the file could not be verified")
     if not merge:
         out.append("'gguf': a GGUF file holds the whole model, so it needs the merged export; drop --no-merge")
     if not converter_available():
