@@ -133,7 +133,8 @@ def _same_publication(out: Path, cfg: PublishConfig) -> bool:
         same_run = Path(old.get("run_dir", "")).resolve() == Path(cfg.run_dir).resolve()
     except OSError:
         return False
-    return same_run and all(old.get(k) == getattr(cfg, k) for k in _SAME_FIELDS)
+    # publications made before --gguf existed hold no "gguf" key: they had none
+    return same_run and all(old.get(k, [] if k == "gguf" else None) == getattr(cfg, k) for k in _SAME_FIELDS)
 
 
 def _load_bench(folder: str) -> tuple[dict[str, Any] | None, str | None]:
