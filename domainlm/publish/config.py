@@ -36,6 +36,9 @@ class PublishConfig:
     tolerance: float | None = opt(None, "largest allowed |logit difference| as a fraction of max(1, max |logit|); "
                                   "default by dtype: 1e-4 float32, 2e-2 float16, 6e-2 bfloat16")
     verify_timeout: int = opt(900, "seconds the fresh-process verification may take")
+    gguf: list[str] = opt(factory=list, help="also write OUT/<name>-<TYPE>.gguf for llama.cpp and Ollama, each verified "
+                          "and with a Modelfile: f16, bf16, q8_0 (a list: --gguf f16,q8_0); needs "
+                          "pip install 'domainlm[gguf]'")
 
     def problems(self) -> list[str]:
         out = at_least(self, verify_timeout=10)
@@ -46,4 +49,7 @@ class PublishConfig:
                        "'_', '.')")
         if self.tolerance is not None and not 0 < self.tolerance < 1:
             out.append(f"'tolerance' must be between 0 and 1, got {self.tolerance}")
+        from domainlm.publish.gguf import parse_types
+
+        out += parse_types(self.gguf)[1]
         return out

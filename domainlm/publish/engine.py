@@ -15,6 +15,7 @@ from domainlm.config import as_config, to_dict
 from domainlm.corpora.cards import list_cards, load_card
 from domainlm.errors import ConfigError, DataError, DomainLMError
 from domainlm.loading import RunInfo, base_source, load_base, load_run_model, load_run_tokenizer, read_run
+from domainlm.publish import gguf as gguf_step
 from domainlm.publish.card import CardInputs, render
 from domainlm.publish.config import PublishConfig
 from domainlm.publish.export import copy_if_present, export_adapter, export_merged
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 # Fields whose values make two publications of one run different (reuse for --push needs them equal).
-_SAME_FIELDS = ("merge", "dtype", "bench", "model_name", "license", "push")
+_SAME_FIELDS = ("merge", "dtype", "bench", "model_name", "license", "push", "gguf")
 # Text used as the verification input when a run has no probe (adapt writes one whenever the corpus
 # has a validation split).
 _FALLBACK_TEXT = "The expression of the kinase was measured in cultured cells after treatment."
@@ -132,7 +133,8 @@ def _same_publication(out: Path, cfg: PublishConfig) -> bool:
         same_run = Path(old.get("run_dir", "")).resolve() == Path(cfg.run_dir).resolve()
     except OSError:
         return False
-    return same_run and all(old.get(k) == getattr(cfg, k) for k in _SAME_FIELDS)
+    # publications made before --gguf existed hold no "gguf" key: they had none
+    return same_run and all(old.get(k, [] if k == "gguf" else None) == getattr(cfg, k) for k in _SAME_FIELDS)
 
 
 def _load_bench(folder: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -184,6 +186,8 @@ def _check(cfg: PublishConfig) -> tuple[RunInfo, dict[str, Any] | None, bool]:
     if info is not None and not cfg.merge and not info.is_adapter:
         problems.append("'merge': --no-merge exports a LoRA adapter alone, but this run trained all weights "
                         "(method: full); drop --no-merge")
+    if info is not None:
+        problems += gguf_step.problems(info, gguf_step.parse_types(cfg.gguf)[0], merge=cfg.merge)
     if run_error is not None:
         if not problems:
             raise run_error
@@ -272,6 +276,9 @@ def _publish(cfg: PublishConfig, info: RunInfo, bench: dict[str, Any] | None) ->
                                 f"{out}: " + "; ".join(verification["failures"])
                                 + ". If a lower-precision --dtype is the cause, export float32 or raise --tolerance "
                                   "after checking the model's outputs yourself.")
+        gguf_files = gguf_step.write_gguf_files(
+            tmp, gguf_step.file_stem(model_name), gguf_step.parse_types(cfg.gguf)[0], probe=probe, reference_tokenizer=info.final,
+            tolerance=cfg.tolerance, timeout=cfg.verify_timeout) if cfg.gguf else []
         images = {}
         if copy_if_present(info.run_dir / "curves.png", tmp / "curves.png"):
             images["curves"] = "curves.png"
@@ -285,7 +292,7 @@ def _publish(cfg: PublishConfig, info: RunInfo, bench: dict[str, Any] | None) ->
             base_description=_base_description(base_name) or ("a local model folder" if _is_local_folder(base_name)
                                                                else ""), license=license_, license_source=license_source,
             base_from_gguf=base.get("gguf_file"), bench=bench, added_tokens=added, repo_id=cfg.push, images=images,
-            corpus_license=_corpus_license(run))
+            corpus_license=_corpus_license(run), gguf=gguf_files)
         card_text = render(inputs)
         atomic_write_text(tmp / "README.md", card_text)
         _check_card(tmp / "README.md")
@@ -296,7 +303,7 @@ def _publish(cfg: PublishConfig, info: RunInfo, bench: dict[str, Any] | None) ->
             inputs={"run_dir": str(info.run_dir.resolve()),
                     "run_manifest_sha256": sha256_file(info.run_dir / "manifest.json"),
                     "bench_report_sha256": sha256_file(Path(cfg.bench) / "report.json") if cfg.bench else None},
-            export=export, verification=verification, files=files,
+            export=export, verification=verification, files=files, gguf=gguf_files,
             card={"path": "README.md", "model_name": model_name, "base_model": base_hub, "license": license_,
                   "license_source": license_source or "unknown: fill it in"},
             flops=(run.get("flops") or {}).get("total"), wall_time_s=time.perf_counter() - t0,
@@ -337,4 +344,5 @@ def _summary(out: Path, m: dict[str, Any]) -> None:
     print(f"published: {out}  ({e['kind']}, {m['config']['dtype']}, {len(m['files']) + 1} files, {size / 1e6:.1f} MB)\n"
           f"  verified in a fresh process with plain transformers: max |logit diff| {v['max_abs_diff']:.3g} over "
           f"{v['tokens']} tokens (allowed {v['tolerance_abs']:.3g}), top-1 agreement {v['top1_agreement']:.1%}\n"
-          f"  card: {out / 'README.md'}  (license: {m['card']['license'] or 'NOT KNOWN - fill it in'})")
+          + "".join(line + "\n" for line in gguf_step.summary_lines(m.get("gguf") or []))
+          + f"  card: {out / 'README.md'}  (license: {m['card']['license'] or 'NOT KNOWN - fill it in'})")
