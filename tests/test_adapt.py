@@ -204,17 +204,22 @@ def test_replay_mix_is_recorded(llama_corpus, tmp_path):
 
 
 def test_one_bf16_decision_for_adapt_bench_and_compute(monkeypatch):
-    from domainlm import flops
     from domainlm.bench.runner import pick_bf16
     from domainlm.device import use_bf16
+    from domainlm.errors import DomainLMError
+    from domainlm.flops import bf16_is_fast
 
-    flops.bf16_is_fast.cache_clear()
-    monkeypatch.setattr(flops, "bf16_is_fast", lambda device="cpu", margin=1.3: False)  # an AVX2-only CPU
+    monkeypatch.setenv("DOMAINLM_BF16_FAST", "0")  # an AVX2-only CPU
+    assert bf16_is_fast() is False
     assert use_bf16("auto", "cpu") is False and use_bf16("on", "cpu") is True and use_bf16("off", "cpu") is False
     assert use_bf16("auto", torch.device("cpu"), resumed=True) is True  # a resume keeps the interrupted run's choice
     assert pick_bf16("auto", "cpu") is False and pick_bf16("on", "cpu") is True  # bench asks the same function
-    monkeypatch.setattr(flops, "bf16_is_fast", lambda device="cpu", margin=1.3: True)
+    monkeypatch.setenv("DOMAINLM_BF16_FAST", "1")  # an AVX512-BF16/AMX CPU; read on every call, not cached
     assert use_bf16("auto", "cpu") is True and pick_bf16("auto", "cpu") is True
+    assert use_bf16("off", "cpu") is False  # forcing the hardware answer never overrides the user's setting
+    monkeypatch.setenv("DOMAINLM_BF16_FAST", "maybe")
+    with pytest.raises(DomainLMError, match="DOMAINLM_BF16_FAST"):
+        bf16_is_fast()
 
 
 def test_sparse_logging_reads_the_same_losses(llama_corpus, tmp_path):
