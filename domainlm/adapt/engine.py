@@ -39,7 +39,7 @@ from domainlm.adapt.parallel import (
     state_bytes,
     wrap,
 )
-from domainlm.adapt.setup import Prepared, prepare_model
+from domainlm.adapt.setup import Prepared, prepare_model, saves_embedding_layers
 from domainlm.artifacts import atomic_dir, sha256_file, write_manifest
 from domainlm.config import as_config, to_dict
 from domainlm.device import use_bf16
@@ -269,7 +269,8 @@ def build_model(r: Run, data: Data) -> Trainer:
     model = r.prepared.model
     model.to(device)
     bf16 = use_bf16(cfg.bf16, device, _resumed_bf16(r.resume_from))
-    model = apply_features(model, cfg, bf16=bf16, device=device)
+    model = apply_features(model, cfg, bf16=bf16, device=device,
+                           saves_embeddings=saves_embedding_layers(r.prepared, cfg))
     r.prepared.model = model
 
     n_trainable = count_parameters(model, trainable_only=True)
@@ -639,14 +640,16 @@ def save_final(r: Run, data: Data, tr: Trainer) -> Path:
         # A probe of the trained model's logits, so publish can prove its export reproduces them.
         ids = data.val[0]["input_ids"][:64].long().unsqueeze(0)
         model.eval()
-        with torch.no_grad():
+        from domainlm.quant import fp32_compute  # QLoRA's 4-bit layers: the fp32 evaluation a publish reproduces
+
+        with torch.no_grad(), fp32_compute(model):
             probe = {"input_ids": ids, "logits": tr.loss_module(ids.to(device)).cpu()}
         model.train()
     final = r.dir / "final"
     if r.dist.is_main:
         with atomic_dir(final) as tmp:
             if cfg.method in LORA_METHODS:
-                resized = bool(prepared.lora_modules_to_save) or cfg.train_embeddings
+                resized = saves_embedding_layers(prepared, cfg)
                 model.save_pretrained(tmp, state_dict=full, save_embedding_layers=resized if resized else "auto")
                 (tmp / "base_model.json").write_text(json.dumps(
                     {"model": cfg.model, "objective": prepared.objective, "path": prepared.source.path,

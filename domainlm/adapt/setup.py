@@ -48,6 +48,12 @@ class Prepared:
                             quantization=self.quantization)
 
 
+def saves_embedding_layers(prepared: Prepared, cfg: AdaptConfig) -> bool:
+    """Whether a LoRA run's adapter stores the embedding layers whole: the vocabulary was resized (a fresh or
+    extended model) or they train; otherwise peft's 'auto' decides (it saves them only when they changed)."""
+    return bool(prepared.lora_modules_to_save) or cfg.train_embeddings
+
+
 def resolve_objective(cfg: AdaptConfig, src: ModelSource) -> str:
     if cfg.objective != "auto":
         return cfg.objective
