@@ -40,7 +40,7 @@ from domainlm.adapt.parallel import (
     wrap,
 )
 from domainlm.adapt.setup import Prepared, prepare_model, saves_embedding_layers
-from domainlm.artifacts import atomic_dir, sha256_file, write_manifest
+from domainlm.artifacts import atomic_dir, sha256_file, why_not_replace, write_manifest
 from domainlm.config import as_config, to_dict
 from domainlm.device import use_bf16
 from domainlm.errors import ConfigError
@@ -168,6 +168,13 @@ def _prepare_run_dir(cfg: AdaptConfig, is_main: bool) -> tuple[Path, Path | None
     run_dir = Path(cfg.out)
     resume_from = None
     if run_dir.exists() and any(run_dir.iterdir()):
+        # a folder domainlm did not write, the working directory, one holding the corpus or model: never replaced
+        # (a run stopped while preparing its card corpus has only corpora/NAME, before its manifest)
+        refused = None if cfg.resume else why_not_replace(
+            run_dir, ("run",), inputs=(cfg.corpus, cfg.model, cfg.replay_corpus),
+            markers=("corpora/*/manifest.json", "corpora/*/.work/config.json"))
+        if refused:
+            raise ConfigError([f"'out': {refused}"])
         if cfg.resume:
             ckpts = complete_checkpoints(run_dir)
             resume_from = ckpts[-1] if ckpts else None
@@ -248,12 +255,20 @@ def _resolve_corpus(spec: str, cfg: AdaptConfig, objective: str, block_size: int
 
 
 def _check_tokenizer(corpus_manifest: dict, tokenizer, corpus: Path) -> None:
+    from domainlm.corpora.pack import tokenizer_fingerprint
+
     tok = corpus_manifest.get("tokenizer") or {}
     size = tok.get("vocab_size")
+    fix = "prepare the corpus with this model's tokenizer (domainlm corpus prepare --model ...)"
     if size is not None and size != len(tokenizer):
         raise ConfigError([f"corpus {corpus} was tokenised with a vocabulary of {size} tokens but the model's "
-                           f"tokenizer has {len(tokenizer)}: prepare the corpus with this model's tokenizer "
-                           "(domainlm corpus prepare --model ...)"])
+                           f"tokenizer has {len(tokenizer)}: {fix}"])
+    # Same size is not the same ids (two tokens swapped): compare what prepare recorded of the tokenizer itself.
+    recorded = tok.get("fingerprint")
+    if recorded and recorded != tokenizer_fingerprint(tokenizer):
+        raise ConfigError([f"corpus {corpus} was tokenised with another tokenizer than the model's (same vocabulary "
+                           f"size, different ids or rules; fingerprint {recorded[:12]} vs "
+                           f"{tokenizer_fingerprint(tokenizer)[:12]}): {fix}"])
 
 
 # ----------------------------------------------------------------------------------------------------
