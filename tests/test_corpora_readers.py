@@ -323,6 +323,11 @@ def test_missing_column_and_missing_field(tmp_path):
     (tmp_path / "b.jsonl").write_text('{"text": "first document"}\n{"body": "no text"}\nnot json\n')
     docs, skips, _ = read([tmp_path / "b.jsonl"])
     assert len(docs) == 1 and skips.counts == {"missing_field": 1, "invalid_json": 1}
+    # "text": null (even first) is a record without text, not a file whose text is under another key
+    (tmp_path / "c.jsonl").write_text('{"text": null}\n{"text": "a document"}\n')
+    docs, skips, _ = read([tmp_path / "c.jsonl"])
+    assert len(docs) == 1 and skips.counts == {"missing_field": 1}
+    assert "'text' is null" in skips.examples["missing_field"][0] and "no 'text' field" not in str(skips.examples)
 
 
 def test_inputs_that_match_nothing_are_reported_together(tmp_path):

@@ -10,6 +10,7 @@ micro-batches; so a 2-process run matches a 1-process run with the same global b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -142,6 +143,7 @@ class Progress:
 def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
     cfg = as_config(AdaptConfig, config, overrides)
     dist = Dist()
+    made_out = not Path(cfg.out).exists()
     try:
         r = set_up(cfg, dist)
         data = load_data(r)
@@ -149,6 +151,11 @@ def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
         progress = resume(r, data, tr)
         train(r, data, tr, progress)
         return finish(r, data, tr, progress)
+    except BaseException:
+        if made_out and dist.is_main:  # a run that failed before writing anything leaves no empty --out behind
+            with contextlib.suppress(OSError):
+                Path(cfg.out).rmdir()
+        raise
     finally:
         dist.close()
 
@@ -655,7 +662,9 @@ def save_final(r: Run, data: Data, tr: Trainer) -> Path:
         # A probe of the trained model's logits, so publish can prove its export reproduces them.
         ids = data.val[0]["input_ids"][:64].long().unsqueeze(0)
         model.eval()
-        from domainlm.quant import fp32_compute  # QLoRA's 4-bit layers: the fp32 evaluation a publish reproduces
+        from domainlm.quant import (
+            fp32_compute,  # QLoRA's 4-bit layers: the fp32 evaluation a publish reproduces
+        )
 
         with torch.no_grad(), fp32_compute(model):
             probe = {"input_ids": ids, "logits": tr.loss_module(ids.to(device)).cpu()}
@@ -722,5 +731,8 @@ def _print_summary(m: dict[str, Any]) -> None:
     for key, label in (("domain_ppl", "held-out domain perplexity"), ("general_ppl", "held-out general perplexity")):
         if key in fin:
             lines.append(f"  {label}: {init.get(key, float('nan')):.2f} -> {fin[key]:.2f}")
+    if "domain_ppl" not in fin:
+        lines.append("  held-out domain perplexity: not tracked (the corpus has no validation blocks; prepare it "
+                     "with --validation-fraction above 0 to track it)")
     lines.append(f"  FLOPs: {m['flops']['total']:.3g}   final model: {Path(m['run_dir']) / m['final_dir']}")
     print("\n".join(lines))

@@ -13,6 +13,7 @@ import torch
 from domainlm.adapt.config import AdaptConfig
 from domainlm.artifacts import read_manifest
 from domainlm.errors import ConfigError, DomainLMError
+from domainlm.noise import ignoring
 from domainlm.sources import (
     LoadReport,
     ModelSource,
@@ -211,7 +212,9 @@ def prepare_model(cfg: AdaptConfig) -> Prepared:
                               trainable_token_indices=token_rows,
                               ensure_weight_tying=tied and cfg.train_embeddings)
         try:
-            model = get_peft_model(model, lora_cfg)
+            # peft reads transformers' deprecated is_gradient_checkpointing: a FutureWarning on every LoRA run
+            with ignoring(".*is_gradient_checkpointing", FutureWarning):
+                model = get_peft_model(model, lora_cfg)
         except ValueError as exc:
             raise ConfigError([f"LoRA could not wrap {cfg.model}: {exc}; check lora_target_modules"]) from None
         if fresh_top:

@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +175,26 @@ def warm_imports() -> None:
     import sklearn.metrics  # noqa: F401
 
 
+@contextlib.contextmanager
+def _task_progress(loaded: Any, desc: str, **tqdm_kwargs: Any) -> Iterator[Any]:
+    """A bar per task counting the model's forward passes (batches), whatever the mode (probe, fine-tune,
+    zero-shot, perplexity): a hook on the transformer body, which every mode calls once per batch. Hidden when
+    DOMAINLM_PROGRESS=0 (as adapt's bar) or when stderr is not a terminal (tqdm's disable=None)."""
+    from tqdm.auto import tqdm
+
+    from domainlm.bench.features import body
+
+    off = os.environ.get("DOMAINLM_PROGRESS", "1") == "0"
+    kwargs = {"unit": "batch", "leave": False, "dynamic_ncols": True, "disable": True if off else None, **tqdm_kwargs}
+    bar = tqdm(desc=desc, **kwargs)
+    handle = body(loaded.model).register_forward_hook(lambda *_: bar.update(1))
+    try:
+        yield bar
+    finally:
+        handle.remove()
+        bar.close()
+
+
 def run(config: BenchConfig) -> dict[str, Any]:
     from domainlm.bench.loading import load_for_eval
     from domainlm.bench.modes import RunContext, run_task
@@ -202,7 +225,8 @@ def run(config: BenchConfig) -> dict[str, Any]:
         results[role] = {}
         for spec in [s for s in specs if s.format != "harness"]:
             log.info("%s: task %s", role, spec.task_name)
-            results[role][spec.task_name] = run_task(loaded, spec, data[spec.task_name], ctx)
+            with _task_progress(loaded, f"{role}: {spec.task_name}"):
+                results[role][spec.task_name] = run_task(loaded, spec, data[spec.task_name], ctx)
             r = results[role][spec.task_name]
             if r.skipped is None:
                 log.info("%s: task %s %s = %.4f (%.1f s)", role, spec.task_name, spec.metric,

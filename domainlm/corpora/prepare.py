@@ -9,8 +9,8 @@ completion markers live in ``OUT/.work``, so re-running an interrupted prepare s
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging

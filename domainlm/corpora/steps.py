@@ -137,7 +137,13 @@ class ReadClean(_Step):
         self.files, self.options, self.clean, self.pmid_parts = files, options, clean, pmid_parts
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        from domainlm.corpora.clean import CleanOptions, clean_text, detokenize, length_problem, looks_word_tokenised
+        from domainlm.corpora.clean import (
+            CleanOptions,
+            clean_text,
+            detokenize,
+            length_problem,
+            looks_word_tokenised,
+        )
         from domainlm.corpora.readers import InputFile, ReaderOptions, SkipLog
         from domainlm.corpora.registry import Position, iter_documents
 

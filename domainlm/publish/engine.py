@@ -10,7 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from domainlm.artifacts import atomic_dir, atomic_write_text, read_manifest, sha256_file, why_not_replace, write_manifest
+from domainlm.artifacts import (
+    atomic_dir,
+    atomic_write_text,
+    read_manifest,
+    sha256_file,
+    why_not_replace,
+    write_manifest,
+)
 from domainlm.config import as_config, to_dict
 from domainlm.corpora.cards import list_cards, load_card
 from domainlm.errors import ConfigError, DataError, DomainLMError
