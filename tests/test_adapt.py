@@ -163,7 +163,22 @@ def test_lora_with_extended_vocab_saves_adapter_and_merges(llama_corpus, tmp_pat
     probe = load_file(str(final / "probe.safetensors"))
     with torch.no_grad():
         logits = merged(input_ids=probe["input_ids"]).logits
-    assert torch.allclose(logits, probe["logits"], atol=1e-4)
+    storage = json.loads((final / "base_model.json").read_text())
+    if storage["storage"] == "float32":
+        assert torch.allclose(logits, probe["logits"], atol=1e-4)
+    else:
+        # bf16 fast here (or forced): the adapter was trained against the frozen base rounded to bf16, so on the
+        # user's fp32 checkpoint it agrees only to that rounding (publish's bf16 bound: 6e-2 of the logit scale);
+        # merged into the base as the run held it (what publish verifies), it reproduces the probe exactly
+        from domainlm.quant import dequantized_base
+        from domainlm.sources import resolve
+
+        scale = max(1.0, float(probe["logits"].abs().max()))
+        assert storage["storage"] == "bfloat16" and (logits - probe["logits"]).abs().max() <= 6e-2 * scale
+        held, _ = dequantized_base(resolve(str(ext)), "causal", storage)
+        held_merged = PeftModel.from_pretrained(held, final).merge_and_unload()
+        with torch.no_grad():
+            assert torch.allclose(held_merged(input_ids=probe["input_ids"]).logits, probe["logits"], atol=1e-4)
     # the new rows were trained (they differ from the initial mean-of-pieces rows)
     new_ids = tok.convert_tokens_to_ids(["phosphorylation", "cytokine"])
     assert not torch.equal(merged.get_input_embeddings().weight[new_ids], model.get_input_embeddings().weight[new_ids])
