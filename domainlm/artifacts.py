@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +128,51 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+# Temporary folders carry their writer (host and pid), so a later run can tell a killed writer's leftovers from a
+# folder another live process is still writing.
+_OWNER = f"{socket.gethostname().split('.')[0].replace('-', '_')}_{os.getpid()}"
+# Temporary folders named without an owner (older domainlm), or by another host, are stale after a day.
+_STALE_S = 24 * 3600
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_temps(final: str | Path) -> list[Path]:
+    """Remove the ``.NAME.<owner>-<random>.tmp`` folders that a killed writer of ``final`` left (the full weights of
+    an interrupted publish, say); returns what was removed. A folder whose writer runs on this host and is still
+    alive is kept; one from another host, or named by an older domainlm, only once it is a day old."""
+    final = Path(final)
+    removed = []
+    for tmp in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        if not tmp.is_dir():
+            continue
+        owner = tmp.name[len(final.name) + 2:].rsplit("-", 1)[0]
+        host, _, pid = owner.rpartition("_")
+        stale = False
+        if host == _OWNER.rpartition("_")[0] and pid.isdigit():
+            stale = int(pid) != os.getpid() and not _alive(int(pid))
+        else:
+            with contextlib.suppress(OSError):
+                stale = time.time() - tmp.stat().st_mtime > _STALE_S
+        if stale:
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    if removed:
+        import logging
+
+        logging.getLogger(__name__).info("removed %d stale temporary folder(s) of %s left by an interrupted run",
+                                         len(removed), final)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it is renamed to ``final`` (replacing it).
@@ -133,7 +181,8 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    clean_stale_temps(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_OWNER}-", suffix=".tmp", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes owner-only folders
     try:
         yield tmp
@@ -162,6 +211,39 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def why_not_replace(folder: str | Path, kinds: tuple[str, ...], *, inputs: tuple[str | Path | None, ...] = (),
+                    markers: tuple[str, ...] = ()) -> str | None:
+    """Why domainlm must not delete ``folder`` to write there again (``--overwrite``), or None when it may.
+
+    The one rule of every verb that replaces a folder: domainlm deletes only what it wrote, so ``folder`` must be
+    absent, empty, or hold a ``manifest.json`` whose kind is one of ``kinds`` (or a file matching one of the glob
+    patterns ``markers``: what an unfinished domainlm command leaves before its manifest). Never the working directory or one of its parents,
+    and never a folder that is or holds one of the command's ``inputs`` (``publish runs/x --out runs``).
+    """
+    path = Path(folder).absolute()
+    here = Path.cwd().absolute()
+    if path == here or path in here.parents:
+        return (f"{folder} is the working directory or one of its parents; domainlm never replaces it: choose a new "
+                "folder")
+    for item in inputs:
+        if item is None or not Path(item).exists():
+            continue
+        src = Path(item).resolve()
+        if src == path.resolve() or path.resolve() in src.parents:
+            return f"{folder} holds the input {item}; replacing it would delete that input: choose another folder"
+    if not path.is_dir() or not any(path.iterdir()):
+        return None
+    try:
+        kind = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind in kinds or any(next(path.glob(m), None) is not None for m in markers):
+        return None
+    what = f"a '{kind}' folder" if kind else "not a folder domainlm wrote"
+    return (f"{folder} exists and is {what}; domainlm never deletes folders it did not write: choose a new or empty "
+            "folder")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

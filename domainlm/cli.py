@@ -169,6 +169,9 @@ def set_verbose() -> None:
     """``--verbose``: domainlm's debug logs, which also lets transformers' weight-loading report through
     (:func:`domainlm.sources.load_model` hides it otherwise, after its own clearer warning)."""
     logging.getLogger("domainlm").setLevel(logging.DEBUG)
+    from domainlm.noise import loud_loggers
+
+    loud_loggers()  # and every third-party warning domainlm mutes otherwise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("DOMAINLM_LOG", "INFO"), format="%(levelname)s %(message)s")
     for name in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    from domainlm.noise import quiet_loggers
+
+    quiet_loggers()
     while argv and argv[0] in ("--verbose", "-v"):
         set_verbose()
         argv = argv[1:]

@@ -61,6 +61,8 @@ def coerce(value: Any, tp: Any, *, from_string: bool = False) -> Any:
     origin = get_origin(inner)
     if origin is Literal:
         choices = get_args(inner)
+        if isinstance(value, bool) and ("on" if value else "off") in choices:
+            value = "on" if value else "off"  # YAML 1.1 reads an unquoted on/off (and yes/no) as a boolean
         if value not in choices:
             raise ValueError(f"expected {type_name(inner)}, got {value!r}{did_you_mean(str(value), map(str, choices))}")
         return value

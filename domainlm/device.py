@@ -3,7 +3,8 @@
 bf16 autocast helps only where the hardware has bf16 units (recent GPUs, AMX or AVX512-BF16 CPUs); where it has
 none, torch emulates it and bf16 is several times slower than fp32. So ``auto`` asks the hardware: CUDA reports
 support, and on a CPU the speed of the two dtypes is measured once per process (``flops.bf16_is_fast``), which
-also catches CPUs whose flags promise more than their build delivers.
+also catches CPUs whose flags promise more than their build delivers. ``DOMAINLM_BF16_FAST=1|0`` forces that
+answer (tests run the bf16 branches on any machine with it).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from typing import Any
 from domainlm import sources
 from domainlm.artifacts import read_manifest
 from domainlm.errors import DataError, DomainLMError, IncompleteArtifactError, SourceError
+from domainlm.noise import ignoring
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,9 @@ def load_run_model(info: RunInfo, *, merge: bool = True, objective: str | None =
 
     base = load_base(info, objective, **flags, **kwargs)
     try:
-        model = PeftModel.from_pretrained(base, str(info.final))
+        # peft reads transformers' deprecated is_gradient_checkpointing: a FutureWarning on every adapter load
+        with ignoring(".*is_gradient_checkpointing", FutureWarning):
+            model = PeftModel.from_pretrained(base, str(info.final))
     except (ValueError, RuntimeError, OSError, KeyError) as exc:
         raise SourceError(f"cannot apply the adapter in {info.final} to {info.base_model.get('model')}: "
                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

@@ -325,9 +325,10 @@ def device_memory_bytes(device: Any) -> float | None:
     if getattr(device, "type", str(device)) == "cuda":
         return float(torch.cuda.get_device_properties(device).total_memory)
     try:
-        for line in open("/proc/meminfo", encoding="ascii"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024.0
+        with open("/proc/meminfo", encoding="ascii") as fh:  # closed: an unclosed file is a ResourceWarning
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024.0
     except OSError:
         pass
     return None

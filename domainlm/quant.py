@@ -12,7 +12,9 @@ trained against the NF4- or bf16-rounded values).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from domainlm.errors import ConfigError
@@ -83,7 +85,47 @@ def load_4bit(src: Any, objective: str, settings: dict[str, Any], **load_kwargs:
     model, report = load_model(src, objective, quantization_config=bnb_config(settings), device_map="cpu",
                                **load_kwargs)
     release_checkpoint_mapping(model)
+    keep_training_kernel(model)
     return model, report
+
+
+def keep_training_kernel(model: Any) -> int:
+    """Make every 4-bit layer compute in eval mode as it does in training; returns how many layers it set.
+
+    On a CPU with AVX512-BF16, bitsandbytes' ``Linear4bit`` repacks its weight on the first forward in eval mode
+    without gradients and from then on (training included) runs a fused kernel that casts the input to bf16,
+    whatever ``bnb_4bit_compute_dtype`` says. Training runs dequantise-then-matmul in the compute dtype, so the
+    run's evaluations and its logits probe were computed differently from the training and from the published
+    merge into the dequantised base (measured: max |logit diff| 1.9e-3 against 1e-4 with bf16 off). Turning the
+    repacking off keeps one computation everywhere; the fused kernel is an inference speed-up only.
+    """
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+@contextlib.contextmanager
+def fp32_compute(model: Any) -> Iterator[int]:
+    """Within the block, 4-bit layers compute in fp32 (dequantised weight, fp32 matmul); yields how many layers.
+
+    For the run's logits probe: the reference a publish is verified against is the fp32 evaluation of the trained
+    parameters, which is what the merge into the fp32 dequantised base computes. A probe taken in bf16 compute
+    (QLoRA on a GPU) differed from that merge by its own rounding (3.3e-3 on a tiny Llama, against 1e-4 allowed).
+    """
+    import torch
+
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu") and hasattr(m, "compute_dtype")]
+    saved = [m.compute_dtype for m in layers]
+    for m in layers:
+        m.compute_dtype = torch.float32
+    try:
+        yield len(layers)
+    finally:
+        for m, dtype in zip(layers, saved, strict=True):
+            m.compute_dtype = dtype
 
 
 def _checkpoint_mappings() -> list[tuple[int, int]]:
@@ -148,17 +190,20 @@ def prepare_for_kbit_training(model: Any) -> Any:
 def base_storage(method: str, *, frozen_bf16: bool, quantization: dict[str, Any] | None = None) -> dict[str, Any]:
     """How the frozen base of a run was held in memory, for ``final/base_model.json``."""
     if method == "qlora":
-        return {"storage": "nf4", "quantization": dict(quantization or {})}
+        # frozen_bf16: the weights NF4 does not hold (embeddings, norms, an untied head) were stored in bf16.
+        storage = {"storage": "nf4", "quantization": dict(quantization or {})}
+        return {**storage, "frozen_bf16": True} if frozen_bf16 else storage
     return {"storage": "bfloat16" if frozen_bf16 else "float32"}
 
 
-def round_frozen_to_bf16(model: Any) -> None:
-    """Round every floating parameter to bf16 and back (exact in fp32): the values a bf16-stored base holds."""
+def round_frozen_to_bf16(model: Any, names: set[str] | None = None) -> None:
+    """Round every floating parameter (or those in ``names``) to bf16 and back (exact in fp32): the values a
+    bf16-stored base holds."""
     import torch
 
     with torch.no_grad():
-        for p in model.parameters():
-            if p.is_floating_point() and p.dtype == torch.float32:
+        for name, p in model.named_parameters():
+            if p.is_floating_point() and p.dtype == torch.float32 and (names is None or name in names):
                 p.copy_(p.to(torch.bfloat16).float())
 
 
@@ -167,7 +212,8 @@ def dequantized_base(src: Any, objective: str, storage: dict[str, Any] | None, *
 
     ``storage`` is the recorded ``{"storage": ...}`` entry; None or 'float32' loads the checkpoint as is. For
     'nf4' the base is loaded in 4 bit with the run's settings and dequantised (transformers'
-    ``model.dequantize()``), so merging adapters into it reproduces the QLoRA-trained model.
+    ``model.dequantize()``), and the weights NF4 does not hold are rounded to bf16 where the run stored them so
+    (``frozen_bf16``), so merging adapters into it reproduces the QLoRA-trained model.
     Returns ``(model, LoadReport)``.
     """
     import torch
@@ -178,8 +224,11 @@ def dequantized_base(src: Any, objective: str, storage: dict[str, Any] | None, *
     if kind == "nf4":
         model, report = load_4bit(src, objective, (storage or {}).get("quantization") or qlora_settings("float32"),
                                   **load_kwargs)
+        plain = {n for n, p in model.named_parameters() if p.is_floating_point()}  # what NF4 does not hold
         model = model.dequantize(dtype=torch.float32) or model
         model = model.float()
+        if (storage or {}).get("frozen_bf16"):
+            round_frozen_to_bf16(model, plain)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer = None  # a plain fp32 model now: save_pretrained must not write a quantization_config
         for attr in ("is_quantized", "is_loaded_in_4bit"):
@@ -196,6 +245,6 @@ def dequantized_base(src: Any, objective: str, storage: dict[str, Any] | None, *
     return model, report
 
 
-__all__ = ["INSTALL_HINT", "base_storage", "bnb_config", "dequantized_base", "load_4bit", "prepare_for_kbit_training",
-           "qlora_compute_dtype", "qlora_settings", "release_checkpoint_mapping", "require_bitsandbytes",
+__all__ = ["INSTALL_HINT", "base_storage", "bnb_config", "dequantized_base", "fp32_compute", "keep_training_kernel", "load_4bit",
+           "prepare_for_kbit_training", "qlora_compute_dtype", "qlora_settings", "release_checkpoint_mapping", "require_bitsandbytes",
            "round_frozen_to_bf16"]

@@ -186,7 +186,10 @@ def build_tiny(name: str, out: str | Path, *, seed: int = 0, **overrides: Any) -
         torch.manual_seed(seed)
         auto = AutoModelForCausalLM if name == "tiny-llama" else AutoModelForMaskedLM
         model = auto.from_config(config)
-        model.save_pretrained(tmp)
+        from domainlm.noise import no_transformers_bars
+
+        with no_transformers_bars():  # the first `domainlm models` builds three: three bars of one tiny shard
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "domainlm_source.json").write_text(json.dumps({"tiny": name, "seed": seed, "overrides": overrides}))
     return out
@@ -487,8 +490,9 @@ def load_model(src: ModelSource | str, objective: str | None = None, *, dtype: A
         report.fresh_parameters = fresh
         heads = sorted({k.split(".")[0] for k in fresh})
         msg = (f"{src.name} has no weights for {len(fresh)} parameter tensors ({', '.join(heads)}): they were "
-               f"initialised fresh. For MiniLM this is the masked-LM head, which the sentence-embedding checkpoint "
-               f"does not ship; domainlm trains it fully. (--verbose shows transformers' loading report.)")
+               f"initialised fresh (for MiniLM: the masked-LM head, which its sentence-embedding checkpoint does "
+               f"not ship). `adapt` trains them fully, even under LoRA; until then, scores read through them "
+               f"(perplexity, zero-shot) mean nothing. (--verbose shows transformers' loading report.)")
         report.messages.append(msg)
         log.warning(msg)
     return model, report

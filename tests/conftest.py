@@ -45,3 +45,11 @@ def llama_corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus") / "pubmed-tiny-llama"
     prepare_card("pubmed-sample", "tiny-llama", out, block_size=64)
     return out
+
+
+@pytest.fixture(params=[False, True], ids=["bf16-slow", "bf16-fast"])
+def bf16_fast(request, monkeypatch) -> bool:
+    """Runs a test under both answers to "is bf16 fast here?" (DOMAINLM_BF16_FAST), so the bf16 branches (frozen bf16
+    base, autocast, QLoRA bf16 compute) run on an AVX2-only CPU too and the fp32 ones on a bf16 machine."""
+    monkeypatch.setenv("DOMAINLM_BF16_FAST", "1" if request.param else "0")
+    return request.param

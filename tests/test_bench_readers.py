@@ -306,7 +306,8 @@ def test_on_error_skip_counts_bad_records_and_raise_names_them(tmp_path):
     good = "The\tO\naspirin\tB-Chemical\ndose\tO\n\n"
     bad = "Iron\tB-Chemical\noxide\n\n"  # "oxide" has no tag
     (tmp_path / "train.tsv").write_text(good * 3 + bad)
-    (tmp_path / "test.tsv").write_text(good + bad + bad + good)
+    bad_twice = "Iron\tB-Chemical\noxide\nrust\n\n"  # two lines without a tag: still one sentence skipped
+    (tmp_path / "test.tsv").write_text(good + bad + bad_twice + good)
     yaml = ("version: 1\nformat: conll\nhead: token\nmetric: entity_f1\n"
             "files: {train: train.tsv, test: test.tsv}\n")
     (tmp_path / "t.yaml").write_text(yaml)
@@ -315,9 +316,9 @@ def test_on_error_skip_counts_bad_records_and_raise_names_them(tmp_path):
     (tmp_path / "t.yaml").write_text(yaml + "on_error: skip\n")
     data = load_data(load_task(tmp_path / "t.yaml"))
     assert len(data.train) == 3 and len(data.test) == 2
-    assert data.skipped["train"]["counts"] == {"bad token line (sentence skipped)": 1}
-    assert data.skipped["test"]["counts"] == {"bad token line (sentence skipped)": 2}
-    assert data.skipped["test"]["examples"]["bad token line (sentence skipped)"][0].startswith(f"{tmp_path}/test.tsv:6")
+    assert data.skipped["train"]["counts"] == {"sentence with a bad token line": 1}
+    assert data.skipped["test"]["counts"] == {"sentence with a bad token line": 2}  # sentences, not lines (3)
+    assert data.skipped["test"]["examples"]["sentence with a bad token line"][0].startswith(f"{tmp_path}/test.tsv:6")
     assert any("2 bad record(s) skipped" in n and "test.tsv:6" in n for n in data.notes)
     # JSONL classification: a broken line and a record without its label field
     (tmp_path / "c.jsonl").write_text('{"text": "a", "label": "x"}\n{broken\n{"text": "b"}\n{"text": "c", "label": "y"}\n')

@@ -233,7 +233,7 @@ def test_finished_folder_is_reused_and_changes_need_overwrite(tmp_path):
     stranger = tmp_path / "mine"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("keep me")
-    with pytest.raises(ConfigError, match="not a domainlm corpus folder"):
+    with pytest.raises(ConfigError, match="never deletes folders it did not write"):
         prepare(**{**kw, "out": str(stranger), "overwrite": True})
     assert (stranger / "notes.txt").exists()
 

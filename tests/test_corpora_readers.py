@@ -247,6 +247,18 @@ def test_truncated_gzip_stops_with_one_clear_message(tmp_path):
     assert str(bad) in str(err.value) and "download it again" in str(err.value)
 
 
+@pytest.mark.parametrize("cut_at", ["<PubmedArticle>", "<Abst", "</MedlineCitation>"])
+def test_truncated_plain_xml_stops_like_a_truncated_gzip(tmp_path, cut_at):
+    """The same cut in a plain .xml as in a .xml.gz: a hard error, not a warning and a partial corpus."""
+    text = (FIX / "pubmed_baseline.xml").read_text()
+    cut = text.index(cut_at, text.index("90000002")) + len(cut_at) - 2
+    bad = tmp_path / "pubmed25n0001.xml"
+    bad.write_text(text[:cut])
+    with pytest.raises(DataError, match="truncated XML file") as err:
+        read([bad], "pubmed-xml")
+    assert str(bad) in str(err.value) and "download it again" in str(err.value)
+
+
 def test_malformed_xml_mid_file_skips_the_rest_counted_with_line(tmp_path):
     text = (FIX / "pubmed_baseline.xml").read_text()
     cut = text.index("<PubmedArticle>", text.index("90000002"))
@@ -311,6 +323,11 @@ def test_missing_column_and_missing_field(tmp_path):
     (tmp_path / "b.jsonl").write_text('{"text": "first document"}\n{"body": "no text"}\nnot json\n')
     docs, skips, _ = read([tmp_path / "b.jsonl"])
     assert len(docs) == 1 and skips.counts == {"missing_field": 1, "invalid_json": 1}
+    # "text": null (even first) is a record without text, not a file whose text is under another key
+    (tmp_path / "c.jsonl").write_text('{"text": null}\n{"text": "a document"}\n')
+    docs, skips, _ = read([tmp_path / "c.jsonl"])
+    assert len(docs) == 1 and skips.counts == {"missing_field": 1}
+    assert "'text' is null" in skips.examples["missing_field"][0] and "no 'text' field" not in str(skips.examples)
 
 
 def test_inputs_that_match_nothing_are_reported_together(tmp_path):

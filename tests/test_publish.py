@@ -320,7 +320,8 @@ def test_non_empty_out_needs_overwrite_and_all_problems_come_at_once(full_run: P
     text = str(exc.value)
     # The session runs with HF_HUB_OFFLINE=1, which would also block the upload: a fifth problem.
     assert "5 problem(s)" in text
-    assert "--overwrite" in text and "token" in text and "report.json" in text and "--no-merge" in text
+    # a folder domainlm did not write is never replaced, so the advice is another folder, not --overwrite
+    assert "did not write" in text and "token" in text and "report.json" in text and "--no-merge" in text
     assert "HF_HUB_OFFLINE" in text
     assert (out / "keep.txt").read_text() == "mine"
 
@@ -329,8 +330,10 @@ def test_non_empty_out_needs_overwrite_and_all_problems_come_at_once(full_run: P
 def test_overwrite_replaces_out(full_run: Path, tmp_path: Path):
     from domainlm.publish import publish
 
+    from domainlm.artifacts import write_manifest
+
     out = tmp_path / "out"
-    out.mkdir()
+    write_manifest(out, "published")  # an earlier publication: --overwrite replaces only what domainlm wrote
     (out / "old.txt").write_text("old")
     publish(run_dir=str(full_run), out=str(out), overwrite=True)
     assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
@@ -358,9 +361,14 @@ def test_failed_verification_writes_nothing(full_run: Path, tmp_path: Path):
 def test_cli_refuses_a_non_empty_out(full_run: Path, tmp_path: Path, capsys):
     from domainlm.cli import main
 
+    from domainlm.artifacts import write_manifest
+
     (tmp_path / "x.txt").write_text("x")
     assert main(["publish", str(full_run), "--out", str(tmp_path)]) == 2
-    assert "exists and is not empty" in capsys.readouterr().err
+    assert "never deletes folders it did not write" in capsys.readouterr().err
+    write_manifest(tmp_path, "published")  # an earlier publication: replaced only when asked
+    assert main(["publish", str(full_run), "--out", str(tmp_path)]) == 2
+    assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
 
 
 @pytest.mark.slow

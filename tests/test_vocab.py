@@ -356,8 +356,10 @@ def test_protein_model_is_refused(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("rows", ["new", "all"])
-def test_lora_adapt_and_merge_keep_the_new_rows(rows, tiny_llama_extended, corpus_files, tmp_path, monkeypatch):
-    """'new' trains only the added rows (peft trainable_token_indices); 'all' the whole matrices."""
+def test_lora_adapt_and_merge_keep_the_new_rows(rows, tiny_llama_extended, corpus_files, tmp_path, monkeypatch,
+                                               bf16_fast):
+    """'new' trains only the added rows (peft trainable_token_indices); 'all' the whole matrices. Under both bf16
+    answers: with bf16 fast the frozen base is stored in bf16, and the base's rows must still come out untouched."""
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -374,6 +376,8 @@ def test_lora_adapt_and_merge_keep_the_new_rows(rows, tiny_llama_extended, corpu
     adapt(model=str(out), corpus=str(tmp_path / "corpus"), out=str(run), method="lora",
           train_embeddings=True, embedding_rows=rows, max_steps=2, batch_size=2, eval_every=0,
           save_every=0, lr=1e-2)
+    assert json.loads((run / "final" / "base_model.json").read_text())["storage"] == (
+        "bfloat16" if bf16_fast else "float32")
     base = AutoModelForCausalLM.from_pretrained(out)
     init_in = base.get_input_embeddings().weight.detach().clone()
     init_out = base.get_output_embeddings().weight.detach().clone()

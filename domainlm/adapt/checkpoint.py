@@ -69,8 +69,13 @@ def _dcp(fn, *args, **kwargs):
     """
     from torch.distributed.checkpoint.api import CheckpointException
 
+    from domainlm.noise import ignoring
+
     try:
-        return fn(*args, **kwargs)
+        # one process (no_dist): DCP warns at every save and load that it runs without a process group, our intent
+        with (ignoring("torch.distributed is disabled", UserWarning) if kwargs.get("no_dist")
+              else contextlib.nullcontext()):
+            return fn(*args, **kwargs)
     except CheckpointException as exc:
         for failure in exc.failures.values():
             inner = failure[0] if isinstance(failure, tuple) else failure

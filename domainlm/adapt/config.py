@@ -233,6 +233,13 @@ class AdaptConfig:
             out.append("'resume' and 'overwrite' contradict each other; choose one")
         if self.block_size is not None and self.block_size < 8:
             out.append(f"'block_size' must be at least 8, got {self.block_size}")
+        from domainlm.corpora.cards import (
+            corpus_problem,  # a missing path is named as one, before --out is made
+        )
+
+        for key in ("corpus", "replay_corpus", "general_eval"):
+            if getattr(self, key) and (why := corpus_problem(key, getattr(self, key))):
+                out.append(why)
         if self.report_to and len(self.report_to) != len(set(self.report_to)):
             out.append(f"'report_to' lists a tracker twice: {self.report_to}")
         out.extend(self.mixture_problems())

@@ -82,12 +82,17 @@ def plot_curves(metrics_path: Path, out_png: Path, title: str) -> Path:
         pts = [(r["step"], v) for r in evals if (v := get(r)) is not None and math.isfinite(v)]
         if pts:
             ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label, color=color)
-    ax2.set_yscale("log")
     ax2.set_xlabel("step")
-    ax2.set_ylabel("perplexity")
     ax2.set_title("held-out perplexity")
-    ax2.grid(alpha=0.3, which="both")
-    ax2.legend()
+    if ax2.lines:
+        ax2.set_yscale("log")
+        ax2.set_ylabel("perplexity")
+        ax2.grid(alpha=0.3, which="both")
+        ax2.legend()
+    else:  # a corpus without validation blocks: say so instead of an empty log axis (and matplotlib's warning)
+        ax2.text(0.5, 0.5, "not tracked: the corpus has no validation blocks", ha="center", va="center",
+                 transform=ax2.transAxes, fontsize=9, color="#555555")
+        ax2.set_yticks([])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     import io

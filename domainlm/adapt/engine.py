@@ -10,6 +10,7 @@ micro-batches; so a 2-process run matches a 1-process run with the same global b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -42,8 +43,8 @@ from domainlm.adapt.parallel import (
     state_bytes,
     wrap,
 )
-from domainlm.adapt.setup import Prepared
-from domainlm.artifacts import atomic_dir, sha256_file, write_manifest
+from domainlm.adapt.setup import Prepared, saves_embedding_layers
+from domainlm.artifacts import atomic_dir, sha256_file, why_not_replace, write_manifest
 from domainlm.config import as_config, to_dict
 from domainlm.device import use_bf16
 from domainlm.errors import ConfigError
@@ -146,6 +147,7 @@ class Progress:
 def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
     cfg = as_config(AdaptConfig, config, overrides)
     dist = Dist()
+    made_out = not Path(cfg.out).exists()
     try:
         r = set_up(cfg, dist)
         data = load_data(r)
@@ -153,6 +155,11 @@ def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
         progress = resume(r, data, tr)
         train(r, data, tr, progress)
         return finish(r, data, tr, progress)
+    except BaseException:
+        if made_out and dist.is_main:  # a run that failed before writing anything leaves no empty --out behind
+            with contextlib.suppress(OSError):
+                Path(cfg.out).rmdir()
+        raise
     finally:
         dist.close()
 
@@ -189,6 +196,13 @@ def _prepare_run_dir(cfg: AdaptConfig, is_main: bool) -> tuple[Path, Path | None
     run_dir = Path(cfg.out)
     resume_from = None
     if run_dir.exists() and any(run_dir.iterdir()):
+        # a folder domainlm did not write, the working directory, one holding the corpus or model: never replaced
+        # (a run stopped while preparing its card corpus has only corpora/NAME, before its manifest)
+        refused = None if cfg.resume else why_not_replace(
+            run_dir, ("run",), inputs=(cfg.corpus, cfg.model, cfg.replay_corpus),
+            markers=("corpora/*/manifest.json", "corpora/*/.work/config.json"))
+        if refused:
+            raise ConfigError([f"'out': {refused}"])
         if cfg.resume:
             ckpts = complete_checkpoints(run_dir)
             resume_from = ckpts[-1] if ckpts else None
@@ -303,12 +317,20 @@ def _resolve_corpus(spec: str, cfg: AdaptConfig, objective: str, block_size: int
 
 
 def _check_tokenizer(corpus_manifest: dict, tokenizer, corpus: Path) -> None:
+    from domainlm.corpora.pack import tokenizer_fingerprint
+
     tok = corpus_manifest.get("tokenizer") or {}
     size = tok.get("vocab_size")
+    fix = "prepare the corpus with this model's tokenizer (domainlm corpus prepare --model ...)"
     if size is not None and size != len(tokenizer):
         raise ConfigError([f"corpus {corpus} was tokenised with a vocabulary of {size} tokens but the model's "
-                           f"tokenizer has {len(tokenizer)}: prepare the corpus with this model's tokenizer "
-                           "(domainlm corpus prepare --model ...)"])
+                           f"tokenizer has {len(tokenizer)}: {fix}"])
+    # Same size is not the same ids (two tokens swapped): compare what prepare recorded of the tokenizer itself.
+    recorded = tok.get("fingerprint")
+    if recorded and recorded != tokenizer_fingerprint(tokenizer):
+        raise ConfigError([f"corpus {corpus} was tokenised with another tokenizer than the model's (same vocabulary "
+                           f"size, different ids or rules; fingerprint {recorded[:12]} vs "
+                           f"{tokenizer_fingerprint(tokenizer)[:12]}): {fix}"])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -325,7 +347,8 @@ def build_model(r: Run, data: Data) -> Trainer:
     if not on_meta(model):  # a meta-device copy (load once under FSDP) gets its storage when it is sharded
         model.to(device)
     bf16 = use_bf16(cfg.bf16, device, _resumed_bf16(r.resume_from))
-    model = apply_features(model, cfg, bf16=bf16, device=device)
+    model = apply_features(model, cfg, bf16=bf16, device=device,
+                           saves_embeddings=saves_embedding_layers(r.prepared, cfg))
     r.prepared.model = model
 
     n_trainable = count_parameters(model, trainable_only=True)
@@ -718,14 +741,18 @@ def save_final(r: Run, data: Data, tr: Trainer) -> Path:
         # A probe of the trained model's logits, so publish can prove its export reproduces them.
         ids = data.val[0]["input_ids"][:64].long().unsqueeze(0)
         model.eval()
-        with torch.no_grad():
+        from domainlm.quant import (
+            fp32_compute,  # QLoRA's 4-bit layers: the fp32 evaluation a publish reproduces
+        )
+
+        with torch.no_grad(), fp32_compute(model):
             probe = {"input_ids": ids, "logits": tr.loss_module(ids.to(device)).cpu()}
         model.train()
     final = r.dir / "final"
     if r.dist.is_main:
         with atomic_dir(final) as tmp:
             if cfg.method in LORA_METHODS:
-                resized = bool(prepared.lora_modules_to_save) or cfg.train_embeddings
+                resized = saves_embedding_layers(prepared, cfg)
                 model.save_pretrained(tmp, state_dict=full, save_embedding_layers=resized if resized else "auto")
                 (tmp / "base_model.json").write_text(json.dumps(
                     {"model": cfg.model, "objective": prepared.objective, "path": prepared.source.path,
@@ -797,5 +824,8 @@ def _print_summary(m: dict[str, Any]) -> None:
     for key, label in (("domain_ppl", "held-out domain perplexity"), ("general_ppl", "held-out general perplexity")):
         if key in fin and not (sources and key == "domain_ppl"):
             lines.append(f"  {label}: {init.get(key, float('nan')):.2f} -> {fin[key]:.2f}")
+    if "domain_ppl" not in fin:
+        lines.append("  held-out domain perplexity: not tracked (the corpus has no validation blocks; prepare it "
+                     "with --validation-fraction above 0 to track it)")
     lines.append(f"  FLOPs: {m['flops']['total']:.3g}   final model: {Path(m['run_dir']) / m['final_dir']}")
     print("\n".join(lines))

@@ -55,15 +55,24 @@ def _upcast_output(module: torch.nn.Module, args: Any, output: Any) -> Any:
     return output.float() if torch.is_tensor(output) and output.dtype == torch.bfloat16 else output
 
 
-def store_frozen_bf16(model: Any) -> int:
+def store_frozen_bf16(model: Any, keep_embeddings: bool = False) -> int:
     """Cast every frozen floating parameter to bf16 in place; returns how many elements were cast.
 
     Trainable parameters are untouched (fp32 master weights for AdamW). Buffers (rotary frequencies) stay as they
     are. A forward hook upcasts the input embedding's output so the residual stream is not held in bf16.
+    ``keep_embeddings`` keeps the input and output embedding layers in fp32: when the adapter file stores them
+    whole (an added vocabulary, ``train_embeddings``), a bf16 copy would round the base's own rows on their way to
+    the published model, and the rounding of a lookup is not something autocast would have done anyway.
     """
+    keep: set[int] = set()
+    if keep_embeddings:
+        inner = _inner(model)
+        for layer in (inner.get_input_embeddings(), inner.get_output_embeddings()):
+            if layer is not None:
+                keep.update(id(p) for p in layer.parameters())
     n = 0
     for p in model.parameters():
-        if not p.requires_grad and p.dtype == torch.float32:
+        if not p.requires_grad and p.dtype == torch.float32 and id(p) not in keep:
             p.data = p.data.to(torch.bfloat16)
             n += p.numel()
     emb = _inner(model).get_input_embeddings()
@@ -141,16 +150,18 @@ def compile_seconds() -> float:
     return float(sum(compilation_time_metrics.get("_compile.compile_inner", [])))
 
 
-def apply_features(model: Any, cfg: Any, *, bf16: bool, device: Any) -> Any:
+def apply_features(model: Any, cfg: Any, *, bf16: bool, device: Any, saves_embeddings: bool = False) -> Any:
     """Apply the configured memory/speed features to ``model`` and return it.
 
     Order (torchtitan): frozen weights in bf16, activation checkpointing, compile. The model object returned is
     the one passed in (the features change it in place), with ``model._domainlm_features`` describing them.
+    ``saves_embeddings``: the run's adapter stores the embedding layers whole, so they stay fp32 (see
+    :func:`store_frozen_bf16`).
     """
     applied = Applied()
     method = getattr(cfg, "method", "full")
     if bf16 and method in ("lora", "qlora"):
-        applied.frozen_bf16_params = store_frozen_bf16(model)
+        applied.frozen_bf16_params = store_frozen_bf16(model, keep_embeddings=saves_embeddings)
         applied.frozen_bf16 = True
         log.info("frozen base stored in bf16 (%d elements); trainable weights stay fp32", applied.frozen_bf16_params)
     if getattr(cfg, "gradient_checkpointing", False):

@@ -13,6 +13,7 @@ import torch
 from domainlm.adapt.config import AdaptConfig
 from domainlm.artifacts import read_manifest
 from domainlm.errors import ConfigError, DomainLMError
+from domainlm.noise import ignoring
 from domainlm.sources import (
     LoadReport,
     ModelSource,
@@ -46,6 +47,12 @@ class Prepared:
         applied = getattr(self.model, "_domainlm_features", None)
         return base_storage(self.method, frozen_bf16=bool(getattr(applied, "frozen_bf16", False)),
                             quantization=self.quantization)
+
+
+def saves_embedding_layers(prepared: Prepared, cfg: AdaptConfig) -> bool:
+    """Whether a LoRA run's adapter stores the embedding layers whole: the vocabulary was resized (a fresh or
+    extended model) or they train; otherwise peft's 'auto' decides (it saves them only when they changed)."""
+    return bool(prepared.lora_modules_to_save) or cfg.train_embeddings
 
 
 def resolve_objective(cfg: AdaptConfig, src: ModelSource) -> str:
@@ -222,7 +229,9 @@ def prepare_model(cfg: AdaptConfig, *, meta_report: LoadReport | None = None) ->
                               trainable_token_indices=token_rows,
                               ensure_weight_tying=tied and cfg.train_embeddings)
         try:
-            model = get_peft_model(model, lora_cfg)
+            # peft reads transformers' deprecated is_gradient_checkpointing: a FutureWarning on every LoRA run
+            with ignoring(".*is_gradient_checkpointing", FutureWarning):
+                model = get_peft_model(model, lora_cfg)
         except ValueError as exc:
             raise ConfigError([f"LoRA could not wrap {cfg.model}: {exc}; check lora_target_modules"]) from None
         if fresh_top:

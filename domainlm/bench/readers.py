@@ -134,7 +134,7 @@ def read_conll(path: Path, spec: TaskSpec, split: str) -> list[Example]:
                             "use the same number of columns on every token line")
             tag = check_tag(cols[-1].strip(), f"{path}:{n}")
         except DataError as exc:
-            skip_or_raise(spec, exc, "bad token line (sentence skipped)")
+            skip_or_raise(spec, exc, "sentence with a bad token line")  # counted once per sentence
             bad = True
             continue
         if not tokens:

@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +217,26 @@ def warm_imports() -> None:
     import sklearn.metrics  # noqa: F401
 
 
+@contextlib.contextmanager
+def _task_progress(loaded: Any, desc: str, **tqdm_kwargs: Any) -> Iterator[Any]:
+    """A bar per task counting the model's forward passes (batches), whatever the mode (probe, fine-tune,
+    zero-shot, perplexity): a hook on the transformer body, which every mode calls once per batch. Hidden when
+    DOMAINLM_PROGRESS=0 (as adapt's bar) or when stderr is not a terminal (tqdm's disable=None)."""
+    from tqdm.auto import tqdm
+
+    from domainlm.bench.features import body
+
+    off = os.environ.get("DOMAINLM_PROGRESS", "1") == "0"
+    kwargs = {"unit": "batch", "leave": False, "dynamic_ncols": True, "disable": True if off else None, **tqdm_kwargs}
+    bar = tqdm(desc=desc, **kwargs)
+    handle = body(loaded.model).register_forward_hook(lambda *_: bar.update(1))
+    try:
+        yield bar
+    finally:
+        handle.remove()
+        bar.close()
+
+
 def score_model(model_spec: str, specs: list[TaskSpec], data: dict[str, TaskData], ctx, objective: str | None,
                 *, role: str = "model", harness=None) -> dict[str, Any]:
     """Load one model, score it on every native task (features cached per model in ``ctx``), free it.
@@ -229,7 +252,8 @@ def score_model(model_spec: str, specs: list[TaskSpec], data: dict[str, TaskData
     results = {}
     for spec in [s for s in specs if s.format != "harness"]:
         log.info("%s: task %s", role, spec.task_name)
-        results[spec.task_name] = r = run_task(loaded, spec, data[spec.task_name], ctx)
+        with _task_progress(loaded, f"{role}: {spec.task_name}"):
+            results[spec.task_name] = r = run_task(loaded, spec, data[spec.task_name], ctx)
         if r.skipped is None:
             log.info("%s: task %s %s = %.4f (%.1f s)", role, spec.task_name, spec.metric,
                      sum(r.seed_scores) / len(r.seed_scores), r.wall_s)

@@ -45,6 +45,30 @@ def card_path(name: str | Path) -> Path:
                        f"{', '.join(known)} (or pass a path to a card .yaml)"])
 
 
+def corpus_problem(key: str, spec: str) -> str | None:
+    """Why ``spec`` (a ``--corpus``-style value) names neither a folder nor a corpus card, or None when it may.
+
+    Checked with the rest of a config (``domainlm validate`` too), before any folder is made: a path that does not
+    exist is reported as one, not as an unknown card name.
+    """
+    try:
+        path = Path(spec).expanduser()
+        exists, is_dir, is_file = path.exists(), path.is_dir(), path.is_file()
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a name too long, an unknown ~user
+        return f"'{key}': {spec!r} is not a usable path ({exc})"
+    if is_dir or str(spec) in list_cards() or (path.suffix in (".yaml", ".yml") and is_file):
+        return None
+    if exists:
+        return (f"'{key}': {spec} is a file, not a prepared corpus folder: prepare it first (domainlm corpus prepare "
+                f"{spec} --model MODEL --out FOLDER) and pass the folder")
+    if "/" in str(spec) or os.sep in str(spec) or str(spec).startswith((".", "~")) or path.suffix:
+        return (f"'{key}': {spec} does not exist; pass a folder made by `domainlm corpus prepare`, or a corpus "
+                f"card ({', '.join(list_cards())})")
+    known = list_cards()
+    return (f"'{key}': unknown corpus card '{spec}'{did_you_mean(str(spec), known)}; shipped cards: "
+            f"{', '.join(known)} (or pass a prepared corpus folder)")
+
+
 def is_card(name: str | Path) -> bool:
     """True when ``name`` is a shipped card's name or a YAML file with a ``prepare:`` mapping (so the CLI can
     accept ``domainlm corpus prepare CARD`` where it otherwise expects a recipe)."""

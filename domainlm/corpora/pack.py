@@ -74,6 +74,17 @@ def _find(sub: list[int], seq: list[int]) -> int:
     return -1
 
 
+def tokenizer_fingerprint(tok: Any) -> str:
+    """sha256 of what decides the ids: a fast tokenizer's whole serialisation, else its class and vocabulary.
+
+    Recorded in a prepared corpus' manifest; adapt compares it with the model's tokenizer, because a tokenizer
+    with the same vocabulary size but other ids (two tokens swapped) would train on ids that mean other text.
+    """
+    if tok.is_fast:
+        return hashlib.sha256(tok.backend_tokenizer.to_str().encode("utf-8")).hexdigest()
+    return hashlib.sha256((type(tok).__name__ + json.dumps(tok.get_vocab(), sort_keys=True)).encode()).hexdigest()
+
+
 def plan_tokenizer(model: str) -> tuple[TokenizerPlan, Any]:
     """Load the tokenizer of ``model`` (anything ``sources.resolve`` accepts) and work out its wrapping."""
     from domainlm.sources import load_tokenizer, resolve
@@ -98,13 +109,11 @@ def plan_tokenizer(model: str) -> tuple[TokenizerPlan, Any]:
         suffix = suffix + [sep]
     separator_id = suffix[-1]
     name = getattr(tok, "name_or_path", "") or src.path
+    fingerprint = tokenizer_fingerprint(tok)
     if tok.is_fast:
-        backend = tok.backend_tokenizer.to_str()
-        mode, payload, table = "fast", backend, None
-        fingerprint = hashlib.sha256(backend.encode("utf-8")).hexdigest()
+        mode, payload, table = "fast", tok.backend_tokenizer.to_str(), None
     else:
         vocab = tok.get_vocab()
-        fingerprint = hashlib.sha256((type(tok).__name__ + json.dumps(vocab, sort_keys=True)).encode()).hexdigest()
         specials = set(tok.all_special_tokens)
         singles = {t: i for t, i in vocab.items() if len(t) == 1 and t not in specials}
         plain = [t for t in vocab if t not in specials and not re.fullmatch(r"<[^>]+>", t)]

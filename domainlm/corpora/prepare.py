@@ -9,12 +9,14 @@ completion markers live in ``OUT/.work``, so re-running an interrupted prepare s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -165,21 +167,19 @@ class _Run:
 
     def _existing_manifest(self) -> dict[str, Any] | None:
         """A finished folder with the same fingerprint is reused; a different one needs --overwrite."""
-        from domainlm.artifacts import MANIFEST
+        from domainlm.artifacts import MANIFEST, why_not_replace
 
+        # only the prepare's own subfolders are ever cleared (_clear), so its inputs may live beside them
+        refused = why_not_replace(self.out, ("corpus",), markers=(f"{WORK}/config.json",))
+        if refused:
+            raise ConfigError([f"'out': {refused}"])
         path = self.out / MANIFEST
         if not path.is_file():
-            if self.out.is_dir() and any(self.out.iterdir()) and not (self.work / "config.json").is_file():
-                raise ConfigError([f"'out': {self.out} exists and is not a domainlm corpus folder; choose a new or "
-                                   "empty folder (domainlm never deletes folders it did not write)"])
             return None
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             manifest = {}
-        if manifest.get("kind") not in (None, "corpus"):
-            raise ConfigError([f"'out': {self.out} holds a '{manifest.get('kind')}' folder, not a corpus; choose "
-                               "another folder"])
         if manifest.get("complete") and manifest.get("fingerprint") == self.fingerprint and not self.config.overwrite:
             log.info("%s is already prepared with these settings, tokenizer and inputs: reusing it", self.out)
             shutil.rmtree(self.work, ignore_errors=True)
@@ -376,7 +376,7 @@ class _Run:
                 "executor": {"kind": c.executor, "tasks": tasks, "workers": self.workers}}
         if c.executor == "local" and self.workers != 1:
             _preload()
-        with _quiet_datatrove(c.executor == "local"):
+        with _quiet_datatrove(c.executor == "local"), _children_die_with_us():
             try:
                 index = ("index", [steps.Index(work, str(self.out), tasks, c.block_size, meta)], 1)
                 if c.executor == "slurm":  # submitted at once as jobs that depend on each other
@@ -397,6 +397,9 @@ class _Run:
 
                 if isinstance(exc, DomainLMError):
                     raise
+                if _disk_full_anywhere(exc, self.out):
+                    raise DataError(f"no space left on the device while preparing {self.out}; free some space and run "
+                                    "the same command again (finished tasks are kept and skipped)") from None
                 raise DataError(f"corpus prepare failed in a datatrove task: {type(exc).__name__}: {exc} (task logs: "
                                 f"{self.work / 'logs'})") from exc
         from domainlm.artifacts import MANIFEST
@@ -424,6 +427,64 @@ def _preload() -> None:
     from domainlm.corpora import clean, registry  # noqa: F401
 
     pa.array(np.zeros(1, dtype=np.int32))
+
+
+def _disk_full_anywhere(exc: BaseException, folder: Path) -> bool:
+    """A full disk anywhere in the exception's chain (datatrove re-raises a task's OSError, sometimes wrapped)."""
+    from domainlm.artifacts import _disk_full
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if _disk_full(exc, folder):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+# Linux prctl option: the signal a process gets when the thread that forked it dies.
+_PR_SET_PDEATHSIG = 1
+_pdeathsig_on = False
+_pdeathsig_hooked = False
+_forking_pid = 0
+
+
+def _remember_forking_pid() -> None:
+    global _forking_pid
+    _forking_pid = os.getpid()
+
+
+def _die_with_parent() -> None:
+    """In a child forked while :func:`_children_die_with_us` is active: SIGKILL it when its parent dies."""
+    if not _pdeathsig_on:
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != _forking_pid:  # the parent died before the prctl took effect
+            os._exit(1)
+
+
+@contextlib.contextmanager
+def _children_die_with_us():
+    """Processes forked inside the block (datatrove's multiprocess Manager server and Pool workers) are killed when
+    this process dies, SIGKILL included. Without it a killed prepare left the Manager alive for good, holding its
+    log file open (issue 28). Linux only (prctl PR_SET_PDEATHSIG); elsewhere nothing changes."""
+    global _pdeathsig_on, _pdeathsig_hooked
+    if not sys.platform.startswith("linux") or not hasattr(os, "register_at_fork"):
+        yield
+        return
+    if not _pdeathsig_hooked:
+        os.register_at_fork(before=_remember_forking_pid, after_in_child=_die_with_parent)
+        _pdeathsig_hooked = True
+    before, _pdeathsig_on = _pdeathsig_on, True
+    try:
+        yield
+    finally:
+        _pdeathsig_on = before
 
 
 class _quiet_datatrove:

@@ -148,13 +148,18 @@ def _document(fields: dict[str, Any], ctx: ReadContext, where: str) -> Document 
     return Document(pmid, text, meta)
 
 
+# expat's errors that only the end of the input can raise: no element found, unclosed token, partial character.
+_EXPAT_ENDED_EARLY = {3, 5, 6}
+
+
 def read_pubmed_xml(path: Path, ctx: ReadContext) -> Iterator[Document]:
     """PubMed XML: ``PubmedArticleSet`` (baseline, update and efetch files) or ``MedlineCitationSet``.
 
     Title and abstract (structured labels kept, inline markup flattened) become the text; PMID is the
     id; year, journal, language, DOI and MeSH headings go to the metadata. Records without an
     abstract are counted as ``no_abstract``. Malformed XML skips the rest of the file, counted as
-    ``malformed_xml`` with its line and column (expat cannot resynchronise after an error).
+    ``malformed_xml`` with its line and column (expat cannot resynchronise after an error). A file that ends
+    before its root element closes is a cut download and an error, as a truncated ``.xml.gz`` is.
     """
     n_records = 0
     depth = 0
@@ -195,6 +200,11 @@ def read_pubmed_xml(path: Path, ctx: ReadContext) -> Iterator[Document]:
                 return
             if root is None:
                 raise DataError(f"{path} is not XML ({exc}); pass the right --format for this file") from None
+            if exc.code in _EXPAT_ENDED_EARLY:  # a cut download, like a truncated .xml.gz: refused the same way
+                raise DataError(f"{path} is a truncated XML file (it ends at line {line} before </{root.tag}>; "
+                                f"{n_records} records were read before the cut). The download was probably cut "
+                                "short: download it again (`domainlm corpus download` resumes and checks md5), or "
+                                "remove it from the inputs") from None
             ctx.skip("malformed_xml", f"{path}:{line}:{col}",
                      f"{str(exc).split(':')[0]}; the rest of the file was skipped after {n_records} records. "
                      "Re-download or repair the file")

@@ -287,8 +287,7 @@ def read_jsonl(path: Path, ctx: ReadContext) -> Iterator[Document]:
     field_name = ctx.options.text_field
     first = True
     for where, obj in _json_objects(path, ctx):
-        text = obj.get(field_name)
-        if text is None:
+        if field_name not in obj:
             if first:
                 # The first record lacking the field means the wrong column was named, not a bad record.
                 raise DataError(f"{where}: the record has no '{field_name}' field"
@@ -297,8 +296,10 @@ def read_jsonl(path: Path, ctx: ReadContext) -> Iterator[Document]:
             ctx.skip("missing_field", where, f"no '{field_name}' field")
             continue
         first = False
-        if not isinstance(text, str):
-            ctx.skip("missing_field", where, f"'{field_name}' is a {type(text).__name__}, not text")
+        text = obj[field_name]
+        if not isinstance(text, str):  # "text": null is a record without text, not a record without the field
+            what = "null" if text is None else f"a {type(text).__name__}"
+            ctx.skip("missing_field", where, f"'{field_name}' is {what}, not text")
             continue
         if not ctx.check_text(text, where):
             continue

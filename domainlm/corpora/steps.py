@@ -171,7 +171,13 @@ class ReadClean(_Step):
         self.write_text, self.decontaminate = write_text, decontaminate
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        from domainlm.corpora.clean import CleanOptions, clean_text, detokenize, length_problem, looks_word_tokenised
+        from domainlm.corpora.clean import (
+            CleanOptions,
+            clean_text,
+            detokenize,
+            length_problem,
+            looks_word_tokenised,
+        )
         from domainlm.corpora.readers import InputFile, ReaderOptions, SkipLog
         from domainlm.corpora.registry import Position, iter_documents
 

@@ -10,7 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from domainlm.artifacts import atomic_dir, atomic_write_text, read_manifest, sha256_file, write_manifest
+from domainlm.artifacts import (
+    atomic_dir,
+    atomic_write_text,
+    read_manifest,
+    sha256_file,
+    why_not_replace,
+    write_manifest,
+)
 from domainlm.config import as_config, to_dict
 from domainlm.corpora.cards import list_cards, load_card
 from domainlm.errors import ConfigError, DataError, DomainLMError
@@ -166,6 +173,8 @@ def _check(cfg: PublishConfig) -> tuple[RunInfo, dict[str, Any] | None, bool]:
             problems.append(f"'out': {out} is a file; choose a folder")
         elif run_dir.exists() and out.resolve() in (run_dir.resolve(), (run_dir / "final").resolve()):
             problems.append(f"'out': {out} is the run folder itself; choose another folder")
+        elif refused := why_not_replace(out, ("published",), inputs=(run_dir, cfg.bench)):
+            problems.append(f"'out': {refused}")  # even with --overwrite: never delete what domainlm did not write
         elif any(out.iterdir()) and not cfg.overwrite:
             if cfg.push and _same_publication(out, cfg):
                 reuse = True
