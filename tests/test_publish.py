@@ -328,9 +328,8 @@ def test_non_empty_out_needs_overwrite_and_all_problems_come_at_once(full_run: P
 
 @pytest.mark.slow
 def test_overwrite_replaces_out(full_run: Path, tmp_path: Path):
-    from domainlm.publish import publish
-
     from domainlm.artifacts import write_manifest
+    from domainlm.publish import publish
 
     out = tmp_path / "out"
     write_manifest(out, "published")  # an earlier publication: --overwrite replaces only what domainlm wrote
@@ -359,9 +358,8 @@ def test_failed_verification_writes_nothing(full_run: Path, tmp_path: Path):
 
 
 def test_cli_refuses_a_non_empty_out(full_run: Path, tmp_path: Path, capsys):
-    from domainlm.cli import main
-
     from domainlm.artifacts import write_manifest
+    from domainlm.cli import main
 
     (tmp_path / "x.txt").write_text("x")
     assert main(["publish", str(full_run), "--out", str(tmp_path)]) == 2
