@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from domainlm.adapt.data import Masker, SequenceStream, StreamState, sequence_generator
-from domainlm.lm_loss import causal_labels
+from domainlm.lm_loss import IGNORE, causal_labels
 
 
 @dataclass
@@ -28,10 +28,30 @@ class StepBatch:
 
 def read_rows(ds: Any, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, doc_ids) of ``rows`` of a torch-formatted prepared split, in that order, with one read."""
+    ids, docs, _ = read_block_rows(ds, rows)
+    return ids, docs
+
+
+def read_block_rows(ds: Any, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(input_ids, doc_ids, loss_mask or None) of ``rows``: one Arrow take for the whole list. ``loss_mask`` is
+    present in splits prepared from instruction data (1 on the assistant tokens)."""
     if not rows:
         raise ValueError("no rows")
     batch = ds[rows]  # one Arrow take for the whole list, instead of a Python loop over ds[row]
-    return torch.as_tensor(batch["input_ids"]).long(), torch.as_tensor(batch["doc_ids"]).long()
+    mask = torch.as_tensor(batch["loss_mask"]).bool() if "loss_mask" in batch else None
+    return torch.as_tensor(batch["input_ids"]).long(), torch.as_tensor(batch["doc_ids"]).long(), mask
+
+
+def apply_loss_mask(labels: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """IGNORE every label whose target token has mask 0 (causal: label[i] is token i+1; masked LM: token i)."""
+    if mask is None:
+        return labels
+    labels = labels.clone()
+    if causal:
+        labels[:, :-1][~mask[:, 1:]] = IGNORE
+    else:
+        labels[~mask] = IGNORE
+    return labels
 
 
 class BatchBuilder:
@@ -41,31 +61,39 @@ class BatchBuilder:
         self.sources = {"domain": train_ds, "replay": replay_ds}
         self.masker, self.seed, self.document_mask = masker, seed, document_mask
 
-    def rows(self, items: list[tuple[str, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stack the sequences of ``items`` in order, reading each source once."""
+    def rows(self, items: list[tuple[str, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Stack the sequences of ``items`` in order, reading each source once; the loss mask is None unless a
+        source carries one (rows of sources without it count every token)."""
         ids: torch.Tensor | None = None
         docs: torch.Tensor | None = None
+        mask: torch.Tensor | None = None
         for source in ("domain", "replay"):
             where = [i for i, (s, _) in enumerate(items) if s == source]
             if not where:
                 continue
-            part_ids, part_docs = read_rows(self.sources[source], [items[i][1] for i in where])
+            part_ids, part_docs, part_mask = read_block_rows(self.sources[source], [items[i][1] for i in where])
             if ids is None:
                 ids = part_ids.new_empty((len(items), part_ids.shape[1]))
                 docs = part_docs.new_empty((len(items), part_docs.shape[1]))
             ids[where], docs[where] = part_ids, part_docs
+            if part_mask is not None:
+                if mask is None:
+                    mask = torch.ones(ids.shape, dtype=torch.bool)
+                mask[where] = part_mask
         assert ids is not None and docs is not None
-        return ids, docs
+        return ids, docs, mask
 
-    def labelled(self, ids: torch.Tensor, docs: torch.Tensor, indices: list[int], salt: int = 0):
-        """(input_ids, labels, doc_ids); MLM masks depend only on each sequence's global index and the seed."""
+    def labelled(self, ids: torch.Tensor, docs: torch.Tensor, indices: list[int], salt: int = 0,
+                 loss_mask: torch.Tensor | None = None):
+        """(input_ids, labels, doc_ids); MLM masks depend only on each sequence's global index and the seed.
+        Labels of tokens outside ``loss_mask`` (an instruction block's prompts) are IGNORE."""
         doc_for_mask = docs if self.document_mask else None
         if self.masker is not None:
             gens = [sequence_generator(self.seed, i, salt) for i in indices]
             ids, labels = self.masker(ids, doc_for_mask, gens)
         else:
             labels = causal_labels(ids, doc_for_mask)
-        return ids, labels, docs
+        return ids, apply_loss_mask(labels, loss_mask, causal=self.masker is None), docs
 
     def step(self, stream: SequenceStream, step: int, *, rank: int, world: int, batch_size: int,
              grad_accum: int) -> StepBatch:
@@ -75,8 +103,8 @@ class BatchBuilder:
         micro = []
         for k in range(grad_accum):
             off = (k * world + rank) * batch_size
-            ids, docs = self.rows(items[off:off + batch_size])
-            micro.append(self.labelled(ids, docs, list(range(first + off, first + off + batch_size))))
+            ids, docs, mask = self.rows(items[off:off + batch_size])
+            micro.append(self.labelled(ids, docs, list(range(first + off, first + off + batch_size)), loss_mask=mask))
         return StepBatch(step, micro, StreamState(**stream.state_dict()))
 
 

@@ -158,20 +158,25 @@ class Encoder:
 # Packing and writing
 # --------------------------------------------------------------------------------------------------
 
-def block_features(block_size: int):
-    """The ``datasets`` features of a packed split: two fixed-length int32 lists."""
+def block_features(block_size: int, loss_mask: bool = False):
+    """The ``datasets`` features of a packed split: two fixed-length int32 lists, and with ``loss_mask`` a third
+    (int8, 1 where the token counts in the loss: an instruction set's assistant tokens)."""
     from datasets import Features, Value
 
     try:
-        from datasets import List
+        from datasets import List as Seq
 
-        seq = List(Value("int32"), length=block_size)
-        return Features({"input_ids": seq, "doc_ids": List(Value("int32"), length=block_size)})
+        def seq(kind: str):
+            return Seq(Value(kind), length=block_size)
     except ImportError:  # datasets < 4
         from datasets import Sequence
 
-        return Features({"input_ids": Sequence(Value("int32"), length=block_size),
-                         "doc_ids": Sequence(Value("int32"), length=block_size)})
+        def seq(kind: str):
+            return Sequence(Value(kind), length=block_size)
+    columns = {"input_ids": seq("int32"), "doc_ids": seq("int32")}
+    if loss_mask:
+        columns["loss_mask"] = seq("int8")
+    return Features(columns)
 
 
 class Packer:

@@ -122,7 +122,7 @@ class _Run:
             raise DataError(f"no readable input files in {', '.join(c.inputs)}")
         from domainlm.corpora.pack import plan_tokenizer
 
-        self.plan, _ = plan_tokenizer(c.model)
+        self.plan, self.tokenizer = plan_tokenizer(c.model)
         self.inputs = self._hash_inputs()
         self.fingerprint = self._fingerprint()
         existing = self._existing_manifest()
@@ -350,6 +350,12 @@ class _Run:
             tokenize.append(MinhashDedupFilter(clusters, exclusion_writer=steps.ExcludedLog(str(self.work / "neardups"))))
         if c.dedup:
             tokenize.append(steps.DropExact(work))
+        layout = None
+        if c.reading_comprehension:  # after deduplication, before decontamination (a mined question is checked too)
+            from domainlm.corpora.comprehension import Comprehension, resolve_layout
+
+            layout = resolve_layout(c.reading_comprehension_layout, self.tokenizer)
+            tokenize.append(Comprehension(work, c.model, layout))
         decont = None
         if c.decontaminate:
             sources, decont = self._decontamination_sources()
@@ -367,6 +373,7 @@ class _Run:
                 "tokenizer": self.plan.describe(), "content": kinds[0] if len(kinds) == 1 else "mixed",
                 "fingerprint": self.fingerprint, "started": self.started,
                 "setup_skips": dict(self.setup_skips.counts), "decontamination": decont,
+                "reading_comprehension": layout,
                 "near_dup": ({"engine": "datatrove MinHash (signatures, buckets, clusters, filter)",
                               "threshold": c.near_dup_threshold, "num_perm": c.near_dup_num_perm,
                               "bands": mh.num_buckets, "rows": mh.hashes_per_bucket,

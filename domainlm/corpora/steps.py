@@ -187,10 +187,15 @@ class ReadClean(_Step):
                         commit(kept)
                     if kind != "protein" and not opts.detokenize and looks_word_tokenised(text):
                         spaced += 1
-                    out.write(json.dumps({"id": doc.id, "text": text, "kind": kind, "file": pos.file_index},
-                                         ensure_ascii=False) + "\n")
+                    title = doc.metadata.get("title") if kind != "protein" else None
+                    title = clean_text(title, opts.unicode_form) if title else None
+                    record = {"id": doc.id, "text": text, "kind": kind, "file": pos.file_index}
+                    meta = {"kind": kind, "idx": kept, "idx2": kept}
+                    if title and text.startswith(title):  # kept for --reading-comprehension (title <-> abstract)
+                        record["title"] = meta["title"] = title
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
                     self.stat_update("kept")
-                    yield TroveDocument(text=text, id=doc.id, metadata={"kind": kind, "idx": kept, "idx2": kept})
+                    yield TroveDocument(text=text, id=doc.id, metadata=meta)
                     kept += 1
                     if kept >= int(NONE):
                         from domainlm.errors import DataError
@@ -213,7 +218,10 @@ class ReadDocs(_Step):
         with open(path, encoding="utf-8") as fh:
             for idx, line in enumerate(fh):
                 d = json.loads(line)
-                yield TroveDocument(text=d["text"], id=d["id"], metadata={"kind": d["kind"], "idx": idx, "idx2": idx})
+                meta = {"kind": d["kind"], "idx": idx, "idx2": idx}
+                if d.get("title"):
+                    meta["title"] = d["title"]
+                yield TroveDocument(text=d["text"], id=d["id"], metadata=meta)
 
 
 def _load_removed(work: str, name: str, rank: int) -> dict[int, str]:
@@ -758,6 +766,11 @@ class Pack(_Step):
                 drops["test_set_overlap"] += sum(by_task.values())
             extra["decontamination"] = {**m["decontamination"], "dropped": sum(by_task.values()),
                                         "dropped_by_task": dict(sorted(by_task.items())), "examples": dex}
+        if m.get("reading_comprehension") is not None:
+            from domainlm.corpora.comprehension import summarise_counts
+
+            extra["reading_comprehension"] = summarise_counts(load_counts(self.work, "comprehension"),
+                                                              m["reading_comprehension"])
         drops = Counter({k: v for k, v in drops.items() if v})
         documents = splits["train"]["documents"] + splits["validation"]["documents"]
         if documents == 0:
