@@ -102,6 +102,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "smollm2-lora-0.06m": _smol("lora", 2e-4, 0.0, tokens=60_000),  # what fits ~20 min of a shared core
     # the same on the corpus with its NER word tokenisation undone (real abstracts are not spaced like it)
     "smollm2-lora-detok": {**_smol("lora", 2e-4, 0.0), "corpus": "domain_detok"},
+    # the detokenised corpus as reading comprehension (issue 30, AdaptLLM): each document followed by tasks mined
+    # from it in the chat template; does the prompted PubMedQA score keep up while the field is learned?
+    "smollm2-lora-rc": {**_smol("lora", 2e-4, 0.0), "corpus": "domain_rc"},
     "smollm2-lora-replay5": _smol("lora", 2e-4, 0.05),
     "smollm2-lora-replay25": _smol("lora", 2e-4, 0.25),
     "smollm2-full": _smol("full", 5e-5, 0.0),  # no replay, like smollm2-lora: the pair differs in method only
@@ -136,7 +139,9 @@ PAIRS = [("minilm-warmup-0.1m", "minilm-recipe-0.1m", "ncbi"), ("minilm-lora-0.1
          ("smollm2-lora-replay25", "smollm2-lora", "ppl"),
          ("smollm2-lora-replay25", "smollm2-lora", "ncbi"), ("smollm2-full", "smollm2-lora", "ppl"),
          ("smollm2-full", "smollm2-lora", "ncbi"), ("smollm2-lora-detok", "smollm2-lora", "ppl"),
-         ("smollm2-lora-detok", "smollm2-lora", "pubmed"), ("smollm2-lora-detok", "smollm2-lora", "ncbi")]
+         ("smollm2-lora-detok", "smollm2-lora", "pubmed"), ("smollm2-lora-detok", "smollm2-lora", "ncbi"),
+         ("smollm2-lora-rc", "smollm2-lora-detok", "cls"), ("smollm2-lora-rc", "smollm2-lora-detok", "ppl"),
+         ("smollm2-lora-rc", "smollm2-lora-detok", "pubmed"), ("smollm2-lora-rc", "smollm2-lora-detok", "ncbi")]
 
 # Evaluation groups: one bench run each (suite + tasks + overrides). Paths in overrides are relative to
 # --realdata, except {work} which is the work folder. "cheap" groups run for every arm.
@@ -335,6 +340,9 @@ def prepare_data(realdata: Path, work: Path, models: list[str]) -> dict[str, Any
                            near_dup=False),
             "tapt_ncbi": dict(inputs=[str(tapt)], format="jsonl"),
         }
+        if model != "minilm":  # reading comprehension is for the causal chat model (the chat template)
+            specs["domain_rc"] = dict(inputs=[str(data / "corpus_clean.jsonl")], format="jsonl", detokenize=True,
+                                      reading_comprehension=True)
         for name, kw in specs.items():
             out = work / "corpora" / f"{name}-{model}"
             if not (out / "manifest.json").is_file():
@@ -1237,6 +1245,9 @@ def render(r: dict[str, Any], stem: str) -> str:
           "- `smollm2-lora-detok`'s corpus: the same documents with the NER corpora's word tokenisation undone "
           "(`corpus prepare --detokenize`: \"anti - nucleolin ( 2 % )\" -> \"anti-nucleolin (2%)\"); the held-out perplexity set "
           "stays the tokenised text, so real PubMed abstracts are its domain measure.",
+          "- `smollm2-lora-rc`'s corpus: the detokenised documents converted to reading comprehension (`corpus prepare "
+          "--detokenize --reading-comprehension`): each followed by question/answer tasks mined from it alone, in "
+          "SmolLM2's chat template (counts per task type in the prepared corpus's manifest).",
           "- Replay (the share of training sequences in the arms table's replay column) and adapt's forgetting "
           "monitor: WikiText-2 valid. General held-out "
           "text: WikiText-2 test.",

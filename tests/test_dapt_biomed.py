@@ -308,3 +308,25 @@ def test_merge_arm_trains_its_source_then_selects_on_dev_splits_only(tmp_path, m
     assert "pubmedqa.test_ids=pubmedqa/test_ground_truth.json" in kw["override"]
     d.run_arm("smollm2-full-merged", tmp_path, tmp_path / "realdata")  # finished: reused, not merged again
     assert len(merges) == 2
+
+
+def test_reading_comprehension_arm_differs_from_the_detokenised_arm_only_in_its_corpus(tmp_path, monkeypatch):
+    # issue 30: smollm2-lora-rc is smollm2-lora-detok's recipe on the detokenised corpus converted to reading
+    # comprehension, compared head to head with it on PubMedQA/ChemProt/HoC, perplexity and the NER probe.
+    import domainlm.adapt
+
+    rc, detok = d.ARMS["smollm2-lora-rc"], d.ARMS["smollm2-lora-detok"]
+    assert rc["adapt"] == detok["adapt"] and rc["tokens"] == detok["tokens"] and rc["corpus"] == "domain_rc"
+    assert {g for a, ref, g in d.PAIRS if (a, ref) == ("smollm2-lora-rc", "smollm2-lora-detok")} == \
+        {"cls", "ppl", "pubmed", "ncbi"}
+    calls = []
+
+    def fake_adapt(**kw):
+        calls.append(kw)
+        (Path(kw["out"]) / "final").mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(domainlm.adapt, "adapt", fake_adapt)
+    monkeypatch.setattr(d, "read_run", lambda run_dir: {"dir": str(run_dir)})
+    d.run_arm("smollm2-lora-rc", tmp_path)
+    assert calls[0]["corpus"] == str(tmp_path / "corpora" / "domain_rc-smollm2")
+    assert calls[0]["replay_fraction"] == 0.0 and calls[0]["model"] == "smollm2"

@@ -147,7 +147,13 @@ class AdaptConfig:
         "installed (causal), else sdpa (flex measured slower, and failing at 1B, on an H200: SPEED_ADAPT_GPU.md)")
     # --- replay and forgetting --------------------------------------------------------------------
     replay_corpus: str | None = opt(None, "general corpus (prepared folder or card) mixed into training "
-                                    "against forgetting")
+                                    "against forgetting; or a chat/instruction JSONL (OpenAI 'messages' or Alpaca "
+                                    "'instruction'/'input'/'output', or the instructions-sample card), rendered with "
+                                    "the model's chat template with the loss on the assistant tokens only")
+    self_replay: int = opt(0, "before training, the base model answers this many prompts of the instruction set "
+                           "(replay_corpus when it is one, else instructions-sample), greedily; its answers become "
+                           "the replay data (pulls the model back towards its own behaviour; no outside data)")
+    self_replay_max_tokens: int = opt(96, "longest self-replay answer, in tokens")
     replay_fraction: float | None = opt(None, "fraction of training sequences drawn from replay_corpus; default "
                                         "0.05 for text when a replay corpus is given, 0 for protein")
     # --- a mixture of several corpora (issue 33) -------------------------------------------------------
@@ -219,9 +225,14 @@ class AdaptConfig:
         if self.replay_fraction is not None:
             if not 0 <= self.replay_fraction < 1:
                 out.append(f"'replay_fraction' must be in [0, 1), got {self.replay_fraction}")
-            elif self.replay_fraction > 0 and not self.replay_corpus:
+            elif self.replay_fraction > 0 and not self.replay_corpus and not self.self_replay:
                 out.append("'replay_fraction' is set but 'replay_corpus' is not: name a general corpus to replay "
                            "(e.g. replay_corpus: general-english-sample) or set replay_fraction: 0")
+        if self.self_replay < 0 or self.self_replay_max_tokens < 1:
+            out.append(f"'self_replay' must be 0 or more and 'self_replay_max_tokens' at least 1, got "
+                       f"{self.self_replay} and {self.self_replay_max_tokens}")
+        if self.self_replay and self.objective in ("masked", "protein"):
+            out.append(f"'self_replay' needs a causal model that answers prompts, but 'objective' is '{self.objective}'")
         if self.from_scratch and self.method in ("lora", "qlora"):
             out.append("'from_scratch: true' with 'method: lora' trains adapters on random weights; use method: full")
         if self.whole_word_mask and self.objective == "causal":

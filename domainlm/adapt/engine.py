@@ -240,16 +240,34 @@ def load_data(r: Run) -> Data:
 
     replay_fraction = cfg.replay_fraction
     if replay_fraction is None:
-        replay_fraction = 0.05 if (cfg.replay_corpus and objective != "protein") else 0.0
+        replay_fraction = 0.05 if ((cfg.replay_corpus or cfg.self_replay) and objective != "protein") else 0.0
     replay_ds = general_val = None
-    if cfg.replay_corpus and replay_fraction > 0:
+    instructions = _instruction_file(cfg.replay_corpus)
+    if cfg.self_replay and replay_fraction > 0:
+        if objective != "causal":
+            raise ConfigError([f"'self_replay' needs a causal model that answers prompts; {cfg.model} trains as "
+                               f"'{objective}'"])
+        if cfg.replay_corpus and instructions is None:
+            raise ConfigError([f"'self_replay' takes its prompts from an instruction set, but replay_corpus "
+                               f"'{cfg.replay_corpus}' is not one; name an instruction JSONL or leave it unset"])
+        instructions = _self_replay(r, instructions or _instruction_file("instructions-sample"))
+    if instructions is not None and replay_fraction > 0:
+        from domainlm.corpora.instructions import prepare_instructions
+
+        rdir = r.dir / "corpora" / f"instructions-{instructions.stem}"
+        if dist.is_main:
+            prepare_instructions(instructions, tokenizer, block, rdir)
+        dist.barrier()
+        replay_ds = load_prepared(rdir, "train").with_format("torch")
+    elif cfg.replay_corpus and replay_fraction > 0:
         rdir, rman = _resolve_corpus(cfg.replay_corpus, cfg, objective, block, r)
         _check_tokenizer(rman, tokenizer, rdir)
         replay_ds = load_prepared(rdir, "train").with_format("torch")
         if len(replay_ds[0]["input_ids"]) != block:
             raise ConfigError([f"replay corpus {rdir} has blocks of {len(replay_ds[0]['input_ids'])} tokens, the "
                                f"domain corpus {block}: prepare both with the same block_size"])
-    general_spec = cfg.general_eval or cfg.replay_corpus
+    # An instruction set has no held-out general text: it is not the forgetting monitor unless general_eval says so.
+    general_spec = cfg.general_eval or (cfg.replay_corpus if _instruction_file(cfg.replay_corpus) is None else None)
     if general_spec:
         gdir, gman = _resolve_corpus(general_spec, cfg, objective, block, r)
         _check_tokenizer(gman, tokenizer, gdir)
@@ -314,6 +332,48 @@ def _resolve_corpus(spec: str, cfg: AdaptConfig, objective: str, block_size: int
         prepare_card(spec, cfg.model, out, block_size=block_size or DEFAULT_BLOCK[objective])
     r.dist.barrier()
     return out, read_corpus_manifest(out)
+
+
+def _instruction_file(spec: str | None) -> Path | None:
+    """The JSONL behind ``spec`` when it is a chat/instruction set (a file, or a card of kind instructions)."""
+    if not spec:
+        return None
+    from domainlm.corpora.instructions import looks_like_instructions
+
+    if looks_like_instructions(spec):
+        return Path(spec).expanduser()
+    if Path(spec).exists():
+        return None
+    from domainlm.corpora.cards import instructions_path
+
+    return instructions_path(spec)
+
+
+def _self_replay(r: Run, prompts: Path) -> Path:
+    """The base model's greedy answers to ``self_replay`` prompts of ``prompts``, written once to
+    OUT/self_replay.jsonl (a resumed run reads it again: the answers are the same for the same seed)."""
+    from domainlm.corpora.instructions import read_conversations, self_answers, write_conversations
+
+    cfg = r.cfg
+    path = r.dir / "self_replay.jsonl"
+    key = r.dir / "self_replay.json"
+    want = {"prompts": str(prompts), "n": cfg.self_replay, "seed": cfg.seed, "max_new_tokens": cfg.self_replay_max_tokens}
+    if r.dist.is_main:
+        done = path.is_file() and key.is_file() and json.loads(key.read_text(encoding="utf-8")) == want
+        if not done:
+            t0 = time.perf_counter()
+            answers = self_answers(r.prepared.model, r.prepared.tokenizer, read_conversations(prompts),
+                                   cfg.self_replay, cfg.seed, cfg.self_replay_max_tokens)
+            if not answers:
+                raise ConfigError([f"self-replay: {cfg.model} gave no answer to {cfg.self_replay} prompts of {prompts}"])
+            write_conversations(path, answers)
+            from domainlm.artifacts import atomic_write_json
+
+            atomic_write_json(key, want)
+            log.info("self-replay: %d answers by the base model in %.0f s -> %s", len(answers),
+                     time.perf_counter() - t0, path)
+    r.dist.barrier()
+    return path
 
 
 def _check_tokenizer(corpus_manifest: dict, tokenizer, corpus: Path) -> None:
@@ -659,6 +719,9 @@ def finish(r: Run, data: Data, tr: Trainer, p: Progress) -> dict[str, Any]:
                    "replay_fraction_config": data.replay_fraction,
                    "replay_fraction_actual": replay_used / max(1, replay_used + domain_used),
                    "replay_corpus": cfg.replay_corpus if data.replay is not None else None,
+                   # instruction replay: loss on the assistant tokens only; self-replay: the base model's answers
+                   "replay_kind": (None if data.replay is None else "self-replay" if cfg.self_replay else
+                                   "instructions" if "loss_mask" in data.replay.column_names else "text"),
                    # issue 33: the realised mixture, tokens and epochs per source (domain/replay for the older form)
                    "sources": mixture_record(data.stream, used, data.block,
                                              {s.name: str(s.dir) for s in data.sources} or None)}

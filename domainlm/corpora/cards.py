@@ -92,7 +92,10 @@ def load_card(name: str | Path) -> dict[str, Any]:
 
     path = card_path(name)
     card = read_yaml(path)
-    problems = [f"missing key '{k}'" for k in REQUIRED_KEYS if k not in card]
+    # An instruction set (kind: instructions) is replayed by adapt, not prepared: it names its JSONL instead.
+    required = [k if k != "prepare" else "instructions" for k in REQUIRED_KEYS] \
+        if card.get("kind") == "instructions" else REQUIRED_KEYS
+    problems = [f"missing key '{k}'" for k in required if k not in card]
     prep = card.get("prepare")
     if prep is not None and not isinstance(prep, dict):
         problems.append("'prepare' must be a mapping of prepare options")
@@ -117,9 +120,25 @@ def resolve_card_path(raw: str, base: Path) -> str:
     return str(p if p.is_absolute() else (base / p))
 
 
+def instructions_path(name: str | Path) -> Path | None:
+    """The JSONL of an instruction-set card (``kind: instructions``), absolute; None for a corpus card or a name
+    that is no card."""
+    try:
+        card_path(name)
+    except ConfigError:
+        return None
+    card = load_card(name)  # a broken card is reported, not taken for a corpus
+    if card.get("kind") != "instructions":
+        return None
+    return Path(resolve_card_path(card["instructions"], Path(card["path"]).parent))
+
+
 def card_prepare_values(name: str | Path) -> dict[str, Any]:
     """The card's ``prepare:`` options with input paths made absolute."""
     card = load_card(name)
+    if card.get("kind") == "instructions":
+        raise ConfigError([f"'{name}' is an instruction set, used as replay data by adapt (replay_corpus: {name}), "
+                           "not a corpus to prepare"])
     base = Path(card["path"]).parent
     values = dict(card["prepare"])
     values["inputs"] = [resolve_card_path(p, base) for p in values.get("inputs", [])]

@@ -125,7 +125,7 @@ class _Run:
             raise DataError(f"no readable input files in {', '.join(c.inputs)}")
         from domainlm.corpora.pack import plan_tokenizer
 
-        self.plan, _ = plan_tokenizer(c.model)
+        self.plan, self.tokenizer = plan_tokenizer(c.model)
         self.inputs = self._hash_inputs()
         self.fingerprint = self._fingerprint()
         existing = self._existing_manifest()
@@ -334,9 +334,15 @@ class _Run:
         # superseded version), so with near-dup on and updates the cleaned text is written once and hashed after
         # the update barrier.
         late_hashing = updates and mh is not None
+        layout = None
+        if c.reading_comprehension:  # converted inside the read stage: after cleaning, before decontamination and tokens
+            from domainlm.corpora.comprehension import resolve_layout
+
+            layout = resolve_layout(c.reading_comprehension_layout, self.tokenizer)
         read = steps.ReadClean(work, files, options, clean, tasks if updates else None, plan=self.plan,
                                validation_fraction=c.validation_fraction, parallel=tasks > 1,
-                               write_text=late_hashing, decontaminate=decont_index)
+                               write_text=late_hashing, decontaminate=decont_index,
+                               comprehension=(c.model, layout) if layout else None)
         stages: list[tuple[str, list, int]] = [("read", [read, *([] if late_hashing else hashing)], tasks)]
         if updates:
             stages.append(("updates", [steps.ResolveKeys(work, "pubmed", "pubmed", tasks)], tasks))
@@ -358,7 +364,8 @@ class _Run:
             stages.append(("minhash-clusters", [MinhashDedupCluster(buckets, clusters, config=mh)], 1))
         stages.append(("pack", [steps.PackTask(work, str(self.out), c.block_size, c.shard_size, pubmed=updates,
                                                exact=c.dedup, clusters=clusters if mh is not None else None,
-                                               exact_in_read_order=updates and not late_hashing)],
+                                               exact_in_read_order=updates and not late_hashing,
+                                               comprehension=layout is not None)],
                        tasks))
         log.info("preparing %d input file(s) -> %s with %s (%s executor, %d task%s)", len(self.files), self.out,
                  c.model, c.executor, tasks, "s" if tasks > 1 else "")
@@ -368,6 +375,7 @@ class _Run:
                 "tokenizer": self.plan.describe(), "content": kinds[0] if len(kinds) == 1 else "mixed",
                 "fingerprint": self.fingerprint, "started": self.started,
                 "setup_skips": dict(self.setup_skips.counts), "decontamination": decont,
+                "reading_comprehension": layout,
                 "near_dup": ({"engine": "datatrove MinHash (signatures, buckets, clusters, filter)",
                               "threshold": c.near_dup_threshold, "num_perm": c.near_dup_num_perm,
                               "bands": mh.num_buckets, "rows": mh.hashes_per_bucket,

@@ -145,6 +145,8 @@ def _document(fields: dict[str, Any], ctx: ReadContext, where: str) -> Document 
         return None
     meta = {k: fields.get(k) for k in ("year", "journal", "language", "doi", "mesh", "sections")}
     meta["source"] = where
+    if title and abstract:
+        meta["title"] = title  # the text starts with it (--reading-comprehension mines title <-> abstract)
     return Document(pmid, text, meta)
 
 

@@ -36,6 +36,13 @@ class PrepareConfig:
                                   "punctuation, split hyphens and slashes: 'IL - 2 ( 10 ng / ml )' -> 'IL-2 (10 "
                                   "ng/ml)'); a model trained on the spaced form learns the spacing "
                                   "(benchmarks/DAPT_BIOMED.md)")
+    reading_comprehension: bool = opt(False, "follow each document with question/answer tasks mined from it "
+                                              "alone (title, definitions, cause/effect/contrast, keywords, "
+                                              "completion; AdaptLLM): keeps a chat model promptable while it learns "
+                                              "the field (domainlm/corpora/comprehension.py)")
+    reading_comprehension_layout: Literal["auto", "chat", "plain"] = opt(
+        "auto", "how the mined tasks are written: chat (the model's chat template), plain ('Question: ... Answer: "
+                "...'), or auto (chat when the tokenizer has a template)")
     min_chars: int = opt(20, "drop text documents shorter than this many characters (after cleaning)")
     max_chars: int | None = opt(None, "drop text documents longer than this many characters")
     keep_title_only: bool = opt(False, "keep PubMed records that have a title but no abstract (counted as "
@@ -102,6 +109,9 @@ class PrepareConfig:
                            f"auto, {', '.join(reader_names())} (or add one with register_reader)")
         if self.categories and self.format not in ("auto", "arxiv"):
             out.append(f"'categories' filters arXiv metadata, but 'format' is '{self.format}'")
+        if self.reading_comprehension_layout != "auto" and not self.reading_comprehension:
+            out.append(f"'reading_comprehension_layout' is '{self.reading_comprehension_layout}' but "
+                       "'reading_comprehension' is off; turn it on (--reading-comprehension) or drop the layout")
         if not self.text_field:
             out.append("'text_field' cannot be empty")
         return out

@@ -162,13 +162,15 @@ class ReadClean(_Step):
 
     def __init__(self, work: str, files: list[dict[str, Any]], options: dict[str, Any], clean: dict[str, Any],
                  pmid_parts: int | None, *, plan: Any, validation_fraction: float, parallel: bool,
-                 write_text: bool, decontaminate: tuple[str, int] | None = None) -> None:
+                 write_text: bool, decontaminate: tuple[str, int] | None = None,
+                 comprehension: tuple[str, str] | None = None) -> None:
         super().__init__(work)
         self.files, self.options, self.clean, self.pmid_parts = files, options, clean, pmid_parts
         self.plan, self.validation_fraction, self.parallel = plan, validation_fraction, parallel
         # The cleaned text goes to disk only when a later stage reads it again (the hash stage after the PubMed
         # update barrier); otherwise it is tokenised here and never written.
         self.write_text, self.decontaminate = write_text, decontaminate
+        self.comprehension = comprehension  # (model, layout) with --reading-comprehension
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         from domainlm.corpora.clean import (
@@ -210,6 +212,11 @@ class ReadClean(_Step):
         read = kept = spaced = 0
         tokens = TokenLog(self.work, rank, self.plan, self.validation_fraction, self.parallel)
         decont = Decontaminate(self.decontaminate[0], self.decontaminate[1], self.work) if self.decontaminate else None
+        comprehension = None
+        if self.comprehension is not None:
+            from domainlm.corpora.comprehension import Comprehension
+
+            comprehension = Comprehension(*self.comprehension)
         with open(out_path, "w", encoding="utf-8") if self.write_text else contextlib.nullcontext() as out:
             if len(mine):
                 stream = iter_documents(files, ReaderOptions(**self.options), skips, start=Position(mine.start, 0),
@@ -234,10 +241,20 @@ class ReadClean(_Step):
                                              ensure_ascii=False) + "\n")
                     self.stat_update("kept")
                     trove = TroveDocument(text=text, id=doc.id, metadata={"kind": kind, "idx": kept, "idx2": kept})
+                    # Deduplication hashes the document as read (``trove``); what is checked against the test sets
+                    # and tokenised is the document followed by its mined tasks (--reading-comprehension).
+                    checked = trove
+                    if comprehension is not None and kind != "protein" and not doc.metadata.get("loss_segments"):
+                        title = doc.metadata.get("title")
+                        title = clean_text(title, opts.unicode_form) if title else None
+                        checked = TroveDocument(text=comprehension.convert(text, title, str(doc.id)), id=doc.id,
+                                                metadata={"kind": kind})
+                    elif comprehension is not None:
+                        comprehension.skip()
                     task = ngram = None
-                    if decont is not None and decont.filter(trove) is not True:
-                        task, ngram = trove.metadata["contaminated_task"], trove.metadata["contaminated_ngram"]
-                    tokens.add(str(doc.id), text, doc.metadata.get("loss_segments"), task, ngram)
+                    if decont is not None and decont.filter(checked) is not True:
+                        task, ngram = checked.metadata["contaminated_task"], checked.metadata["contaminated_ngram"]
+                    tokens.add(str(doc.id), checked.text, doc.metadata.get("loss_segments"), task, ngram)
                     yield trove
                     kept += 1
                     if kept >= int(NONE):
@@ -245,6 +262,8 @@ class ReadClean(_Step):
 
                         raise DataError("more than 2^32 documents in one task: raise --tasks")
         tokens.close()
+        if comprehension is not None:
+            comprehension.save(self.work, rank)
         if keys is not None:
             commit(int(NONE))
             keys.flush()
@@ -639,8 +658,9 @@ class PackTask(_Step):
     name = "pack"
 
     def __init__(self, work: str, out: str, block_size: int, shard_size: int, *, pubmed: bool, exact: bool,
-                 clusters: str | None, exact_in_read_order: bool = False) -> None:
+                 clusters: str | None, exact_in_read_order: bool = False, comprehension: bool = False) -> None:
         super().__init__(work)
+        self.comprehension = comprehension  # --reading-comprehension: count the mined tasks of the kept documents
         self.out, self.block_size, self.shard_size = out, block_size, shard_size
         self.pubmed, self.exact, self.clusters = pubmed, exact, clusters
         # True when the exact keys were written in the read stage: their positions count every document read,
@@ -669,6 +689,10 @@ class PackTask(_Step):
             if path.is_file():
                 near_idx = np.fromfile(path, dtype="<u4").astype(np.int64)
         src = Path(self.work) / "tokens" / f"{rank:05d}.arrow"
+        from domainlm.corpora.comprehension import rows_path
+
+        mined = np.load(rows_path(self.work, rank)) if self.comprehension else None
+        mined_kept = []  # --reading-comprehension: the mined-task rows of the documents kept
         for old in (out / "documents").glob(f"shard-{rank:05d}-*.arrow"):
             old.unlink()  # a re-run task writes its document files afresh
         drops: Counter[str] = Counter()
@@ -708,6 +732,8 @@ class PackTask(_Step):
                 task_col = batch.column("task")
                 contaminated = ~pub & ~near & ~exact & ~np.asarray(task_col.is_null().to_numpy(zero_copy_only=False))
                 keep = ~(pub | near | exact | contaminated)
+                if mined is not None:
+                    mined_kept.append(mined[idx[keep]])
                 ids = batch.column("id").to_pylist()
                 for i in np.flatnonzero(pub):
                     why = REASONS[int(pub_reason[np.searchsorted(pub_idx, idx[i])])]
@@ -758,6 +784,11 @@ class PackTask(_Step):
             for w in writers.values():
                 w.abort()
             raise
+        if mined is not None:
+            from domainlm.corpora.comprehension import kept_counts
+
+            save_counts(self.work, "comprehension", rank, kept_counts(
+                np.concatenate(mined_kept) if mined_kept else mined[:0]))
         save_counts(self.work, "pack", rank, {
             "documents": kept, "tokens": tokens, "splits": splits, "split_documents": split_docs, "drops": {k: v for k, v in drops.items() if v},
             "examples": examples, "decontaminated": dict(decont), "decontamination_examples": decont_examples})
@@ -849,6 +880,11 @@ class Index(_Step):
                 drops["test_set_overlap"] += sum(by_task.values())
             extra["decontamination"] = {**m["decontamination"], "dropped": sum(by_task.values()),
                                         "dropped_by_task": dict(sorted(by_task.items())), "examples": dex}
+        if m.get("reading_comprehension") is not None:
+            from domainlm.corpora.comprehension import summarise_counts
+
+            extra["reading_comprehension"] = summarise_counts(load_counts(self.work, "comprehension"),
+                                                              m["reading_comprehension"])
         drops = Counter({k: v for k, v in drops.items() if v})
         documents = splits["train"]["documents"] + splits["validation"]["documents"]
         if documents == 0:
