@@ -151,6 +151,8 @@ def test_self_replay_needs_a_causal_model_and_an_instruction_source():
     with pytest.raises(ConfigError, match="'self_replay' must be 0 or more"):
         build(AdaptConfig, {"self_replay": -1})
     assert build(AdaptConfig, {"self_replay": 4, "replay_fraction": 0.2}).self_replay == 4
+    with pytest.raises(ConfigError, match="'self_replay' replays into corpus"):  # not silently dropped by a mixture
+        build(AdaptConfig, {"self_replay": 4, "sources": ["pubmed-sample=1"]})
 
 
 def _cli(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:

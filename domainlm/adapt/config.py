@@ -271,6 +271,9 @@ class AdaptConfig:
         if self.replay_corpus or self.replay_fraction:
             out.append("'sources' replaces 'replay_corpus'/'replay_fraction': add the replay corpus as a source "
                        "with its weight (e.g. {corpus: general-english-sample, weight: 0.05})")
+        if self.self_replay:
+            out.append("'self_replay' replays into corpus + replay_fraction, not into a 'sources' mixture: drop "
+                       "'self_replay' or use 'corpus' instead of 'sources'")
         names = [s.label for s in self.sources]
         for i, name in enumerate(names):
             if names.index(name) != i:

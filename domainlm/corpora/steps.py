@@ -3,7 +3,8 @@
 The run is a chain of datatrove stages (each stage one executor, local, Slurm or Ray; see prepare.py):
 
 1. ``read``: :class:`ReadClean`: our readers (every bad-record policy and drop count kept), cleaning and
-   the length filters, the n-gram decontamination check (``--decontaminate``: datatrove's filter with our
+   the length filters, the reading-comprehension conversion (``--reading-comprehension``: the document
+   followed by tasks mined from it, :mod:`domainlm.corpora.comprehension`), the n-gram decontamination check (``--decontaminate``: datatrove's filter with our
    index of the bench suites' test texts), and tokenisation: :class:`TokenLog` encodes the kept documents
    in batches and writes their ids to ``WORK/tokens/<rank>.arrow``, so the cleaned text is written again
    only when a later stage must re-read it (PubMed updates with deduplication: ``WORK/docs``). Each task
