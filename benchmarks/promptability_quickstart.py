@@ -253,7 +253,10 @@ def render(results: dict[str, Any], machine: dict[str, Any], missing: list[str],
         lines.append(f"- `{arm}`: {'qualifies' if res['qualifies'] else 'does not qualify'} ({res['why']}).")
     if missing:
         lines.append(f"- not measured (the run did not reach them): {', '.join(f'`{a}`' for a in missing)}.")
-    lines += ["", "Timings (s, under load): " + "; ".join(
+    lines += ["", "The base is scored once, in the first arm's bench, and reused by the others (`BaseScores`); an arm "
+              "interrupted by a restart resumes from its checkpoint (adapt's resume is bitwise), so its adapt time "
+              "covers only the resumed part.", ""]
+    lines += ["Timings (s, under load): " + "; ".join(
         f"`{a}` adapt {r['timings_s']['adapt']:.0f}, bench {r['timings_s']['bench']:.0f}" for a, r in results.items()),
         ""]
     return "\n".join(lines)
