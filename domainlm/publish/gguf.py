@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from domainlm.errors import DomainLMError
+from domainlm.publish.verify import run_fresh
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +261,6 @@ def verify_file(path: Path, *, probe: Path, reference_tokenizer: Path, gguf_type
     logits with ``probe``; also check the tokenizer in the file against the run's. Returns the measurements
     with ``passed`` and ``failures``."""
     rel_tol = tolerance if tolerance is not None else DEFAULT_TOLERANCE[gguf_type]
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1",
-               TOKENIZERS_PARALLELISM="false")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="domainlm-verify-gguf-") as cwd:
         # The file is loaded from a folder that holds nothing else: beside the safetensors, transformers would
@@ -272,18 +270,11 @@ def verify_file(path: Path, *, probe: Path, reference_tokenizer: Path, gguf_type
         (alone / path.name).symlink_to(path.resolve())
         args = {"folder": str(alone), "file": path.name, "probe": str(Path(probe).resolve()),
                 "reference_tokenizer": str(Path(reference_tokenizer).resolve()), "text": ROUND_TRIP_TEXT}
-        try:
-            proc = subprocess.run([sys.executable, "-c", VERIFY_SCRIPT, json.dumps(args)], capture_output=True,
-                                  text=True, timeout=timeout, env=env, cwd=cwd)
-        except subprocess.TimeoutExpired:
-            raise DomainLMError(f"verification of {path.name} did not finish in {timeout} s; raise --verify-timeout "
-                                "(nothing was put in place)") from None
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("VERIFY_RESULT ")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
-        raise DomainLMError(f"a fresh Python process could not load {path.name} with transformers' GGUF loader, so "
-                            f"nothing was put in place. Its error:\n{tail}")
-    r = json.loads(lines[-1][len("VERIFY_RESULT "):])
+        r = run_fresh(VERIFY_SCRIPT, args, cwd=cwd, timeout=timeout,
+                      timeout_text=f"verification of {path.name} did not finish in {timeout} s; raise "
+                                   "--verify-timeout (nothing was put in place)",
+                      failure_text=f"a fresh Python process could not load {path.name} with transformers' GGUF "
+                                   "loader, so nothing was put in place")
     scale = max(1.0, r.get("ref_max_abs", 0.0))
     r.update(type=gguf_type, wall_s=time.perf_counter() - t0, tolerance_relative=rel_tol, tolerance_abs=rel_tol * scale,
              fresh_process=True, loader=f"transformers {r['transformers']} GGUF loader (dequantised to float32)")

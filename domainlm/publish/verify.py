@@ -93,6 +93,31 @@ def write_reference(model: Any, input_ids: Any, path: Path) -> Path:
     return path
 
 
+
+def run_fresh(script: str, args: dict[str, Any], *, cwd: str, timeout: int, timeout_text: str, failure_text: str,
+              secrets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run a verification ``script`` (it prints one ``VERIFY_RESULT {json}`` line) in a fresh interpreter that
+    cannot reach the network nor see Hub tokens, and return that JSON; a timeout or a failed load raises
+    :class:`DomainLMError` with ``timeout_text`` / ``failure_text`` and the tail of its stderr (``secrets`` scrubbed).
+    Shared by the safetensors check and the GGUF check (publish/gguf.py)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    # The fresh process must never reach the network (the folder and base are local) nor print progress bars.
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1",
+               TOKENIZERS_PARALLELISM="false")
+    try:
+        proc = subprocess.run([sys.executable, "-c", script, json.dumps(args)], capture_output=True,
+                              text=True, timeout=timeout, env=env, cwd=cwd)
+    except subprocess.TimeoutExpired:
+        raise DomainLMError(timeout_text) from None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("VERIFY_RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
+        for s in secrets:
+            if s:
+                tail = tail.replace(s, "***")
+        raise DomainLMError(f"{failure_text}. Its error:\n{tail}")
+    return json.loads(lines[-1][len("VERIFY_RESULT "):])
+
 def verify_folder(folder: Path, *, probe: Path, objective: str, dtype: str, reference_tokenizer: Path,
                   adapter: bool = False, base_path: str | None = None, tolerance: float | None = None,
                   timeout: int = 900, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -109,28 +134,14 @@ def verify_folder(folder: Path, *, probe: Path, objective: str, dtype: str, refe
             "auto_class": auto_class_name(objective), "adapter": adapter, "base_path": base_path, "dtype": dtype,
             "reference_tokenizer": str(Path(reference_tokenizer).resolve()),
             "check_generation": objective == "causal"}
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    # The fresh process must never reach the network (the folder and base are local) nor print progress bars.
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1",
-               TOKENIZERS_PARALLELISM="false")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="domainlm-verify-") as cwd:
         # cwd is an empty folder so `import domainlm` could not succeed by accident from a checkout.
-        try:
-            proc = subprocess.run([sys.executable, "-c", VERIFY_SCRIPT, json.dumps(args)], capture_output=True,
-                                  text=True, timeout=timeout, env=env, cwd=cwd)
-        except subprocess.TimeoutExpired:
-            raise DomainLMError(f"verification of {folder} did not finish in {timeout} s; raise --verify-timeout "
-                                "(the export was not put in place)") from None
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("VERIFY_RESULT ")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
-        for s in secrets:
-            if s:
-                tail = tail.replace(s, "***")
-        raise DomainLMError(f"a fresh Python process could not load the exported folder with plain transformers, "
-                            f"so the export was not put in place. Its error:\n{tail}")
-    result = json.loads(lines[-1][len("VERIFY_RESULT "):])
+        result = run_fresh(VERIFY_SCRIPT, args, cwd=cwd, timeout=timeout, secrets=secrets,
+                           timeout_text=f"verification of {folder} did not finish in {timeout} s; raise "
+                                        "--verify-timeout (the export was not put in place)",
+                           failure_text="a fresh Python process could not load the exported folder with plain "
+                                        "transformers, so the export was not put in place")
     result["wall_s"] = time.perf_counter() - t0
     scale = max(1.0, result.get("ref_max_abs", 0.0))
     result.update(tolerance_relative=rel_tol, tolerance_abs=rel_tol * scale, dtype=dtype,
