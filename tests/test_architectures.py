@@ -171,10 +171,21 @@ def corpus_for(name: str, root: Path) -> Path:
     """One prepared corpus per tokenizer (causal bytes, masked bytes, ESM), shared by every architecture."""
     objective = BY_NAME[name].objective
     out = root / "corpora" / objective
+    folder = model_folder(next(a.name for a in ARCHS if a.objective == objective), root)
+    if objective != "protein":
+        # A family whose tokenizer class rebuilds the same vocabulary with other rules (transformers' Qwen2 tokenizer
+        # adds NFC and its own split pattern) gives other ids for some texts: adapt refuses a corpus tokenised by
+        # another tokenizer, so such a family gets its own corpus.
+        from transformers import AutoTokenizer
+
+        from domainlm.corpora.pack import tokenizer_fingerprint
+
+        own = model_folder(name, root)
+        if tokenizer_fingerprint(AutoTokenizer.from_pretrained(own)) != tokenizer_fingerprint(
+                AutoTokenizer.from_pretrained(folder)):
+            out, folder = root / "corpora" / name, own
     if (out / "manifest.json").is_file():
         return out
-    first = next(a.name for a in ARCHS if a.objective == objective)
-    folder = model_folder(first, root)
     if objective == "protein":
         from domainlm.corpora.prepare import prepare_card
 
