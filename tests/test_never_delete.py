@@ -160,7 +160,7 @@ def test_full_disk_during_prepare_says_what_to_do(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "c" / ".work"))
 
-    monkeypatch.setattr(steps.Pack, "run", full)
+    monkeypatch.setattr(steps.PackTask, "run", full)  # the per-task pack stage (issue 35)
     with pytest.raises(DataError) as err:
         prepare_card("pubmed-sample", "tiny-llama", tmp_path / "c", block_size=64, workers=1)
     message = str(err.value)
