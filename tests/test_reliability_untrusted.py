@@ -52,6 +52,7 @@ def test_cli_refuses_a_pickle_folder_in_one_line(tmp_path, capsys):
     (folder / "model.safetensors").unlink()
     marker = tmp_path / "ran"
     torch.save({"w": Evil(marker)}, folder / "pytorch_model.bin")
+    (tmp_path / "none").mkdir()  # an existing (empty) folder passes validation, so the model is what gets refused
     rc = main(["adapt", "--model", str(folder), "--corpus", str(tmp_path / "none"), "--out", str(tmp_path / "run"),
                "--max-steps", "1"])
     err = capsys.readouterr().err
