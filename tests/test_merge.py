@@ -89,6 +89,8 @@ def test_merged_folder_is_a_run_that_bench_publish_and_generate_load(full_run: P
     from safetensors.torch import load_file
 
     probe = load_file(str(info.probe))
+    # the merge probes the adapted run's own tokens (its 64 validation tokens), so publish checks the same text
+    assert torch.equal(probe["input_ids"], load_file(str(read_run(full_run).probe))["input_ids"])
     with torch.no_grad():
         logits = loaded.model(input_ids=probe["input_ids"]).logits
     assert torch.allclose(logits, probe["logits"], atol=1e-5)

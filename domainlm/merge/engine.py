@@ -266,7 +266,14 @@ def write_run(pair: Pair, merged: Path, out: Path, merge_info: dict[str, Any], e
             if src.is_file():
                 shutil.copyfile(src, final / name)
         model = auto_class(pair.objective).from_pretrained(str(final), dtype=torch.float32)
-        ids = tok("Merged models keep what the base could do.", return_tensors="pt")["input_ids"][:, :64]
+        run_probe = getattr(pair.run, "probe", None)
+        if run_probe is not None and Path(run_probe).is_file():
+            # the adapted run's own probe tokens (64 validation tokens), so publish checks the merge on the same text
+            from safetensors.torch import load_file
+
+            ids = load_file(str(run_probe))["input_ids"]
+        else:
+            ids = tok("Merged models keep what the base could do.", return_tensors="pt")["input_ids"][:, :64]
         write_reference(model, ids, final / "probe.safetensors")
         del model
         write_manifest(final, "final", complete=True, notes=[f"merge: {merge_info['method']} weight "
