@@ -189,6 +189,22 @@ def test_dev_split_holds_out_part_of_train_and_never_reads_test(tmp_path: Path):
     assert "test" not in data.files and any("held out" in n for n in data.notes)
 
 
+def test_dev_split_of_a_task_that_trains_on_nothing_is_its_whole_train_split(tmp_path: Path):
+    """A zero-shot task never trains, so all of its train split is unseen: it is scored whole (more power to
+    see a guard loss than a fifth of it), and the test file is still never opened."""
+    from domainlm.bench.data import load_data
+    from domainlm.bench.tasks import load_task
+
+    rows = [{"text": f"is sentence {i} about kinase?", "label": "yes" if i % 2 else "no"} for i in range(40)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "t.yaml").write_text("version: 1\nformat: jsonl\nfiles: {train: train.jsonl, test: missing.jsonl}\n"
+                                     "head: sequence\nmode: zeroshot\nmetric: accuracy\n"
+                                     "prompt: '{text} Answer:'\nlabels: ['yes', 'no']\n")
+    data = load_data(load_task(tmp_path / "t.yaml"), split="dev", dev_fraction=0.25, needs_train=False)
+    assert len(data.test) == 40 and not data.train
+    assert "test" not in data.files and any("all 40 records" in n for n in data.notes)
+
+
 def test_dev_split_of_a_test_ids_task_uses_only_the_records_outside_the_test_ids(tmp_path: Path):
     from domainlm.bench.data import load_data
     from domainlm.bench.tasks import load_task

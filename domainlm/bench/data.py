@@ -214,6 +214,13 @@ def load_data(spec: TaskSpec, *, data_root: str | Path | None = None, max_exampl
         if "dev" in splits:
             splits["test"] = splits.pop("dev")
             dev_note = f"scored on the dev split ({files['dev']}), not test"
+        elif not needs_train:
+            # A zero-shot or perplexity task trains on nothing, so its whole train split is unseen: score all
+            # of it (a fifth of PubMedQA's 500 questions could not see a 5-point loss; issue 29).
+            splits["test"] = splits.pop("train")
+            files["dev"] = f"all of {files['train']} (this mode trains on nothing)"
+            dev_note = (f"no dev split: scored on all {len(splits['test'])} records of the train split, which this "
+                        "mode does not train on")
         else:
             held, rest = _carve(splits["train"], dataclasses.replace(spec, carve_train=dev_fraction))
             splits["test"] = held

@@ -56,11 +56,16 @@ def _check_model_arg(spec: str, flag: str) -> None:
         raise ConfigError([f"'{flag}': {exc}"]) from None
 
 
-def _needs_train(spec: TaskSpec, force: str | None) -> bool:
+def _needs_train(spec: TaskSpec, force: str | None, causal: bool | None = None) -> bool:
+    """Whether scoring ``spec`` trains on its train split. ``causal`` (when the caller knows the model kind)
+    settles a zero-shot task with a training fallback: a causal model runs the zero-shot mode and trains on
+    nothing."""
     if spec.head in ("lm",):
         return False
     if spec.head == "contacts" or force in ("probe", "finetune"):
         return True
+    if causal and spec.mode == "zeroshot":
+        return False
     return spec.mode in ("probe", "finetune") or spec.fallback_mode in ("probe", "finetune")
 
 
@@ -85,8 +90,10 @@ def _check_out(out: Path) -> None:
                            "folder, so choose a new or empty --out"])
 
 
-def load_all(config: BenchConfig) -> tuple[list[TaskSpec], dict[str, TaskData]]:
-    """Every native task and its checked data (step 1); harness tasks are checked by :func:`plan_harness`."""
+def load_all(config: BenchConfig, causal: bool | None = None) -> tuple[list[TaskSpec], dict[str, TaskData]]:
+    """Every native task and its checked data (step 1); harness tasks are checked by :func:`plan_harness`.
+    ``causal``: the models' kind where the caller knows it (merge --select), so a zero-shot task's dev split
+    can be its whole train split (see :func:`domainlm.bench.data.load_data`)."""
     from domainlm.bench.harness import split_suite
 
     overrides = parse_overrides(config.override)
@@ -108,7 +115,7 @@ def load_all(config: BenchConfig) -> tuple[list[TaskSpec], dict[str, TaskData]]:
             spec.finetune_epochs = config.epochs
         data[spec.task_name] = load_data(spec, data_root=roots.get(spec.task_name, config.data_root),
                                          max_examples=config.max_examples,
-                                         needs_train=_needs_train(spec, config.mode), split=config.split,
+                                         needs_train=_needs_train(spec, config.mode, causal), split=config.split,
                                          dev_fraction=config.dev_fraction,
                                          max_train_examples=config.max_train_examples)
         data[spec.task_name].shortened = shortened_protocol(spec, config, epochs_before, data[spec.task_name])

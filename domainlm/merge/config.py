@@ -37,7 +37,7 @@ class MergeConfig:
     data_root: str | None = opt(None, "--select: resolve task data files under this folder")
     max_examples: int | None = opt(None, "--select: cap each dev split at this many records")
     dev_fraction: float = opt(0.2, "--select: share of a task's train split held out as its dev split when the "
-                              "task has none")
+                              "task has none and trains on it (a zero-shot or perplexity task scores its whole train split)")
     test: bool = opt(True, "--select: score the chosen model (and the base) on the test splits once, afterwards")
     test_max_examples: int | None = opt(None, "--select: cap each test split (default: --max-examples)")
     bootstrap: int = opt(1000, "--select: bootstrap resamples for the paired intervals")

@@ -246,7 +246,7 @@ def select(cfg: MergeConfig) -> dict[str, Any]:
                            override=list(cfg.override) + dev_over, data_root=cfg.data_root,
                            max_examples=cfg.max_examples, split="dev", dev_fraction=cfg.dev_fraction, seeds=cfg.seeds,
                            bootstrap=cfg.bootstrap, out=str(scratch / "bench"))
-        specs, data = load_all(bcfg)
+        specs, data = load_all(bcfg, causal=pair.objective == "causal")
         domain, guards = task_roles(cfg, specs)
         keep = set(domain) | set(guards)
         specs = [sp for sp in specs if sp.task_name in keep]  # tasks in neither role cost time and decide nothing
