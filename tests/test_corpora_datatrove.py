@@ -196,7 +196,8 @@ def test_batched_minhash_signatures_are_datatroves_bytes(tmp_path, monkeypatch):
     from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
 
     from domainlm.corpora.clean import shingle_hashes
-    from domainlm.corpora.steps import Signature, Whitespace, minhash_config
+    from domainlm.corpora.steps.base import Whitespace
+    from domainlm.corpora.steps.minhash import Signature, minhash_config
 
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(300)]
@@ -229,7 +230,7 @@ def test_batched_minhash_signatures_are_datatroves_bytes(tmp_path, monkeypatch):
 
 
 def test_mersenne_modulo_matches_numpy_on_the_edges():
-    from domainlm.corpora.steps import mod_mersenne61
+    from domainlm.corpora.steps.minhash import mod_mersenne61
 
     p = (1 << 61) - 1
     edges = [0, 1, p - 8, p - 1, p, p + 1, 2 * p - 1, 2 * p, 2 * p + 7, (1 << 64) - 1, (1 << 64) - 8,

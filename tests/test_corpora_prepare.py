@@ -203,11 +203,11 @@ def test_interrupted_prepare_resumes_with_the_finished_tasks(tmp_path, monkeypat
     with pytest.raises(IncompleteArtifactError):
         load_prepared(out)
     assert (out / ".work" / "logs" / "read" / "completions" / "00000").is_file()
-    from domainlm.corpora import steps
+    from domainlm.corpora.steps.read import ReadClean
 
     calls, reads = [], []
     monkeypatch.setattr(prepare_mod, "_after_shard", calls.append)
-    monkeypatch.setattr(steps.ReadClean, "run", lambda self, *a, **k: reads.append(a) or iter(()))
+    monkeypatch.setattr(ReadClean, "run", lambda self, *a, **k: reads.append(a) or iter(()))
     manifest = prepare(out=str(out), **kw)
     assert calls == [0, 1, 2, 3, 4]  # the pack task is redone (50 documents, 10 a document file) ...
     assert reads == []  # ... the finished read stage is not

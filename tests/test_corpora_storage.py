@@ -231,7 +231,7 @@ def test_documents_with_loss_segments_get_a_token_mask(tmp_path):
     import pyarrow as pa
 
     from domainlm.corpora.pack import Encoder, plan_tokenizer
-    from domainlm.corpora.steps import TokenLog
+    from domainlm.corpora.steps.tokenise import TokenLog
 
     plan, _ = plan_tokenizer("tiny-llama")
     log = TokenLog(str(tmp_path), 0, plan, 0.0, parallel=False)

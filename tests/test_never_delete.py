@@ -154,13 +154,13 @@ def test_full_disk_during_prepare_says_what_to_do(tmp_path, monkeypatch):
     """datatrove passes a task's OSError(ENOSPC) through; prepare turns it into one line saying what to do."""
     import errno
 
-    from domainlm.corpora import steps
     from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.steps.pack import PackTask
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "c" / ".work"))
 
-    monkeypatch.setattr(steps.PackTask, "run", full)  # the per-task pack stage (issue 35)
+    monkeypatch.setattr(PackTask, "run", full)  # the per-task pack stage (issue 35)
     with pytest.raises(DataError) as err:
         prepare_card("pubmed-sample", "tiny-llama", tmp_path / "c", block_size=64, workers=1)
     message = str(err.value)

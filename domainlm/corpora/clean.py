@@ -1,7 +1,7 @@
 """Cleaning and the per-document hashes: Unicode normalisation, whitespace repair, length filters, the
 exact-duplicate key, MinHash shingles and the hashed train/validation split.
 
-These are pure functions run inside the datatrove tasks of ``corpus prepare`` (steps.py); the
+These are pure functions run inside the datatrove tasks of ``corpus prepare`` (``domainlm/corpora/steps/``); the
 cross-document decisions (exact and near-duplicates, PubMed revisions) are datatrove stages on disk.
 """
 

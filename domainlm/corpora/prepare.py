@@ -1,6 +1,6 @@
 """``domainlm corpus prepare``: read, clean, deduplicate, split, tokenise and pack a domain corpus.
 
-The work runs as datatrove stages (domainlm/corpora/steps.py has the steps and the order) on the
+The work runs as datatrove stages (domainlm/corpora/steps/ has the steps and the order) on the
 executor ``--executor`` names: ``local`` (processes on this machine), ``slurm`` (sbatch job arrays that
 depend on each other, written and submitted by datatrove) or ``ray``. Intermediate files and datatrove's
 completion markers live in ``OUT/.work``, so re-running an interrupted prepare skips the finished tasks.
@@ -298,7 +298,12 @@ class _Run:
         return sources, described
 
     def _execute(self) -> dict[str, Any]:
-        from domainlm.corpora import steps
+        from domainlm.corpora.steps.decontaminate import build_decont_index
+        from domainlm.corpora.steps.index import Index
+        from domainlm.corpora.steps.keys import DropKeyed, ExactKeys, ResolveKeys
+        from domainlm.corpora.steps.minhash import Signature, minhash_config
+        from domainlm.corpora.steps.pack import PackTask
+        from domainlm.corpora.steps.read import ReadClean, ReadDocs
 
         c = self.config
         work = str(self.work)
@@ -317,16 +322,16 @@ class _Run:
                    "ambiguous": c.ambiguous, "keep_title_only": c.keep_title_only}
         clean = {"unicode_form": c.unicode_form, "min_chars": c.min_chars, "max_chars": c.max_chars,
                  "min_length": c.min_length, "max_length": c.max_length, "detokenize": c.detokenize}
-        mh = steps.minhash_config(c.near_dup_threshold, c.near_dup_num_perm) if c.near_dup else None
+        mh = minhash_config(c.near_dup_threshold, c.near_dup_num_perm) if c.near_dup else None
         sigs, buckets, clusters = (str(self.work / "minhash" / k) for k in ("sigs", "buckets", "remove"))
-        hashing = ([steps.ExactKeys(work, tasks)] if c.dedup else []) + \
-                  ([steps.Signature(sigs, mh)] if mh is not None else [])
+        hashing = ([ExactKeys(work, tasks)] if c.dedup else []) + \
+                  ([Signature(sigs, mh)] if mh is not None else [])
 
         decont = decont_index = None
         if c.decontaminate:
             sources, decont = self._decontamination_sources()
             index = self.work / "decont"
-            sizes = steps.build_decont_index(index, sources, c.decontaminate_ngram)
+            sizes = build_decont_index(index, sources, c.decontaminate_ngram)
             decont.update(ngram=c.decontaminate_ngram, test_ngrams=sizes)
             decont_index = (str(index), c.decontaminate_ngram)
         # Exact keys can be written while reading even with PubMed updates (their resolution leaves out what the
@@ -339,19 +344,19 @@ class _Run:
             from domainlm.corpora.comprehension import resolve_layout
 
             layout = resolve_layout(c.reading_comprehension_layout, self.tokenizer)
-        read = steps.ReadClean(work, files, options, clean, tasks if updates else None, plan=self.plan,
-                               validation_fraction=c.validation_fraction, parallel=tasks > 1,
-                               write_text=late_hashing, decontaminate=decont_index,
-                               comprehension=(c.model, layout) if layout else None)
+        read = ReadClean(work, files, options, clean, tasks if updates else None, plan=self.plan,
+                         validation_fraction=c.validation_fraction, parallel=tasks > 1,
+                         write_text=late_hashing, decontaminate=decont_index,
+                         comprehension=(c.model, layout) if layout else None)
         stages: list[tuple[str, list, int]] = [("read", [read, *([] if late_hashing else hashing)], tasks)]
         if updates:
-            stages.append(("updates", [steps.ResolveKeys(work, "pubmed", "pubmed", tasks)], tasks))
+            stages.append(("updates", [ResolveKeys(work, "pubmed", "pubmed", tasks)], tasks))
             if late_hashing:
-                stages.append(("hash", [steps.ReadDocs(work), steps.DropKeyed(work, "pubmed", False), *hashing],
+                stages.append(("hash", [ReadDocs(work), DropKeyed(work, "pubmed", False), *hashing],
                                tasks))
         if c.dedup:
             exclude = "pubmed" if updates and not late_hashing else None
-            stages.append(("exact", [steps.ResolveKeys(work, "exact", "exact", tasks, exclude)], tasks))
+            stages.append(("exact", [ResolveKeys(work, "exact", "exact", tasks, exclude)], tasks))
         if mh is not None:
             from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster
 
@@ -362,10 +367,10 @@ class _Run:
             stages.append(("minhash-buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)],
                            mh.num_buckets * per_band))
             stages.append(("minhash-clusters", [MinhashDedupCluster(buckets, clusters, config=mh)], 1))
-        stages.append(("pack", [steps.PackTask(work, str(self.out), c.block_size, c.shard_size, pubmed=updates,
-                                               exact=c.dedup, clusters=clusters if mh is not None else None,
-                                               exact_in_read_order=updates and not late_hashing,
-                                               comprehension=layout is not None)],
+        stages.append(("pack", [PackTask(work, str(self.out), c.block_size, c.shard_size, pubmed=updates,
+                                         exact=c.dedup, clusters=clusters if mh is not None else None,
+                                         exact_in_read_order=updates and not late_hashing,
+                                         comprehension=layout is not None)],
                        tasks))
         log.info("preparing %d input file(s) -> %s with %s (%s executor, %d task%s)", len(self.files), self.out,
                  c.model, c.executor, tasks, "s" if tasks > 1 else "")
@@ -386,7 +391,7 @@ class _Run:
             _preload()
         with _quiet_datatrove(c.executor == "local"), _children_die_with_us():
             try:
-                index = ("index", [steps.Index(work, str(self.out), tasks, c.block_size, meta)], 1)
+                index = ("index", [Index(work, str(self.out), tasks, c.block_size, meta)], 1)
                 if c.executor == "slurm":  # submitted at once as jobs that depend on each other
                     stage = None
                     for name, pipeline, n in [*stages, index]:

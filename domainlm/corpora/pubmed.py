@@ -8,7 +8,7 @@ every PubMed file is not a network access.
 
 Update files revise records (a PMID appears again) and delete them (``<DeleteCitation>``). The readers
 report every PMID they see and every deletion through ``ctx.on_record``; ``corpus prepare`` resolves
-them in a datatrove stage keyed by PMID (domainlm.corpora.steps: the last file that has a PMID wins, a
+them in a datatrove stage keyed by PMID (domainlm.corpora.steps.keys: the last file that has a PMID wins, a
 deletion there removes it), so the state is partitioned on disk, not held in one process.
 :func:`scan_pubmed_events` is the single-process form for small streams (``vocab``): an index of the
 PMIDs that later files contain or delete, 13 bytes per PMID.
