@@ -232,7 +232,7 @@ def _prepare_child(args_json: str) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     kw = json.loads(args_json)
-    from domainlm.corpora.pack import plan_tokenizer
+    from domainlm.corpora.tokenizer_plan import plan_tokenizer
 
     plan_tokenizer(kw["model"])  # load/convert the tokenizer once outside the timed region
     from domainlm.corpora.prepare import prepare

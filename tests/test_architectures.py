@@ -178,7 +178,7 @@ def corpus_for(name: str, root: Path) -> Path:
         # another tokenizer, so such a family gets its own corpus.
         from transformers import AutoTokenizer
 
-        from domainlm.corpora.pack import tokenizer_fingerprint
+        from domainlm.corpora.tokenizer_plan import tokenizer_fingerprint
 
         own = model_folder(name, root)
         if tokenizer_fingerprint(AutoTokenizer.from_pretrained(own)) != tokenizer_fingerprint(

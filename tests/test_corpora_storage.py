@@ -230,8 +230,8 @@ def test_documents_with_loss_segments_get_a_token_mask(tmp_path):
     tokens of the counting segments (and the closing separator after one) 1 in ``loss_mask``, the rest 0."""
     import pyarrow as pa
 
-    from domainlm.corpora.pack import Encoder, plan_tokenizer
     from domainlm.corpora.steps.tokenise import TokenLog
+    from domainlm.corpora.tokenizer_plan import Encoder, plan_tokenizer
 
     plan, _ = plan_tokenizer("tiny-llama")
     log = TokenLog(str(tmp_path), 0, plan, 0.0, parallel=False)

@@ -377,7 +377,7 @@ def _self_replay(r: Run, prompts: Path) -> Path:
 
 
 def _check_tokenizer(corpus_manifest: dict, tokenizer, corpus: Path) -> None:
-    from domainlm.corpora.pack import tokenizer_fingerprint
+    from domainlm.corpora.tokenizer_plan import tokenizer_fingerprint
 
     tok = corpus_manifest.get("tokenizer") or {}
     size = tok.get("vocab_size")

@@ -188,7 +188,8 @@ def prepare_instructions(path: str | Path, tokenizer: Any, block_size: int, out:
     document starts and the bit-packed ``loss_mask``; manifest.json with its layout); a folder already prepared
     from the same file, tokenizer and settings is reused."""
     from domainlm.artifacts import write_manifest
-    from domainlm.corpora.pack import FORMAT_VERSION, SplitWriter, token_dtype, tokenizer_fingerprint
+    from domainlm.corpora.pack import FORMAT_VERSION, SplitWriter, token_dtype
+    from domainlm.corpora.tokenizer_plan import tokenizer_fingerprint
 
     path, out = Path(path).expanduser(), Path(out)
     fingerprint = _fingerprint(path, tokenizer, block_size, layout)

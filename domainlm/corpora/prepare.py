@@ -123,7 +123,7 @@ class _Run:
         self.files = resolve_inputs(c.inputs, c.format, skips=self.setup_skips)
         if not self.files:
             raise DataError(f"no readable input files in {', '.join(c.inputs)}")
-        from domainlm.corpora.pack import plan_tokenizer
+        from domainlm.corpora.tokenizer_plan import plan_tokenizer
 
         self.plan, self.tokenizer = plan_tokenizer(c.model)
         self.inputs = self._hash_inputs()

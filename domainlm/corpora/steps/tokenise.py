@@ -26,7 +26,8 @@ class TokenLog:
     def __init__(self, work: str, rank: int, plan: Any, validation_fraction: float, parallel: bool) -> None:
         import pyarrow as pa
 
-        from domainlm.corpora.pack import Encoder, token_dtype
+        from domainlm.corpora.pack import token_dtype
+        from domainlm.corpora.tokenizer_plan import Encoder
 
         if parallel:
             # One tokenizer thread per task: N tasks already use N cores, a Rust pool in each would oversubscribe.
