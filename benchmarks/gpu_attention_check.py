@@ -59,7 +59,8 @@ def _loss_and_grads(model, objective, ids, docs):
 
 
 def check(name: str, objective: str) -> dict:
-    from domainlm.sources import load_model, resolve
+    from domainlm.sources.load import load_model
+    from domainlm.sources.resolution import resolve
 
     src = resolve(name)
     sdpa, _ = load_model(src, objective)

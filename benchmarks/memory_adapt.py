@@ -426,7 +426,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from domainlm.flops import cpu_flags, cpu_name
-    from domainlm.sources import byte_level_tokenizer
+    from domainlm.sources.tiny import byte_level_tokenizer
 
     flags = cpu_flags()
     results = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cpu_flags": flags, "threads": torch.get_num_threads(), "model": MODEL,

@@ -39,7 +39,7 @@ def build_model(folder: Path, hidden: int, layers: int, vocab: int, dtype: str =
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from domainlm.sources import resolve
+    from domainlm.sources.resolution import resolve
 
     tok = AutoTokenizer.from_pretrained(resolve("tiny-llama").path)
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 64 * 64,

@@ -131,7 +131,7 @@ def worker_trainer(case: str, steps: int, root: Path, compile: bool = False, cur
 
     from domainlm.corpora import load_prepared
     from domainlm.flops import bf16_is_fast, measure_matmul_peak, mfu, model_flops
-    from domainlm.sources import load_model, load_tokenizer
+    from domainlm.sources.load import load_model, load_tokenizer
 
     model_name, objective, method, block, batch = CASES[case]
     corpus = _corpus(model_name, block, root)

@@ -137,7 +137,7 @@ def prepared_texts(folder: Path) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 def _backend_json(model: str) -> str:
-    from domainlm.sources import load_tokenizer
+    from domainlm.sources.load import load_tokenizer
 
     return load_tokenizer(model).backend_tokenizer.to_str()
 

@@ -28,9 +28,9 @@ _EXPORTS = {
     "sweep": "domainlm.scaling:sweep",
     "fit": "domainlm.scaling:fit",
     "quickstart": "domainlm.quickstart:quickstart",
-    "resolve": "domainlm.sources:resolve",
-    "load_model": "domainlm.sources:load_model",
-    "load_tokenizer": "domainlm.sources:load_tokenizer",
+    "resolve": "domainlm.sources.resolution:resolve",
+    "load_model": "domainlm.sources.load:load_model",
+    "load_tokenizer": "domainlm.sources.load:load_tokenizer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -167,7 +167,7 @@ def _usage() -> str:
 
 def set_verbose() -> None:
     """``--verbose``: domainlm's debug logs, which also lets transformers' weight-loading report through
-    (:func:`domainlm.sources.load_model` hides it otherwise, after its own clearer warning)."""
+    (:func:`domainlm.sources.load.load_model` hides it otherwise, after its own clearer warning)."""
     logging.getLogger("domainlm").setLevel(logging.DEBUG)
     from domainlm.noise import loud_loggers
 

@@ -262,7 +262,8 @@ def memory_plan(cfg: ComputeConfig) -> dict[str, Any]:
     else:
         from transformers import AutoConfig
 
-        from domainlm.sources import materialise, resolve
+        from domainlm.sources.gguf import materialise
+        from domainlm.sources.resolution import resolve
 
         src = resolve(cfg.model, trust_remote_code=cfg.trust_remote_code)
         try:
@@ -349,7 +350,8 @@ def compute(config: ComputeConfig | str | None = None, **overrides: Any) -> dict
         mfu,
         model_flops,
     )
-    from domainlm.sources import materialise, resolve
+    from domainlm.sources.gguf import materialise
+    from domainlm.sources.resolution import resolve
 
     cfg = as_config(ComputeConfig, config, overrides)
     if cfg.memory:

@@ -18,7 +18,7 @@ from typing import Any
 from domainlm.config import as_config, at_least, opt
 from domainlm.errors import ConfigError
 from domainlm.loading import is_run_folder, load_for_eval, read_run
-from domainlm.sources import resolve
+from domainlm.sources.resolution import resolve
 
 log = logging.getLogger(__name__)
 

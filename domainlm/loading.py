@@ -1,7 +1,7 @@
 """Load a model from a source spec or a domainlm run folder: the one loader bench, publish and generate share.
 
 So the model you benchmark is loaded exactly as the model you publish or generate from: the same
-safety checks (:func:`domainlm.sources.resolve` and :func:`~domainlm.sources.load_model`: no pickle,
+safety checks (:func:`domainlm.sources.resolution.resolve` and :func:`~domainlm.sources.load.load_model`: no pickle,
 no remote code without the opt-in, config and weights must agree), the same embedding resize and the
 same adapter merge.
 
@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from domainlm import sources
 from domainlm.artifacts import read_manifest
 from domainlm.errors import DataError, DomainLMError, IncompleteArtifactError, SourceError
 from domainlm.noise import ignoring
+from domainlm.sources.gguf import materialise
+from domainlm.sources.load import load_model, load_tokenizer
+from domainlm.sources.resolution import resolve
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ def read_run(run_dir: str | Path) -> RunInfo:
     objective = next((o for o in (manifest.get("objective"), base_model.get("objective"), config.get("objective"))
                       if o in KINDS), None)
     if objective is None and method == "full":
-        objective = sources.resolve(str(final), **RunInfo(run_dir, manifest, final, method, "causal").load_flags()).kind
+        objective = resolve(str(final), **RunInfo(run_dir, manifest, final, method, "causal").load_flags()).kind
     return RunInfo(run_dir, manifest, final, method, objective or "causal", base_model)
 
 
@@ -137,20 +139,20 @@ def read_run(run_dir: str | Path) -> RunInfo:
 # ----------------------------------------------------------------------------------------------------
 
 def base_source(info: RunInfo, **flags: bool):
-    """The resolved base of an adapter run as a :class:`~domainlm.sources.ModelSource` whose ``path`` is a
+    """The resolved base of an adapter run as a :class:`~domainlm.sources.source.ModelSource` whose ``path`` is a
     plain safetensors folder (GGUF bases are dequantised into the cache)."""
     flags = info.load_flags(**flags)
     spec = info.base_model.get("model") or info.config.get("model")
     try:
-        src = sources.resolve(spec, **flags)
+        src = resolve(spec, **flags)
     except SourceError as first:
         # The spec may have been a folder that moved; the path adapt recorded may still exist.
         path = info.base_model.get("path")
         if not path or not Path(path).is_dir() or not (Path(path) / "config.json").is_file():
             raise SourceError(f"the base model of {info.run_dir} ('{spec}', from {info.final / 'base_model.json'}) "
                               f"cannot be loaded: {first}") from None
-        src = sources.resolve(path, **flags)
-    return sources.materialise(src)
+        src = resolve(path, **flags)
+    return materialise(src)
 
 
 def load_run_tokenizer(info: RunInfo):
@@ -184,14 +186,14 @@ def load_run_model(info: RunInfo, *, merge: bool = True, objective: str | None =
                    trust_remote_code: bool = False, **kwargs: Any):
     """``(model, fresh_parameters)``: the run's final model in fp32 and eval mode.
 
-    Full runs load ``final/`` through :func:`domainlm.sources.load_model` (every check a base model gets).
+    Full runs load ``final/`` through :func:`domainlm.sources.load.load_model` (every check a base model gets).
     Adapter runs load the base, apply the adapter and, with ``merge``, fold it into the weights (a plain
     transformers model); without ``merge`` the peft wrapper is returned.
     """
     flags = info.load_flags(allow_pickle, trust_remote_code)
     objective = objective or info.objective
     if not info.is_adapter:
-        model, report = sources.load_model(sources.resolve(str(info.final), **flags), objective, **flags, **kwargs)
+        model, report = load_model(resolve(str(info.final), **flags), objective, **flags, **kwargs)
         model.eval()
         return model, list(report.fresh_parameters)
     from peft import PeftModel
@@ -234,12 +236,12 @@ class LoadedModel:
 
 def load_for_eval(spec: str, objective: str | None = None, *, allow_pickle: bool = False,
                   trust_remote_code: bool = False, **kwargs: Any) -> LoadedModel:
-    """Load ``spec`` (anything :func:`domainlm.sources.resolve` accepts, or a run folder), merged and in eval mode.
+    """Load ``spec`` (anything :func:`domainlm.sources.resolution.resolve` accepts, or a run folder), merged and in eval mode.
 
     Args:
         spec: model name, folder, Hub id, or a domainlm run folder.
         objective: 'causal', 'masked' or 'protein'; default: what the source or run says.
-        allow_pickle, trust_remote_code: the opt-ins of :func:`domainlm.sources.resolve` (a run folder also
+        allow_pickle, trust_remote_code: the opt-ins of :func:`domainlm.sources.resolution.resolve` (a run folder also
             uses the ones it was trained with).
         **kwargs: passed to ``from_pretrained`` (e.g. ``attn_implementation="eager"``).
 
@@ -259,8 +261,8 @@ def load_for_eval(spec: str, objective: str | None = None, *, allow_pickle: bool
             log.info("loaded run %s: %s adapter merged into %s", info.run_dir, info.method, base)
         return LoadedModel(model, load_run_tokenizer(info), objective or info.objective, str(spec), origin, fresh,
                            run_folder=str(spec), base_model=base)
-    src = sources.resolve(spec, **flags)
-    model, report = sources.load_model(src, objective, **flags, **kwargs)
+    src = resolve(spec, **flags)
+    model, report = load_model(src, objective, **flags, **kwargs)
     model.eval()
-    tokenizer = sources.load_tokenizer(src, **({"trust_remote_code": True} if trust_remote_code else {}))
+    tokenizer = load_tokenizer(src, **({"trust_remote_code": True} if trust_remote_code else {}))
     return LoadedModel(model, tokenizer, objective or src.kind, spec, src.origin, list(report.fresh_parameters))

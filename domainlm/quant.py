@@ -75,12 +75,12 @@ def bnb_config(settings: dict[str, Any]):
 
 
 def load_4bit(src: Any, objective: str, settings: dict[str, Any], **load_kwargs: Any):
-    """Load ``src`` with its linear layers in 4 bit; returns ``(model, LoadReport)`` like ``sources.load_model``.
+    """Load ``src`` with its linear layers in 4 bit; returns ``(model, LoadReport)`` like ``sources.load.load_model``.
 
     Weights are quantised on the CPU while loading (``device_map='cpu'``); the engine then moves the model to
     its device as for any other method.
     """
-    from domainlm.sources import load_model
+    from domainlm.sources.load import load_model
 
     model, report = load_model(src, objective, quantization_config=bnb_config(settings), device_map="cpu",
                                **load_kwargs)
@@ -218,7 +218,7 @@ def dequantized_base(src: Any, objective: str, storage: dict[str, Any] | None, *
     """
     import torch
 
-    from domainlm.sources import load_model
+    from domainlm.sources.load import load_model
 
     kind = (storage or {}).get("storage", "float32")
     if kind == "nf4":

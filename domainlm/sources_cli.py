@@ -9,7 +9,9 @@ from pathlib import Path
 
 from domainlm.artifacts import atomic_write_json
 from domainlm.config import opt
-from domainlm.sources import ModelSource, available_sources, build_tiny, cache_dir
+from domainlm.sources.resolution import available_sources
+from domainlm.sources.source import ModelSource, cache_dir
+from domainlm.sources.tiny import build_tiny
 
 
 @dataclass

@@ -140,7 +140,7 @@ def test_lora_with_extended_vocab_saves_adapter_and_merges(llama_corpus, tmp_pat
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from domainlm.sources import cache_dir
+    from domainlm.sources.source import cache_dir
 
     base_dir = cache_dir() / "tiny" / "tiny-llama"
     tok = AutoTokenizer.from_pretrained(base_dir)
@@ -175,7 +175,7 @@ def test_lora_with_extended_vocab_saves_adapter_and_merges(llama_corpus, tmp_pat
         # user's fp32 checkpoint it agrees only to that rounding (publish's bf16 bound: 6e-2 of the logit scale);
         # merged into the base as the run held it (what publish verifies), it reproduces the probe exactly
         from domainlm.quant import dequantized_base
-        from domainlm.sources import resolve
+        from domainlm.sources.resolution import resolve
 
         scale = max(1.0, float(probe["logits"].abs().max()))
         assert storage["storage"] == "bfloat16" and (logits - probe["logits"]).abs().max() <= 6e-2 * scale

@@ -11,7 +11,7 @@ from domainlm.adapt.config import AdaptConfig
 from domainlm.adapt.data import Masker, SequenceStream, replay_draws, sequence_generator, word_start_table
 from domainlm.adapt.engine import make_schedule
 from domainlm.lm_loss import IGNORE
-from domainlm.sources import load_tokenizer
+from domainlm.sources.load import load_tokenizer
 
 
 def test_replay_fraction_matches_config_within_sampling_error():

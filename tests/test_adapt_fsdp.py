@@ -213,7 +213,7 @@ def test_fsdp_load_once_matches_every_process_loading(full_pair, llama_corpus, t
 @pytest.fixture(scope="module")
 def tied_llama(tmp_path_factory) -> Path:
     """tiny-llama with tied input and output embeddings (same tokenizer, so llama_corpus fits it)."""
-    from domainlm.sources import build_tiny
+    from domainlm.sources.tiny import build_tiny
 
     return build_tiny("tiny-llama", tmp_path_factory.mktemp("tied") / "tiny-llama-tied", tie_word_embeddings=True)
 
@@ -278,7 +278,7 @@ dist.close()
 def test_fsdp_load_once_rank1_holds_less_than_one_copy(llama_corpus, tmp_path):
     """Rank 1's peak RSS after set-up (model built, sharded, weights received, optimizer made) grows by less than one
     full copy of an ~80 MB model when loading once; when every process loads, it grows by more (the check can fail)."""
-    from domainlm.sources import build_tiny
+    from domainlm.sources.tiny import build_tiny
 
     model = build_tiny("tiny-llama", tmp_path / "model", hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
                        num_attention_heads=8, num_key_value_heads=8)

@@ -131,7 +131,7 @@ def test_lora_targets_all_linear_of_the_body_only():
 def test_lora_wraps_fused_phi3_projections(tmp_path):
     from transformers import AutoModelForCausalLM, Phi3Config
 
-    from domainlm.sources import byte_level_tokenizer
+    from domainlm.sources.tiny import byte_level_tokenizer
 
     config = Phi3Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128, pad_token_id=0,
@@ -195,7 +195,8 @@ def test_flex_attention_equals_sdpa_and_is_invariant(name, objective, monkeypatc
     from torch.nn.attention.flex_attention import flex_attention
     from transformers.integrations import flex_attention as hf_flex
 
-    from domainlm.sources import load_model, resolve
+    from domainlm.sources.load import load_model
+    from domainlm.sources.resolution import resolve
 
     if not getattr(_flex_compiled, "on", False):
         monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention",
@@ -402,7 +403,7 @@ def test_planner_layer_activations_equal_what_autograd_saves(tmp_path, method, b
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from domainlm.memory import layer_activation_bytes, shape_from_config
-    from domainlm.sources import byte_level_tokenizer
+    from domainlm.sources.tiny import byte_level_tokenizer
 
     saved = {}
     for layers in (1, 3):

@@ -117,12 +117,12 @@ def _tokenizer(objective: str, folder: Path):
     if objective == "protein":
         from transformers import EsmTokenizer
 
-        from domainlm.sources import ESM_VOCAB
+        from domainlm.sources.tiny import ESM_VOCAB
 
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "vocab.txt").write_text("\n".join(ESM_VOCAB) + "\n")
         return EsmTokenizer(vocab_file=str(folder / "vocab.txt"))
-    from domainlm.sources import byte_level_tokenizer
+    from domainlm.sources.tiny import byte_level_tokenizer
 
     return byte_level_tokenizer(objective)
 

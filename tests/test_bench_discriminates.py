@@ -26,7 +26,7 @@ def random_minilm(tmp_path_factory):
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from domainlm.sources import resolve
+    from domainlm.sources.resolution import resolve
 
     src = resolve("minilm")
     out = tmp_path_factory.mktemp("random-minilm")

@@ -35,7 +35,7 @@ def test_masked_model_and_missing_extra_are_refused_before_loading(tmp_path, mon
 
 @pytest.fixture(scope="module")
 def other_llama(tmp_path_factory):
-    from domainlm.sources import build_tiny
+    from domainlm.sources.tiny import build_tiny
 
     return str(build_tiny("tiny-llama", tmp_path_factory.mktemp("llama") / "seed1", seed=1))
 

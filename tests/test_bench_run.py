@@ -141,9 +141,9 @@ def test_contacts_without_attention_outputs_is_a_clear_error():
 
 
 def load_tokenizer_esm():
-    from domainlm import sources
+    from domainlm.sources.load import load_tokenizer
 
-    return sources.load_tokenizer("tiny-esm")
+    return load_tokenizer("tiny-esm")
 
 
 def test_bad_model_argument_fails_before_any_loading(tmp_path):
@@ -184,12 +184,12 @@ def test_load_for_eval_full_and_lora_run_folders(tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from domainlm import sources
     from domainlm.bench.loading import load_for_eval
+    from domainlm.sources.load import load_model, load_tokenizer
 
     ids = torch.tensor([[1, 40, 41, 42, 43]])
-    base, _ = sources.load_model("tiny-llama")
-    tok = sources.load_tokenizer("tiny-llama")
+    base, _ = load_model("tiny-llama")
+    tok = load_tokenizer("tiny-llama")
     # Full model saved by a run.
     full = _run_folder(tmp_path, "full")
     base.save_pretrained(full / "final")

@@ -20,7 +20,8 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory) -> Path:
     """tiny-llama with a ChatML chat template added to its tokenizer (a tiny model that has one)."""
-    from domainlm.sources import load_tokenizer, resolve
+    from domainlm.sources.load import load_tokenizer
+    from domainlm.sources.resolution import resolve
 
     src = resolve("tiny-llama")
     out = tmp_path_factory.mktemp("chat") / "tiny-llama-chat"
@@ -103,7 +104,8 @@ def test_mine_caps_each_kind_and_the_document():
 
 
 def test_plain_layout_and_chat_template_rendering(chat_model):
-    from domainlm.sources import load_tokenizer, resolve
+    from domainlm.sources.load import load_tokenizer
+    from domainlm.sources.resolution import resolve
 
     tasks = [rc.Task("definition", "What is osimertinib?", "Osimertinib is an EGFR inhibitor.")]
     plain = rc.render("Doc text.", tasks, "plain")
@@ -132,7 +134,8 @@ DOCS = [
 
 def _decode_all(out: Path, model: str) -> str:
     from domainlm.corpora import load_prepared
-    from domainlm.sources import load_tokenizer, resolve
+    from domainlm.sources.load import load_tokenizer
+    from domainlm.sources.resolution import resolve
 
     tok = load_tokenizer(resolve(model))
     ids = [i for row in load_prepared(out, "train")["input_ids"] for i in row]

@@ -27,7 +27,7 @@ def test_exactly_one_budget_and_every_problem_at_once():
 def test_tokens_budget_with_probe(capsys):
     from transformers import AutoConfig
 
-    from domainlm.sources import resolve
+    from domainlm.sources.resolution import resolve
 
     out = compute(model="tiny-llama", tokens=10**9, seq_len=64, probe_seconds=0.3, batch_size=2)
     fb = model_flops(AutoConfig.from_pretrained(resolve("tiny-llama").path), 64)
@@ -180,7 +180,7 @@ def test_planner_shape_matches_a_real_model():
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from domainlm.memory import shape_from_config
-    from domainlm.sources import resolve
+    from domainlm.sources.resolution import resolve
 
     config = AutoConfig.from_pretrained(resolve("tiny-llama").path)
     shape = shape_from_config(config)

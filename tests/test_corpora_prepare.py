@@ -18,7 +18,7 @@ from domainlm.corpora.clean import clean_text, validation_of
 from domainlm.corpora.pack import load_documents, load_prepared, read_corpus_manifest
 from domainlm.corpora.prepare import PrepareConfig, prepare, prepare_card
 from domainlm.errors import ConfigError, DataError, IncompleteArtifactError
-from domainlm.sources import load_tokenizer
+from domainlm.sources.load import load_tokenizer
 
 FIX = Path(__file__).parent / "fixtures" / "corpora"
 PUBMED = [str(FIX / "pubmed_baseline.xml"), str(FIX / "pubmed_update.xml")]

@@ -47,7 +47,7 @@ def test_fragmentation_in_context_with_a_transformers_tokenizer():
 
 
 def test_byte_level_tokenizer_splits_every_word_into_bytes():
-    from domainlm.sources import load_tokenizer
+    from domainlm.sources.load import load_tokenizer
 
     r = fragmentation(load_tokenizer("tiny-llama"), ["the cat sat on a mat"], min_count=1)
     assert r["words"] == 6 and r["pieces"] == 3 + 3 + 3 + 2 + 1 + 3  # the leading-space byte is not counted

@@ -101,7 +101,7 @@ def test_head_fraction_and_lora_trainable_fraction():
 def _configs():
     from transformers import BertConfig, GPT2Config, LlamaConfig, RobertaConfig
 
-    from domainlm.sources import tiny_config
+    from domainlm.sources.tiny import tiny_config
 
     return {
         "tiny-llama": (tiny_config("tiny-llama", 260), "causal"),
@@ -159,7 +159,7 @@ def test_lora_model_infers_trainable_fraction():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from domainlm.sources import tiny_config
+    from domainlm.sources.tiny import tiny_config
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(tiny_config("tiny-llama", 260))

@@ -106,7 +106,7 @@ def test_validate_reports_all_problems(tmp_path, capsys):
 
 
 def test_hub_id_offline_fails_fast_and_names_choices(monkeypatch):
-    from domainlm.sources import resolve
+    from domainlm.sources.resolution import resolve
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
@@ -142,7 +142,7 @@ def test_full_disk_outside_the_artifact_helpers_is_one_line(monkeypatch, capsys)
 
 
 def test_pickle_and_remote_code_refused(tmp_path):
-    from domainlm.sources import resolve
+    from domainlm.sources.resolution import resolve
 
     folder = tmp_path / "m"
     folder.mkdir()
@@ -169,7 +169,7 @@ def test_smollm2_packaged_perplexity_on_english_is_low():
 
     import torch
 
-    from domainlm.sources import load_model, load_tokenizer
+    from domainlm.sources.load import load_model, load_tokenizer
 
     tok = load_tokenizer("smollm2")
     model, report = load_model("HuggingFaceTB/SmolLM2-135M-Instruct")  # the Hub id resolves to the package
@@ -184,7 +184,7 @@ def test_smollm2_packaged_perplexity_on_english_is_low():
 def test_minilm_embeddings_rank_paraphrase_above_unrelated(caplog):
     import torch
 
-    from domainlm.sources import load_model, load_tokenizer
+    from domainlm.sources.load import load_model, load_tokenizer
 
     tok = load_tokenizer("minilm")
     model, _ = load_model("minilm", "masked")
@@ -224,7 +224,7 @@ def test_minilm_embeddings_rank_paraphrase_above_unrelated(caplog):
 def test_tiny_models_train_one_step_and_reload_identically(name, tmp_path):
     import torch
 
-    from domainlm.sources import count_parameters, load_model, load_tokenizer
+    from domainlm.sources.load import count_parameters, load_model, load_tokenizer
 
     model, _ = load_model(name)
     tok = load_tokenizer(name)
@@ -331,7 +331,7 @@ def hub_cache(tmp_path, monkeypatch):
 
 
 def test_hub_id_kind_comes_from_its_config_offline(hub_cache):
-    from domainlm.sources import resolve
+    from domainlm.sources.resolution import resolve
 
     kinds = {spec: resolve(spec) for spec in ("org/bert-x", "org/llama-x", "org/esm-x")}
     assert {s: src.kind for s, src in kinds.items()} == {"org/bert-x": "masked", "org/llama-x": "causal",
@@ -346,7 +346,7 @@ def test_hub_id_kind_comes_from_its_config_online(hub_cache, monkeypatch):
     (it used to be 'causal' for every Hub id, so a BERT was trained on next-token prediction)."""
     import huggingface_hub
 
-    from domainlm import sources
+    from domainlm.sources import resolution
 
     real = huggingface_hub.hf_hub_download
     fetched = []
@@ -355,22 +355,22 @@ def test_hub_id_kind_comes_from_its_config_online(hub_cache, monkeypatch):
         fetched.append((repo_id, filename, kw.get("local_files_only")))
         return real(repo_id, filename, local_files_only=True)
 
-    monkeypatch.setattr(sources, "hub_offline", lambda: False)
-    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(resolution, "hub_offline", lambda: False)
+    monkeypatch.setattr(resolution, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    src = sources.resolve("org/bert-x")
+    src = resolution.resolve("org/bert-x")
     assert (src.kind, src.origin, src.path) == ("masked", "hub", "org/bert-x")
     assert fetched == [("org/bert-x", "config.json", False)]
-    assert sources.resolve("org/llama-x").kind == "causal"
+    assert resolution.resolve("org/llama-x").kind == "causal"
     with pytest.raises(SourceError, match="trust-remote-code"):
-        sources.resolve("org/remote-x")
-    assert sources.resolve("org/remote-x", trust_remote_code=True).kind == "masked"
+        resolution.resolve("org/remote-x")
+    assert resolution.resolve("org/remote-x", trust_remote_code=True).kind == "masked"
 
 
 def test_hub_endpoint_and_offline_follow_huggingface_hub(monkeypatch):
     import huggingface_hub.constants
 
-    from domainlm.sources import hub_endpoint, hub_offline, hub_reachable
+    from domainlm.sources.hub import hub_endpoint, hub_offline, hub_reachable
 
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9/")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

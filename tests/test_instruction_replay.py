@@ -27,7 +27,8 @@ CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 
 @pytest.fixture(scope="module")
 def plain_tok():
-    from domainlm.sources import load_tokenizer, resolve
+    from domainlm.sources.load import load_tokenizer
+    from domainlm.sources.resolution import resolve
 
     return load_tokenizer(resolve("tiny-llama"))
 

@@ -19,7 +19,7 @@ from domainlm.lm_loss import (
     positions_from_doc_ids,
     split_head,
 )
-from domainlm.sources import load_model
+from domainlm.sources.load import load_model
 
 
 def test_positions_restart_at_each_document():

@@ -35,9 +35,10 @@ def weights(folder: Path) -> dict:
 
 
 def base_weights(spec: str) -> dict:
-    from domainlm import sources
+    from domainlm.sources.gguf import materialise
+    from domainlm.sources.resolution import resolve
 
-    return weights(Path(sources.materialise(sources.resolve(spec)).path))
+    return weights(Path(materialise(resolve(spec)).path))
 
 
 def same(a: dict, b: dict, exact: bool = True) -> bool:
@@ -116,13 +117,14 @@ def test_lora_run_merges_as_its_merged_full_weights_and_added_rows_come_from_it(
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from domainlm import sources
     from domainlm.loading import read_run
     from domainlm.merge import merge
+    from domainlm.sources.load import load_model
+    from domainlm.sources.resolution import resolve
 
     info = read_run(lora_run)
     base_dir = Path(info.base_model["model"])  # the extended tiny-llama folder the run trained on
-    base, _ = sources.load_model(sources.resolve(str(base_dir)), "causal")
+    base, _ = load_model(resolve(str(base_dir)), "causal")
     full = PeftModel.from_pretrained(base, str(info.final)).merge_and_unload()
     by_hand = tmp_path / "by-hand"
     full.save_pretrained(str(by_hand))
@@ -143,10 +145,11 @@ def test_lora_run_merges_as_its_merged_full_weights_and_added_rows_come_from_it(
 
 
 def test_a_mismatched_pair_fails_with_one_line(full_run: Path, tmp_path: Path, capsys):
-    from domainlm import sources
     from domainlm.cli import main
+    from domainlm.sources.gguf import materialise
+    from domainlm.sources.resolution import resolve
 
-    sources.materialise(sources.resolve("tiny-bert"))  # built (with its progress bar) before capturing
+    materialise(resolve("tiny-bert"))  # built (with its progress bar) before capturing
     capsys.readouterr()
     rc = main(["merge", str(full_run), "--other", "tiny-bert", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()

@@ -110,7 +110,8 @@ def test_adapt_refuses_a_tokenizer_with_the_same_size_but_other_ids(llama_corpus
     """Two token ids swapped in a copy of the model's tokenizer.json: the vocabulary size is the same, the ids mean
     other text; the corpus manifest's tokenizer fingerprint tells them apart."""
     from domainlm.adapt import adapt
-    from domainlm.sources import load_model, load_tokenizer, resolve
+    from domainlm.sources.load import load_model, load_tokenizer
+    from domainlm.sources.resolution import resolve
 
     src = resolve("tiny-llama")
     folder = tmp_path / "swapped"

@@ -92,7 +92,7 @@ def test_a_corpus_without_validation_blocks_says_perplexity_was_not_tracked(tmp_
 
 
 def test_building_a_tiny_model_prints_no_shard_bars(tmp_path, capfd):
-    from domainlm.sources import build_tiny
+    from domainlm.sources.tiny import build_tiny
 
     build_tiny("tiny-bert", tmp_path / "tiny-bert")
     assert "Writing model shards" not in capfd.readouterr().err
@@ -116,7 +116,8 @@ def test_bench_shows_a_bar_per_task_counting_batches():
 
 
 def test_a_fresh_head_message_does_not_claim_training_where_nothing_trains():
-    from domainlm.sources import load_model, resolve
+    from domainlm.sources.load import load_model
+    from domainlm.sources.resolution import resolve
 
     src = resolve("tiny-bert")
     folder = Path(src.path)

@@ -24,7 +24,8 @@ DOMAIN_WORDS = ["proteasome", "phosphorylation", "kinase"]
 
 def extended_base(folder: Path) -> Path:
     """tiny-llama with three domain words added to its tokenizer and embeddings resized (vocab extend)."""
-    from domainlm.sources import load_model, load_tokenizer, resolve
+    from domainlm.sources.load import load_model, load_tokenizer
+    from domainlm.sources.resolution import resolve
 
     if (folder / "config.json").is_file():
         return folder

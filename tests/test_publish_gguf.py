@@ -27,7 +27,9 @@ ARCH_CONFIGS = {
 
 def smollm2_tokenizer():
     from domainlm.errors import DomainLMError
-    from domainlm.sources import load_tokenizer, materialise, resolve
+    from domainlm.sources.gguf import materialise
+    from domainlm.sources.load import load_tokenizer
+    from domainlm.sources.resolution import resolve
 
     try:
         return load_tokenizer(materialise(resolve("smollm2")))

@@ -167,7 +167,7 @@ def test_uncased_wordpiece_adds_whole_lowercase_words():
 
 
 def test_too_many_words_requested_names_the_count():
-    from domainlm.sources import load_tokenizer
+    from domainlm.sources.load import load_tokenizer
     from domainlm.vocab.candidates import select
 
     with pytest.raises(ConfigError) as err:
@@ -208,7 +208,7 @@ def test_sentencepiece_style_tokenizer_is_refused_with_the_reason():
 # --------------------------------------------------------------------------------------------------
 
 def test_new_rows_are_means_of_old_pieces_untied(tiny_llama_extended):
-    from domainlm.sources import load_model, load_tokenizer
+    from domainlm.sources.load import load_model, load_tokenizer
 
     out, manifest = tiny_llama_extended
     base, _ = load_model("tiny-llama")
@@ -230,7 +230,7 @@ def test_new_rows_are_means_of_old_pieces_untied(tiny_llama_extended):
 
 
 def test_output_on_text_without_new_words_is_unchanged(tiny_llama_extended):
-    from domainlm.sources import load_model, load_tokenizer
+    from domainlm.sources.load import load_model, load_tokenizer
 
     out, manifest = tiny_llama_extended
     assert not any(a["token"] in " " + PLAIN for a in manifest["added"]), "PLAIN must avoid the added words"
@@ -257,7 +257,7 @@ def test_report_fragmentation_and_token_counts_fall(tiny_llama_extended):
 
 
 def test_tied_wordpiece_model_shares_rows_and_says_so(wordpiece_bert, corpus_files, tmp_path, caplog):
-    from domainlm.sources import load_model, load_tokenizer
+    from domainlm.sources.load import load_model, load_tokenizer
     from domainlm.vocab import extend
 
     domain, held = corpus_files

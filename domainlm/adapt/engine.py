@@ -400,7 +400,7 @@ def _check_tokenizer(corpus_manifest: dict, tokenizer, corpus: Path) -> None:
 def build_model(r: Run, data: Data) -> Trainer:
     from domainlm.adapt.features import apply_features
     from domainlm.flops import measure_matmul_peak, model_flops
-    from domainlm.sources import count_parameters
+    from domainlm.sources.load import count_parameters
 
     cfg, dist, device = r.cfg, r.dist, r.dist.device
     model = r.prepared.model

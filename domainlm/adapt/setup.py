@@ -14,15 +14,10 @@ from domainlm.adapt.config import AdaptConfig
 from domainlm.artifacts import read_manifest
 from domainlm.errors import ConfigError, DomainLMError
 from domainlm.noise import ignoring
-from domainlm.sources import (
-    LoadReport,
-    ModelSource,
-    auto_class,
-    load_model,
-    load_tokenizer,
-    materialise,
-    resolve,
-)
+from domainlm.sources.gguf import materialise
+from domainlm.sources.load import LoadReport, auto_class, load_model, load_tokenizer
+from domainlm.sources.resolution import resolve
+from domainlm.sources.source import ModelSource
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ class BenchDownloadConfig:
 
 def bench_cache() -> Path:
     """Where real-suite data is downloaded: ``$DOMAINLM_CACHE/bench`` (default ``~/.cache/domainlm/bench``)."""
-    from domainlm.sources import cache_dir
+    from domainlm.sources.source import cache_dir
 
     return cache_dir() / "bench"
 

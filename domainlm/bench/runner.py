@@ -44,14 +44,14 @@ def pick_bf16(setting: str, device: str) -> bool:
 
 
 def _check_model_arg(spec: str, flag: str) -> None:
-    from domainlm import sources
     from domainlm.bench.loading import is_run_folder
     from domainlm.errors import SourceError
+    from domainlm.sources.resolution import resolve
 
     if is_run_folder(spec):
         return
     try:
-        sources.resolve(spec)
+        resolve(spec)
     except SourceError as exc:
         raise ConfigError([f"'{flag}': {exc}"]) from None
 
@@ -156,8 +156,8 @@ def _model_kind(spec: str, objective: str | None) -> str | None:
     """causal / masked / protein as far as it is known before loading (run folders: their manifest)."""
     import json
 
-    from domainlm import sources
     from domainlm.bench.loading import is_run_folder
+    from domainlm.sources.resolution import resolve
 
     if objective:
         return objective
@@ -165,7 +165,7 @@ def _model_kind(spec: str, objective: str | None) -> str | None:
         manifest = json.loads((Path(spec).expanduser() / "manifest.json").read_text(encoding="utf-8"))
         kind = (manifest.get("config") or {}).get("objective")
         return kind if kind in ("causal", "masked", "protein") else None
-    return sources.resolve(spec).kind
+    return resolve(spec).kind
 
 
 def _not_causal(spec: str, kind: str) -> ConfigError:

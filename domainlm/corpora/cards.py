@@ -22,7 +22,7 @@ def data_dir() -> Path:
     """Where downloaded corpora live: ``$DOMAINLM_DATA``, else ``<domainlm cache>/data``."""
     if os.environ.get("DOMAINLM_DATA"):
         return Path(os.environ["DOMAINLM_DATA"]).expanduser()
-    from domainlm.sources import cache_dir
+    from domainlm.sources.source import cache_dir
 
     return cache_dir() / "data"
 

@@ -257,7 +257,8 @@ class Comprehension:
         self.layout = layout
         self.tokenizer = None
         if layout == "chat":
-            from domainlm.sources import load_tokenizer, resolve
+            from domainlm.sources.load import load_tokenizer
+            from domainlm.sources.resolution import resolve
 
             self.tokenizer = load_tokenizer(resolve(model))
         self.rows: list[list[int]] = []

@@ -327,7 +327,7 @@ def stats(config: StatsConfig | str | None = None, **overrides: Any) -> dict[str
         raise ConfigError([f"'corpus': no documents could be read from {config.corpus}"])
     tokenizer = None
     if model:
-        from domainlm.sources import load_tokenizer
+        from domainlm.sources.load import load_tokenizer
 
         tokenizer = load_tokenizer(model)
     result: dict[str, Any] = {"corpus": str(config.corpus), "source": src["kind"], "content": kind,

@@ -55,8 +55,9 @@ def tokenizer_fingerprint(tok: Any) -> str:
 
 
 def plan_tokenizer(model: str) -> tuple[TokenizerPlan, Any]:
-    """Load the tokenizer of ``model`` (anything ``sources.resolve`` accepts) and work out its wrapping."""
-    from domainlm.sources import load_tokenizer, resolve
+    """Load the tokenizer of ``model`` (anything ``sources.resolution.resolve`` accepts) and work out its wrapping."""
+    from domainlm.sources.load import load_tokenizer
+    from domainlm.sources.resolution import resolve
 
     src = resolve(model)
     tok = load_tokenizer(src)

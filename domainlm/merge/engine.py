@@ -100,7 +100,7 @@ def _adapted_folder(spec: str, scratch: Path):
     if not (folder / "config.json").is_file() or _weights_file(folder) is None:
         raise DataError(f"{spec} is neither a run folder nor a model folder with config.json and model.safetensors; "
                         "pass a `domainlm adapt` run or a `domainlm publish` output")
-    from domainlm.sources import resolve
+    from domainlm.sources.resolution import resolve
 
     return folder, None, resolve(str(folder)).kind
 
@@ -123,11 +123,12 @@ def _refuse(adapted: str, other: str, why: str) -> DomainLMError:
 
 def prepare_pair(model: str, other: str | None, scratch: Path) -> Pair:
     """Check that the two models can merge and lay them out as mergekit folders under ``scratch``."""
-    from domainlm import sources
+    from domainlm.sources.gguf import materialise
+    from domainlm.sources.resolution import resolve
 
     adapted, info, objective = _adapted_folder(model, scratch)
     other_spec = _other_spec(info, other)
-    src = sources.materialise(sources.resolve(other_spec, **(info.load_flags() if info else {})))
+    src = materialise(resolve(other_spec, **(info.load_flags() if info else {})))
     other_dir = Path(src.path)
     if _weights_file(other_dir) is None:
         raise _refuse(model, other_spec, f"{other_dir} holds no model.safetensors")
@@ -173,7 +174,7 @@ def _align_other(adapted: Path, other: Path, objective: str, out: Path, rows: in
     """The other model with the adapted model's vocabulary rows appended (and untied if the adapted one is)."""
     import torch
 
-    from domainlm.sources import auto_class
+    from domainlm.sources.load import auto_class
 
     cls = auto_class(objective)
     a = cls.from_pretrained(str(adapted), dtype=torch.float32)
@@ -254,7 +255,7 @@ def write_run(pair: Pair, merged: Path, out: Path, merge_info: dict[str, Any], e
 
     from domainlm.artifacts import atomic_dir, write_manifest
     from domainlm.publish.verify import write_reference
-    from domainlm.sources import auto_class
+    from domainlm.sources.load import auto_class
 
     with atomic_dir(out) as tmp:
         final = tmp / "final"

@@ -28,7 +28,9 @@ from domainlm.publish.config import PublishConfig
 from domainlm.publish.export import copy_if_present, export_adapter, export_merged
 from domainlm.publish.push import find_token, push
 from domainlm.publish.verify import verify_folder, write_reference
-from domainlm.sources import PACKAGED, TINY, hub_offline
+from domainlm.sources.hub import hub_offline
+from domainlm.sources.resolution import PACKAGED
+from domainlm.sources.tiny import TINY
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from domainlm.loading import RunInfo, load_run_model, load_run_tokenizer
-from domainlm.sources import count_parameters
+from domainlm.sources.load import count_parameters
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from domainlm.errors import DomainLMError
-from domainlm.sources import hub_endpoint, hub_offline
+from domainlm.sources.hub import hub_endpoint, hub_offline
 
 log = logging.getLogger(__name__)
 

@@ -166,7 +166,7 @@ def sweep(config: SweepConfig | str | None = None, **overrides: Any) -> dict[str
     """
     from domainlm.artifacts import atomic_write_json, write_manifest
     from domainlm.flops import model_flops
-    from domainlm.sources import build_tiny
+    from domainlm.sources.tiny import build_tiny
 
     cfg = as_config(SweepConfig, config, overrides)
     t0 = _now()

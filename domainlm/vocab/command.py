@@ -65,7 +65,9 @@ def extend(config: Any = None, **overrides: Any) -> dict[str, Any]:
             extended safely, or fewer qualifying words than asked for.
         DataError: a corpus without usable text.
     """
-    from domainlm.sources import load_model, load_tokenizer, materialise, resolve
+    from domainlm.sources.gguf import materialise
+    from domainlm.sources.load import load_model, load_tokenizer
+    from domainlm.sources.resolution import resolve
     from domainlm.vocab.candidates import extended_tokenizer, select, tokenizer_family
     from domainlm.vocab.embeddings import add_rows, embeddings_tied
     from domainlm.vocab.texts import read_held_out, read_texts

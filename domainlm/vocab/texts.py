@@ -99,7 +99,7 @@ def _read_prepared(path: Path, split: str, max_documents: int | None) -> Texts:
     import numpy as np
 
     from domainlm.corpora import load_prepared, read_corpus_manifest
-    from domainlm.sources import load_tokenizer
+    from domainlm.sources.load import load_tokenizer
 
     manifest = read_corpus_manifest(path)
     tok_info = manifest.get("tokenizer") or {}

@@ -27,7 +27,7 @@ class Evil:
 
 
 def tiny_folder(dest: Path) -> Path:
-    from domainlm.sources import resolve
+    from domainlm.sources.resolution import resolve
 
     src = Path(resolve("tiny-llama").path)
     shutil.rmtree(dest, ignore_errors=True)
@@ -56,7 +56,8 @@ def _expect_source_error(fn: Callable[[], Any], *needles: str) -> tuple[bool, st
 
 def untrusted_trials(work: Path, launcher: str = "fork", *, cli: bool = True) -> list[Trial]:
     """Pickle weights, remote code, configs that lie about the weights, damaged weights, hostile XML."""
-    from domainlm.sources import load_model, load_tokenizer, resolve
+    from domainlm.sources.load import load_model, load_tokenizer
+    from domainlm.sources.resolution import resolve
 
     root = work / "untrusted"
     root.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,6 @@ class KeyBuffer:
         self.rows = []
 
 
-
 def _load_removed(work: str, name: str, rank: int) -> dict[int, str]:
     out: dict[int, str] = {}
     for path in sorted((Path(work) / "removed" / name).glob(f"{rank:05d}-*.npy")):
@@ -154,4 +153,3 @@ class ResolveKeys(Step):
         self.stat_update("removed", value=int(remove.sum()))
         return
         yield  # a generator step with no output
-
