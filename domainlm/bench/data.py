@@ -149,7 +149,7 @@ def _cap(examples: list[Example], n: int | None, seed: int) -> list[Example]:
 def _read(reader, path: Path, spec: TaskSpec, split: str, skipped: dict[str, dict]) -> list[Example]:
     """Run a reader with a skip log for ``on_error: skip`` (corpora's SkipLog: counts and examples)."""
     from domainlm.bench.readers import _SKIPS
-    from domainlm.corpora.readers import SkipLog
+    from domainlm.documents.readers import SkipLog
 
     skips = SkipLog()
     token = _SKIPS.set(skips)

@@ -666,8 +666,8 @@ def _via_corpora(fmt: str, path: Path, spec: TaskSpec) -> list[Example]:
     """Read unlabelled text through a :mod:`domainlm.corpora` reader: one parser per format, with one
     meaning, for corpus and bench (held-out text, sequences). corpora counts bad records as skips;
     under ``on_error: raise`` the first one stops the read, under ``skip`` they are counted here too."""
-    from domainlm.corpora.readers import InputFile, ReadContext, ReaderOptions, SkipLog
-    from domainlm.corpora.registry import get_reader
+    from domainlm.documents.readers import InputFile, ReadContext, ReaderOptions, SkipLog
+    from domainlm.documents.registry import get_reader
 
     if not path.is_file():
         raise DataError(f"{path}: file not found")

@@ -105,8 +105,8 @@ class _Run:
 
     def run(self) -> dict[str, Any]:
         from domainlm.artifacts import MANIFEST
-        from domainlm.corpora.readers import SkipLog
-        from domainlm.corpora.registry import resolve_inputs
+        from domainlm.documents.readers import SkipLog
+        from domainlm.documents.registry import resolve_inputs
 
         self.started = time.time()
         c = self.config
@@ -270,8 +270,8 @@ class _Run:
     def _decontamination_sources(self) -> tuple[dict[str, list[str]], dict[str, Any]]:
         """Test texts by task for --decontaminate: bench suites (their task YAMLs' test files, loaded as bench
         loads them) or plain files (any corpus format)."""
-        from domainlm.corpora.readers import ReaderOptions, SkipLog
-        from domainlm.corpora.registry import iter_documents, resolve_inputs
+        from domainlm.documents.readers import ReaderOptions, SkipLog
+        from domainlm.documents.registry import iter_documents, resolve_inputs
 
         sources: dict[str, list[str]] = {}
         described: dict[str, Any] = {"suites": [], "files": []}
@@ -432,7 +432,8 @@ def _preload() -> None:
     import pyarrow as pa
     import tokenizers  # noqa: F401
 
-    from domainlm.corpora import clean, registry  # noqa: F401
+    from domainlm.corpora import clean  # noqa: F401
+    from domainlm.documents import registry  # noqa: F401
 
     pa.array(np.zeros(1, dtype=np.int32))
 

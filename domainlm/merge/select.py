@@ -37,8 +37,8 @@ GENERAL_CARD = "general-english-sample"
 def validation_texts(values: dict[str, Any]) -> list[tuple[str, str]]:
     """(id, text) of the documents ``corpus prepare`` put in the validation split (same hash, same ids)."""
     from domainlm.corpora.clean import validation_of
-    from domainlm.corpora.readers import ReaderOptions, SkipLog
-    from domainlm.corpora.registry import iter_documents, resolve_inputs
+    from domainlm.documents.readers import ReaderOptions, SkipLog
+    from domainlm.documents.registry import iter_documents, resolve_inputs
 
     fraction = float(values.get("validation_fraction", 0.05))
     files = resolve_inputs(list(values.get("inputs") or []), values.get("format", "auto"))
