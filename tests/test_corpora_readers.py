@@ -202,8 +202,8 @@ def test_outsiders_add_a_format_found_by_auto_detection(tmp_path):
 
 
 def test_a_registered_reader_is_a_valid_format_and_builtins_come_from_one_table(tmp_path):
-    from domainlm.documents.registry import BUILTIN_READERS
     from domainlm.corpora.settings import PrepareConfig
+    from domainlm.documents.registry import BUILTIN_READERS
 
     assert set(BUILTIN_READERS) <= set(reader_names()) and "paragraphs" in BUILTIN_READERS
     assert "unknown 'format' 'test-glosary'" in " ".join(PrepareConfig(inputs=["x"], format="test-glosary").problems())

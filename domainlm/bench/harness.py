@@ -218,9 +218,9 @@ def evaluate(p: HarnessPlan, model: Any, tokenizer: Any, *, batch_size: int = 8,
 
 def task_spec(p: HarnessPlan, task: str, items: ItemResults):
     """The report's view of a harness task: a :class:`TaskSpec` (not read from YAML) and its test items."""
-    from domainlm.bench.data import TaskData
-    from domainlm.bench.readers import Example
-    from domainlm.bench.tasks import TaskSpec
+    from domainlm.tasks.data import TaskData
+    from domainlm.tasks.readers.base import Example
+    from domainlm.tasks.spec import TaskSpec
 
     meta = p.leaves[task]
     version = meta.get("version")

@@ -283,8 +283,8 @@ class _Run:
                 sources[f"file:{path.name}"] = texts
                 described["files"].append(str(path.resolve()))
                 continue
-            from domainlm.bench.data import load_data
-            from domainlm.bench.tasks import load_suite
+            from domainlm.tasks.data import load_data
+            from domainlm.tasks.suites import load_suite
 
             for spec in load_suite(entry):
                 data = load_data(spec, needs_train=False)

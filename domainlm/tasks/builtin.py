@@ -3,56 +3,59 @@
 ``FORMATS`` and ``METRICS`` are filled here from two tables instead of by importing modules for
 their decorators' side effects; outsiders add to the same registries with
 ``FORMATS.register(name, heads=...)(reader)`` (see :mod:`.registry`).
+
+Each built-in is named by its import path and imported when first used: the schema (:mod:`.spec`) checks
+names and heads against these tables, and the readers, which take a :class:`~.spec.TaskSpec`, sit above it.
 """
 
 from __future__ import annotations
 
-from domainlm.bench import metrics as m
-from domainlm.bench import readers as r
-from domainlm.bench.registry import Registry
+from domainlm.tasks.registry import Registry
 
 LM = ("lm",)
 CLASSIFY = ("sequence", "multilabel")
+_R = "domainlm.tasks.readers."
+_M = "domainlm.tasks.metrics:"
 
 # name -> (reader, heads it can feed)
 BUILTIN_FORMATS = {
-    "conll": (r.read_conll, ("token",)),
-    "pubtator": (r.read_pubtator, ("token",)),
-    "brat": (r.read_brat, ("token",)),
-    "sofc": (r.read_sofc, ("token",)),
-    "pubmedqa": (r.read_pubmedqa, ("sequence",)),
-    "hoc": (r.read_hoc, ("multilabel",)),
-    "jsonl": (r.read_jsonl, ("sequence", "multilabel", "regression", "lm")),
-    "csv": (r.read_csv, ("sequence", "multilabel", "regression", "lm")),
-    "pairs": (r.read_pairs, ("regression", "sequence")),
-    "fasta": (r.read_fasta, ("regression", "sequence", "lm")),
-    "flip": (r.read_flip, ("regression",)),
-    "text": (r.read_text, LM),
-    "paragraphs": (r.read_paragraphs, LM),
-    "pubmed-xml": (r.read_pubmed_xml, LM),
-    "arxiv": (r.read_arxiv, LM),
-    "pdb": (r.read_pdb, ("contacts",)),
+    "conll": (_R + "tagging:read_conll", ("token",)),
+    "pubtator": (_R + "tagging:read_pubtator", ("token",)),
+    "brat": (_R + "tagging:read_brat", ("token",)),
+    "sofc": (_R + "tagging:read_sofc", ("token",)),
+    "pubmedqa": (_R + "labelled:read_pubmedqa", ("sequence",)),
+    "hoc": (_R + "labelled:read_hoc", ("multilabel",)),
+    "jsonl": (_R + "labelled:read_jsonl", ("sequence", "multilabel", "regression", "lm")),
+    "csv": (_R + "labelled:read_csv", ("sequence", "multilabel", "regression", "lm")),
+    "pairs": (_R + "labelled:read_pairs", ("regression", "sequence")),
+    "fasta": (_R + "labelled:read_fasta", ("regression", "sequence", "lm")),
+    "flip": (_R + "labelled:read_flip", ("regression",)),
+    "text": (_R + "text:read_text", LM),
+    "paragraphs": (_R + "text:read_paragraphs", LM),
+    "pubmed-xml": (_R + "text:read_pubmed_xml", LM),
+    "arxiv": (_R + "text:read_arxiv", LM),
+    "pdb": (_R + "structures:read_pdb", ("contacts",)),
 }
 
 # name -> (metric class, heads it applies to, higher is better)
 BUILTIN_METRICS = {
-    "entity_f1": (m.EntityF1, ("token",), True),
-    "accuracy": (m.Accuracy, CLASSIFY, True),
-    "micro_f1": (m.MicroF1, CLASSIFY, True),
-    "macro_f1": (m.MacroF1, CLASSIFY, True),
-    "pearson": (m.Pearson, ("regression",), True),
-    "spearman": (m.Spearman, ("regression",), True),
-    "token_perplexity": (m.TokenPerplexity, LM, False),
-    "char_perplexity": (m.CharPerplexity, LM, False),
-    "word_perplexity": (m.WordPerplexity, LM, False),
-    "recovery_accuracy": (m.RecoveryAccuracy, LM, True),
-    "precision_at_l5": (m.PrecisionAtL5, ("contacts",), True),
-    "item_mean": (m.ItemMean, ("sequence",), True),
+    "entity_f1": (_M + "EntityF1", ("token",), True),
+    "accuracy": (_M + "Accuracy", CLASSIFY, True),
+    "micro_f1": (_M + "MicroF1", CLASSIFY, True),
+    "macro_f1": (_M + "MacroF1", CLASSIFY, True),
+    "pearson": (_M + "Pearson", ("regression",), True),
+    "spearman": (_M + "Spearman", ("regression",), True),
+    "token_perplexity": (_M + "TokenPerplexity", LM, False),
+    "char_perplexity": (_M + "CharPerplexity", LM, False),
+    "word_perplexity": (_M + "WordPerplexity", LM, False),
+    "recovery_accuracy": (_M + "RecoveryAccuracy", LM, True),
+    "precision_at_l5": (_M + "PrecisionAtL5", ("contacts",), True),
+    "item_mean": (_M + "ItemMean", ("sequence",), True),
 }
 
 FORMATS = Registry("task format")
 METRICS = Registry("metric")
-for _name, (_fn, _heads) in BUILTIN_FORMATS.items():
-    FORMATS.register(_name, heads=_heads)(_fn)
-for _name, (_cls, _heads, _higher) in BUILTIN_METRICS.items():
-    METRICS.register(_name, heads=_heads, higher_is_better=_higher)(_cls)
+for _name, (_path, _heads) in BUILTIN_FORMATS.items():
+    FORMATS.register(_name, heads=_heads)(_path)
+for _name, (_path, _heads, _higher) in BUILTIN_METRICS.items():
+    METRICS.register(_name, heads=_heads, higher_is_better=_higher)(_path)

@@ -73,8 +73,8 @@ def _corpus_run(fmt: str, names: tuple[str, ...], **options: Any) -> Callable[[P
 
 def _bench_run(fmt: str, test: str, **spec: Any) -> Callable[[Path], tuple[int, Any]]:
     def run(folder: Path) -> tuple[int, Any]:
-        from domainlm.bench.data import load_data
-        from domainlm.bench.tasks import TaskSpec
+        from domainlm.tasks.data import load_data
+        from domainlm.tasks.spec import TaskSpec
 
         task = TaskSpec(version=1, format=fmt, files={"test": str(folder / test)}, source=str(folder / "task.yaml"),
                         **spec)
@@ -93,7 +93,7 @@ def _recipe_run(folder: Path) -> tuple[int, Any]:
 
 
 def _task_run(folder: Path) -> tuple[int, Any]:
-    from domainlm.bench.tasks import load_task
+    from domainlm.tasks.suites import load_task
 
     load_task(folder / "task.yaml")
     return 1, None
