@@ -7,9 +7,9 @@ Public API (imported lazily, so ``import domainlm.corpora`` stays cheap)::
 
 The verbs are not re-exported here: ``domainlm.corpora.prepare``, ``.stats`` and ``.download`` are the
 submodules (Python binds a submodule's name on its package when it is imported, so a function of the
-same name here would silently turn into the module). The document readers that turn input files into
-:class:`~domainlm.documents.readers.Document` objects (and :func:`~domainlm.documents.register_reader`) are
-:mod:`domainlm.documents`, one floor down, which bench's text tasks read through too.
+same name here would silently turn into the module). The readers that turn input files into documents,
+and ``register_reader`` for new formats, are :mod:`domainlm.documents`, one floor down (bench's text
+tasks read through them too).
 """
 
 from __future__ import annotations

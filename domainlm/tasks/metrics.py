@@ -8,8 +8,9 @@ predictions into per-example statistics once (``prepare``) and a resample only s
 value equals seqeval's micro F1 exactly (tests check this on the same inputs). Deltas between a
 model and its baseline use a *paired* bootstrap: both are scored on the same resampled examples.
 
-A metric is registered on ``METRICS`` (built-ins: :mod:`domainlm.tasks.builtin`) as a class with ``prepare(gold, pred, ctx) -> array`` (one
-row per example), ``reduce(rows) -> float`` and ``point(gold, pred, ctx) -> float``.
+A metric is registered on ``METRICS`` (built-ins: :mod:`domainlm.tasks.builtin`) as a class with
+``prepare(gold, pred, ctx) -> array`` (one row per example), ``reduce(rows) -> float`` and
+``point(gold, pred, ctx) -> float``.
 """
 
 from __future__ import annotations
