@@ -2,10 +2,10 @@
 
 Suites are folders of task YAMLs (``benchmarks/<suite>/``; see :mod:`domainlm.tasks`), and
 ``harness:TASKS`` runs lm-evaluation-harness tasks on the same loaded model (:mod:`.harness`).
-Each task is read (:mod:`.readers`, :mod:`.data`), scored in its mode (:mod:`.modes`: frozen-feature
+Each task is read (:mod:`domainlm.tasks.data`), scored in its mode (:mod:`.modes`: frozen-feature
 probe, fixed-budget fine-tuning over seeds, zero-shot answer log-likelihood, perplexity, contacts
 from attention), and reported with bootstrap confidence intervals and a paired delta against the
-baseline (:mod:`.metrics`, :mod:`.report`).
+baseline (:mod:`domainlm.tasks.metrics`, :mod:`.report`).
 
 Output folder ``OUT/`` (written atomically; a crash leaves no half report):
 

@@ -5,7 +5,7 @@
 lm-eval's ``simple_evaluate`` on the model bench already loaded (an ``HFLM`` wrapped around it, so
 run folders and merged LoRA adapters work unchanged), with ``log_samples=True``. Each item's result
 becomes a row of our statistics, so harness tasks get the same bootstrap CIs, paired deltas against
-``--baseline``, answer-prior numbers (:mod:`.priors`) and family-wise verdict as native tasks, in the
+``--baseline``, answer-prior numbers (:mod:`domainlm.tasks.priors`) and family-wise verdict as native tasks, in the
 same report.
 
 ``--harness-include DIR`` adds task YAMLs (lm-eval's ``TaskManager(include_path=...)``); the shipped
