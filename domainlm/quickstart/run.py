@@ -1,73 +1,97 @@
 """``domainlm quickstart``: the whole job end to end on a shipped sample, by chaining the real verbs.
 
 prepare (corpus card) -> adapt (a real base model) -> bench (base vs adapted, domain tasks plus
-held-out domain and general perplexity) -> publish (verified checkpoint + model card) -> summary.
-Each stage writes its usual folder under OUT; a re-run reuses the stages that finished.
+held-out domain and general perplexity) -> [merge --select] -> publish (verified checkpoint + model card) -> summary.
+What each stage gets is the domain's YAML (``quickstart/<domain>.yaml``: a shipped recipe and the keys the quickstart
+changes in it) with the command's options on top (:func:`plan_stages`). Each stage writes its usual folder under OUT;
+a re-run reuses the stages that finished.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from domainlm.config import as_config, opt
+from domainlm.config import as_config, build, load, recipe_values
+from domainlm.errors import ConfigError
+from domainlm.quickstart.config import QuickstartConfig, QuickstartDomain, shipped_domains
 
 log = logging.getLogger(__name__)
 
-# Why these defaults: see README "Why SmolLM2 with LoRA for biomed". Budgets were sized so the
-# whole biomed quickstart finishes in well under 15 minutes on 2 CPU cores.
-DOMAINS: dict[str, dict[str, Any]] = {
-    "biomed": {
-        "corpus": "pubmed-sample", "suite": "biomed,general",
-        # 135M parameters in fp32 on a 2-core CPU without fast bf16 trains at ~100 tokens/s, so the budget is
-        # small: 16 steps x 4 x 128 tokens. Held-out perplexity already falls measurably at this size.
-        "adapt": dict(model="smollm2", objective="causal", method="lora", block_size=128, lr=5e-4, warmup_ratio=0.1,
-                      batch_size=4, grad_accum=1, max_steps=16, eval_every=8, save_every=8, eval_batches=4,
-                      replay_corpus="general-english-sample", replay_fraction=0.05),
-        "bench_max_examples": 80,
-        # merge --select after adapt: the weight is chosen on dev splits (never test) so that PubMedQA
-        # zero-shot and general-English perplexity (the guards) are not significantly worse than the base
-        # while domain perplexity keeps its gain. Three weights (the base and weight 1 are known ends of the
-        # line); PubMedQA's dev split is all 200 of the sample's training questions (zero-shot trains on
-        # none): 40 of them could not see the adapted model's 5-15 point loss, so 0.75 passed (2026-12-06).
-        "merge": dict(method="linear", weights=[0.25, 0.5, 0.75], domain_tasks=["perplexity"],
-                      guard_tasks=["pubmedqa", "general_perplexity"], max_examples=200),
-    },
-    "materials": {
-        "corpus": "arxiv-materials-sample", "suite": "materials,general",
-        "adapt": dict(model="minilm", objective="masked", method="full", block_size=128, whole_word_mask=True,
-                      lr=3e-4, warmup_ratio=0.06, batch_size=16, max_steps=80, eval_every=20, save_every=40,
-                      eval_batches=8, replay_corpus="general-english-sample", replay_fraction=0.05),
-    },
-    "protein": {
-        "corpus": "uniprot-sample", "suite": "protein",
-        "adapt": dict(model="tiny-esm", objective="protein", from_scratch=True, method="full", block_size=256,
-                      lr=1e-3, warmup_ratio=0.05, batch_size=16, max_steps=150, eval_every=50, save_every=50,
-                      eval_batches=8, replay_fraction=0.0),
-    },
-}
+# Adapt keys the quickstart sets itself (the prepared corpus, the run folder, resuming an interrupted run); the
+# recipe's `corpus` and `block_size` go to prepare instead.
+_ADAPT_OWN = ("corpus", "out", "resume", "block_size")
+# merge --select keys the quickstart sets itself from its run folders and options.
+_MERGE_OWN = ("model", "out", "select", "test", "overwrite", "suite", "seeds", "test_max_examples")
+# What a quickstart leaves in OUT before anything else: prepare's work folder, then the corpus, last the summary.
+# `--fresh` deletes OUT only when one of these is there (artifacts.why_not_replace).
+_MARKERS = ("summary.json", "corpus/manifest.json", "corpus/.work/config.json")
 
 
 @dataclass
-class QuickstartConfig:
-    domain: Literal["biomed", "materials", "protein"] = opt("biomed", "which shipped sample and base model to use")
-    out: str = opt("domainlm-quickstart", "folder for every stage's output")
-    fresh: bool = opt(False, "start again instead of reusing finished stages")
-    model: str | None = opt(None, "use another base model (default: the domain's packaged or tiny model)")
-    max_steps: int | None = opt(None, "training steps (default: the domain's budget)")
-    max_examples: int | None = opt(None, "cap each bench split at this many examples (default: the domain's "
-                                   "budget; 80 for biomed)")
-    seeds: int = opt(1, "seeds per fine-tuned bench task (probes are deterministic)")
-    merge: bool = opt(True, "merge the adapted model back into its base with the weight chosen on dev splits "
-                      "(merge --select) and publish that (biomed; needs mergekit: pip install 'domainlm[merge]')")
-    gguf: list[str] = opt(factory=list, help="also publish verified GGUF files for llama.cpp/Ollama: f16, bf16, q8_0 "
-                          "(see `domainlm publish --gguf`)")
+class QuickstartPlan:
+    """What each stage of one quickstart gets."""
+
+    corpus: str  # the corpus card prepare reads (the recipe's `corpus`)
+    model: str  # the base model, for prepare's tokenizer, adapt and bench's baseline
+    block_size: int  # tokens per block of the prepared corpus
+    adapt: dict[str, Any]  # adapt's keywords besides corpus, out and resume
+    suite: str  # bench suites (and merge --select's)
+    max_examples: int | None  # cap on each bench split (and merge's test splits)
+    merge: dict[str, Any] | None  # merge --select's keywords besides the ones the quickstart sets; None: no merge
+
+
+def plan_stages(cfg: QuickstartConfig) -> QuickstartPlan:
+    """The domain's YAML over its recipe (the loader ``adapt RECIPE`` uses), with the command's options on top;
+    every problem of the recipe, the YAML or the options is reported at once, before any stage runs."""
+    path = shipped_domains()[cfg.domain]
+    domain = load(QuickstartDomain, path)
+    values, recipe = recipe_values(domain.recipe, domain.adapt)
+    if cfg.model:
+        values["model"] = cfg.model
+    if cfg.max_steps:
+        values.update(max_steps=cfg.max_steps, eval_every=max(1, cfg.max_steps // 2),
+                      save_every=max(1, cfg.max_steps // 2))
+    from domainlm.adapt.config import AdaptConfig
+
+    problems = [f"adapt: '{k}' is set by the quickstart itself; drop it" for k in ("out", "resume") if k in domain.adapt]
+    try:
+        adapt_cfg = build(AdaptConfig, values)
+    except ConfigError as exc:  # named by the recipe they are checked over: a key may come from either file
+        adapt_cfg = None
+        problems += [f"adapt (over {recipe}): {p}" for p in exc.problems]
+    if adapt_cfg is not None and adapt_cfg.block_size is None:
+        problems.append(f"adapt (over {recipe}): set block_size in either file (the quickstart prepares the corpus)")
+    merge = dict(domain.merge) if domain.merge is not None and cfg.merge else None
+    if merge is not None:
+        from domainlm.merge.config import MergeConfig
+
+        problems += [f"'merge': '{k}' is set by the quickstart itself; drop it" for k in merge if k in _MERGE_OWN]
+        try:
+            build(MergeConfig, {**merge, "model": "OUT/run", "select": True})  # the run folder comes at run time
+        except ConfigError as exc:
+            problems += [f"'merge': {p}" for p in exc.problems]
+    if problems:
+        raise ConfigError(problems, str(path))
+    return QuickstartPlan(corpus=adapt_cfg.corpus, model=adapt_cfg.model, block_size=adapt_cfg.block_size,
+                          adapt={k: v for k, v in values.items() if k not in _ADAPT_OWN}, suite=domain.suite,
+                          max_examples=cfg.max_examples or domain.max_examples, merge=merge)
+
+
+def start_fresh(out: Path, inputs: tuple[str | None, ...] = ()) -> None:
+    """``--fresh``: delete OUT, under the one rule of every verb that replaces a folder (``artifacts.why_not_replace``):
+    only a folder a quickstart wrote, never the working directory or a folder holding an input (a local --model)."""
+    from domainlm.artifacts import why_not_replace
+
+    if refused := why_not_replace(out, (), inputs=inputs, markers=_MARKERS):
+        raise ConfigError([f"'out': {refused}"])
+    if out.exists():
+        shutil.rmtree(out)
 
 
 def _done(folder: Path) -> bool:
@@ -80,173 +104,24 @@ def _done(folder: Path) -> bool:
         return False
 
 
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) >= 10 else f"{value:.3f}"
-    return str(value)
-
-
-def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per bench task and perplexity: base, adapted, delta (exactly the report.json numbers)."""
-    rows = []
-    for t in report.get("tasks", []):
-        model, base = t.get("model") or {}, t.get("baseline") or {}
-        if model.get("skipped") or t.get("mode") == "perplexity":
-            continue  # perplexities are listed once, below, per token and per word
-        rows.append({"metric": f"{t['name']} ({t['metric']})", "base": base.get("score"), "adapted": model.get("score"),
-                     "delta": t.get("delta"), "delta_ci": t.get("delta_ci"),
-                     "higher_is_better": t.get("higher_is_better", True), "n_test": t.get("n_test"),
-                     "holm": ((report.get("aggregate") or {}).get("family_wise") or {}).get("verdicts", {}).get(
-                         t["name"])})
-    task_ci = {t["name"]: t.get("delta_ci") for t in report.get("tasks", []) if t.get("metric") == "word_perplexity"}
-    for kind, entry in (report.get("perplexity") or {}).items():
-        m, b = entry.get("model") or {}, entry.get("baseline") or {}
-        # per token is what training optimises; per word compares models with different tokenizers (and is
-        # the perplexity task's metric, so it carries that task's bootstrap interval)
-        for unit in ("per_token", "per_word"):
-            if m.get(unit) is not None:
-                delta = (m[unit] - b[unit]) if b.get(unit) is not None else None
-                rows.append({"metric": f"{kind} perplexity ({unit.replace('_', ' ')})", "base": b.get(unit),
-                             "adapted": m.get(unit), "delta": delta,
-                             "delta_ci": task_ci.get(entry.get("task")) if unit == "per_word" else None,
-                             "higher_is_better": False})
-    return rows
-
-
-def _ci(ci: list[float] | None) -> str:
-    return "-" if not ci else f"[{ci[0]:+.3g}, {ci[1]:+.3g}]"
-
-
-def verdict(row: dict[str, Any]) -> str:
-    """'better'/'worse' only when the paired bootstrap interval excludes 0; else 'within noise'.
-
-    Rows without an interval (per-token perplexity) say only the direction.
-    """
-    delta, ci = row["delta"], row.get("delta_ci")
-    if delta is None or delta == 0:
-        return "-"
-    good = (delta > 0) == row["higher_is_better"]
-    if not ci:
-        return "lower" if delta < 0 else "higher"
-    if ci[0] <= 0 <= ci[1]:
-        return "within noise"
-    return "better" if good else "worse"
-
-
-# The change a user usually hopes to see from domain adaptation on a 0-1 score (F1, accuracy).
-TARGET_EFFECT = 0.02
-
-
-def detectable(row: dict[str, Any]) -> str:
-    """Can this task's test set see a 2-point change? 'yes'/'no' with the minimum detectable effect.
-
-    The minimum detectable effect is the half-width of the paired-delta interval: a true change
-    smaller than it lands "within noise". Perplexity rows (no 0-1 scale) get '-'.
-    """
-    ci = row.get("delta_ci")
-    if not ci or ci[0] is None or "perplexity" in row["metric"]:
-        return "-"
-    mde = (ci[1] - ci[0]) / 2
-    return f"{'yes' if mde <= TARGET_EFFECT else 'no'} (±{mde:.2f})"
-
-
-def add_merged(rows: list[dict[str, Any]], merged_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The merged model's test numbers (its bench against the same base) beside each base/adapted row."""
-    by_metric = {r["metric"]: r for r in merged_rows}
-    out = []
-    for r in rows:
-        m = by_metric.get(r["metric"]) or {}
-        out.append({**r, "merged": m.get("adapted"), "merged_delta": m.get("delta"),
-                    "merged_delta_ci": m.get("delta_ci"), "merged_holm": m.get("holm")})
-    return out
-
-
-def _verdict_text(row: dict[str, Any], prefix: str = "") -> str:
-    r = {**row, "delta": row.get(f"{prefix}delta"), "delta_ci": row.get(f"{prefix}delta_ci")}
-    holm = row.get(f"{prefix}holm")
-    return verdict(r) + (f" (Holm: {holm})" if holm else "")
-
-
-def render_summary(rows: list[dict[str, Any]], facts: list[tuple[str, str]]) -> str:
-    width = max([len(r["metric"]) for r in rows] + [24])
-    if any("merged" in r for r in rows):  # base | adapted | merged, each model's paired delta against the base
-        cells = []
-        for r in rows:
-            cells.append([f"{'-' if r.get(f'{p}delta') is None else format(r[f'{p}delta'], '+.3g')} "
-                          f"{_ci(r.get(f'{p}delta_ci'))} {_verdict_text(r, p)}" for p in ("", "merged_")])
-        cw = max([len(c[0]) for c in cells] + [24])
-        lines = [f"{'metric':<{width}}  {'base':>9}  {'adapted':>9}  {'merged':>9}  {'adapted - base, 95% CI':<{cw}}  "
-                 "merged - base, 95% CI", "-" * (width + 38 + 2 * cw)]
-        for r, (a, m) in zip(rows, cells, strict=True):
-            lines.append(f"{r['metric']:<{width}}  {_fmt(r['base']):>9}  {_fmt(r['adapted']):>9}  "
-                         f"{_fmt(r.get('merged')):>9}  {a:<{cw}}  {m}")
-    else:
-        lines = [f"{'metric':<{width}}  {'base':>9}  {'adapted':>9}  {'delta':>9}  {'delta 95% CI':>18}  "
-                 f"{'sees 2 pts':>11}  verdict", "-" * (width + 90)]
-        for r in rows:
-            lines.append(f"{r['metric']:<{width}}  {_fmt(r['base']):>9}  {_fmt(r['adapted']):>9}  "
-                         f"{'-' if r['delta'] is None else format(r['delta'], '+.3g'):>9}  "
-                         f"{_ci(r.get('delta_ci')):>18}  {detectable(r):>11}  {verdict(r)}"
-                         + (f" (Holm: {r['holm']})" if r.get("holm") else ""))
-    lines.append("")
-    if not any("merged" in r for r in rows) and any(detectable(r).startswith("no") for r in rows):
-        lines += ["sees 2 pts: 'no' means the test set is too small to tell a 2-point change from noise (the number "
-                  "is the smallest change it can see: half the paired interval); use the real datasets "
-                  "(benchmarks/*/README.md) to see one.", ""]
-    lines += [f"{k:<18} {v}" for k, v in facts]
-    return "\n".join(lines)
-
-
 PATH_FACTS = ("model card", "loss curve", "comparison chart", "published model", "merge selection", "pareto chart")
 
 
-def _merge_line(selection: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """Weight chosen, its dev deltas, and whether the goal holds on test: no task significantly worse than
-    the base (Holm where bench applies it) while domain perplexity per word stays significantly better."""
-    chosen = next(p for p in selection["points"] if p["weight"] == selection["chosen_weight"])
-    dev = "; ".join(f"{n} {r['delta']:+.3g} [{r['delta_ci'][0]:+.3g}, {r['delta_ci'][1]:+.3g}]"
-                    for n, r in chosen["tasks"].items() if r.get("delta") is not None and r.get("delta_ci"))
-    worse = [r["metric"] for r in rows if "merged" in r and (r.get("merged_holm") or _verdict_text(r, "merged_")
-                                                              ).startswith("worse")]
-    domain = next((r for r in rows if r["metric"] == "domain perplexity (per word)"), None)
-    kept = domain is not None and _verdict_text(domain, "merged_").startswith("better")
-    if not worse and kept:
-        goal = "goal met on test: no task significantly worse than the base, domain perplexity per word better"
-    else:
-        goal = ("goal NOT met on test at this budget: " + (f"worse than the base: {', '.join(worse)}" if worse else "")
-                + ("; " if worse and not kept else "") + ("" if kept else "domain perplexity per word not "
-                                                                   "significantly better"))
-    return (f"{selection['method']} weight {selection['chosen_weight']:g} on the adapted model (chosen on dev from "
-            f"{', '.join(format(w, 'g') for w in selection['weights'])}; dev: {dev}). {goal}")
-
-
-def quickstart(config: QuickstartConfig | None = None, **overrides: Any) -> dict[str, Any]:
-    """Adapt a general model to a scientific domain, measure it against its base, and publish it.
-
-    With no arguments: SmolLM2-135M (packaged, offline) with LoRA on the shipped PubMed sample, benched on
-    the shipped biomedical suite plus held-out domain and general perplexity, published with its card.
-    """
+def run(config: QuickstartConfig | None = None, **overrides: Any) -> dict[str, Any]:
+    """The quickstart's stages in order (see :func:`domainlm.quickstart.quickstart`); returns summary.json's dict."""
     from tqdm.auto import tqdm
 
+    from domainlm.artifacts import read_manifest
+    from domainlm.quickstart.summary import add_merged, merge_line, render_summary, summary_rows
+
     cfg = as_config(QuickstartConfig, config, overrides)
-    preset = DOMAINS[cfg.domain]
+    plan = plan_stages(cfg)
     out = Path(cfg.out)
-    if cfg.fresh and out.exists():
-        shutil.rmtree(out)
+    if cfg.fresh:
+        start_fresh(out, inputs=(cfg.model,))
     out.mkdir(parents=True, exist_ok=True)
-    adapt_kwargs = dict(preset["adapt"])
-    if cfg.model:
-        adapt_kwargs["model"] = cfg.model
-    if cfg.max_steps:
-        adapt_kwargs["max_steps"] = cfg.max_steps
-        adapt_kwargs["eval_every"] = max(1, cfg.max_steps // 2)
-        adapt_kwargs["save_every"] = max(1, cfg.max_steps // 2)
-    model = adapt_kwargs["model"]
+    model, max_examples, merge_cfg = plan.model, plan.max_examples, plan.merge
     run_dir, bench_dir, pub_dir, merged_dir = out / "run", out / "bench", out / "published", out / "merged"
-    merge_cfg = dict(preset["merge"]) if preset.get("merge") and cfg.merge else None
-    max_examples = cfg.max_examples or preset.get("bench_max_examples")
     timings: dict[str, float] = {}
     stages = tqdm(total=5 if merge_cfg else 4, desc="quickstart", unit="stage", position=0)
     t0 = time.perf_counter()
@@ -257,7 +132,7 @@ def quickstart(config: QuickstartConfig | None = None, **overrides: Any) -> dict
 
     t = time.perf_counter()
     corpus_dir = out / "corpus"
-    prepare_card(preset["corpus"], model, corpus_dir, block_size=adapt_kwargs["block_size"])
+    prepare_card(plan.corpus, model, corpus_dir, block_size=plan.block_size)
     timings["prepare"] = time.perf_counter() - t
     stages.update(1)
 
@@ -267,12 +142,11 @@ def quickstart(config: QuickstartConfig | None = None, **overrides: Any) -> dict
 
     t = time.perf_counter()
     if _done(run_dir):
-        run_manifest = json.loads((run_dir / "manifest.json").read_text())
+        run_manifest = read_manifest(run_dir)
         log.info("reusing the finished run in %s", run_dir)
     else:
         resume = run_dir.exists() and any(run_dir.iterdir())
-        kw = {k: v for k, v in adapt_kwargs.items() if k != "block_size"}
-        run_manifest = adapt(corpus=str(corpus_dir), out=str(run_dir), resume=resume, **kw)
+        run_manifest = adapt(corpus=str(corpus_dir), out=str(run_dir), resume=resume, **plan.adapt)
     timings["adapt"] = time.perf_counter() - t
     stages.update(1)
 
@@ -284,7 +158,7 @@ def quickstart(config: QuickstartConfig | None = None, **overrides: Any) -> dict
     if _done(bench_dir) and (bench_dir / "report.json").is_file():
         report = json.loads((bench_dir / "report.json").read_text())
     else:
-        report = bench(model=str(run_dir), baseline=model, suite=preset["suite"], out=str(bench_dir),
+        report = bench(model=str(run_dir), baseline=model, suite=plan.suite, out=str(bench_dir),
                        seeds=cfg.seeds, max_examples=max_examples)
     timings["bench"] = time.perf_counter() - t
     stages.update(1)
@@ -299,7 +173,7 @@ def quickstart(config: QuickstartConfig | None = None, **overrides: Any) -> dict
         t = time.perf_counter()
         if not (_done(merged_dir) and (merged_dir / "test_bench" / "report.json").is_file()):
             merge(model=str(run_dir), out=str(merged_dir), select=True, test=True, overwrite=True,
-                  suite=preset["suite"], seeds=cfg.seeds, test_max_examples=max_examples, **merge_cfg)
+                  suite=plan.suite, seeds=cfg.seeds, test_max_examples=max_examples, **merge_cfg)
         selection = json.loads((merged_dir / "selection.json").read_text())
         merged_report = json.loads((merged_dir / "test_bench" / "report.json").read_text())
         timings["merge"] = time.perf_counter() - t
@@ -307,7 +181,6 @@ def quickstart(config: QuickstartConfig | None = None, **overrides: Any) -> dict
 
     # 5. publish with the card
     stages.set_postfix_str("publish")
-    from domainlm.artifacts import read_manifest
     from domainlm.publish import publish
 
     t = time.perf_counter()
@@ -339,7 +212,7 @@ def quickstart(config: QuickstartConfig | None = None, **overrides: Any) -> dict
         ("published model", str(pub_dir)),
     ]
     if selection is not None:
-        facts.insert(0, ("merge", _merge_line(selection, rows)))
+        facts.insert(0, ("merge", merge_line(selection, rows)))
         facts += [("merge selection", str(merged_dir / "selection.json")), ("pareto chart", str(merged_dir / "pareto.png"))]
     text = render_summary(rows, facts)
     print("\n" + text)
