@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from domainlm.quickstart import DOMAINS
+from domainlm.quickstart import QuickstartConfig
+from domainlm.quickstart.run import plan_stages
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "promptability_quickstart.py"
 _spec = importlib.util.spec_from_file_location("promptability_quickstart", _PATH)
@@ -15,8 +16,8 @@ _spec.loader.exec_module(pq)
 
 
 def test_arms_are_the_quickstart_chain_with_their_own_changes_only():
-    preset = DOMAINS["biomed"]
-    quick = {k: v for k, v in preset["adapt"].items() if k != "block_size"}
+    preset = plan_stages(QuickstartConfig(domain="biomed"))
+    quick = dict(preset.adapt)
     assert pq.arm_settings("raw", preset) == ({}, quick)
     prep, kw = pq.arm_settings("rc", preset)
     assert prep == {"reading_comprehension": True} and kw == quick
@@ -25,7 +26,7 @@ def test_arms_are_the_quickstart_chain_with_their_own_changes_only():
     assert {k: v for k, v in kw.items() if k not in ("replay_corpus", "replay_fraction", "general_eval")} == \
         {k: v for k, v in quick.items() if k not in ("replay_corpus", "replay_fraction")}
     assert kw["replay_corpus"] == "instructions-sample" and kw["replay_fraction"] == pq.INSTRUCTION_REPLAY
-    assert kw["general_eval"] == preset["adapt"]["replay_corpus"]  # the forgetting monitor stays the same
+    assert kw["general_eval"] == preset.adapt["replay_corpus"]  # the forgetting monitor stays the same
 
 
 def _row(metric, delta, lo, hi, higher=True):
