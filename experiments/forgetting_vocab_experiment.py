@@ -18,9 +18,9 @@ negative log-likelihood over characters or words of the same text) and bits per 
 is reported next to them.
 
 Run (CPU: about 1.5 hours on 2 shared cores, one thread):
-    .venv/bin/python benchmarks/forgetting_vocab_experiment.py --out runs/forgetting_vocab
+    .venv/bin/python experiments/forgetting_vocab_experiment.py --out runs/forgetting_vocab
 Smoke test in a minute:
-    .venv/bin/python benchmarks/forgetting_vocab_experiment.py --model tiny-llama --steps 2 --out /tmp/fv
+    .venv/bin/python experiments/forgetting_vocab_experiment.py --model tiny-llama --steps 2 --out /tmp/fv
 
 Finished arms and evaluations are kept in OUT and skipped when the script is run again, so an
 interrupted run continues where it stopped. The script prints numbers and writes OUT/results.json,

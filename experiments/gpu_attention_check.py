@@ -6,7 +6,7 @@ three packed documents per row) with ``flex_attention`` against ``sdpa``, in fp3
 model, plus the invariance check (a token's loss does not change when an unrelated document is packed in
 front). Prints one JSON line per model and exits non-zero if a check fails.
 
-    python benchmarks/gpu_attention_check.py            # needs CUDA
+    python experiments/gpu_attention_check.py            # needs CUDA
 """
 
 from __future__ import annotations

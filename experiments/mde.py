@@ -1,6 +1,6 @@
 """Minimum detectable effect per task, read from a bench report with a baseline.
 
-    python benchmarks/mde.py runs/bench/report.json [more reports...]
+    python experiments/mde.py runs/bench/report.json [more reports...]
 
 For each task: n test, the paired delta and its 95% bootstrap CI (model minus baseline, resampled
 over the same test items), and the CI's half-width. A change smaller than the half-width cannot be

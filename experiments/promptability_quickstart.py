@@ -15,7 +15,7 @@ quickstart's default when no task row (PubMedQA's calibrated accuracy included) 
 domain perplexity per word is still significantly better. Writes PROMPTABILITY.md and PROMPTABILITY.json;
 arms already finished are reused, so an interrupted run continues.
 
-    OMP_NUM_THREADS=2 python benchmarks/promptability_quickstart.py --out runs/promptability --threads 2
+    OMP_NUM_THREADS=2 python experiments/promptability_quickstart.py --out runs/promptability --threads 2
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def render(results: dict[str, Any], machine: dict[str, Any], missing: list[str],
 
     preset = DOMAINS["biomed"]["adapt"]
     lines = ["# Keeping the quickstart promptable: reading comprehension and instruction replay", "",
-             "Written by `benchmarks/promptability_quickstart.py` (issue 30). Every arm is the quickstart's biomed "
+             "Written by `experiments/promptability_quickstart.py` (issue 30). Every arm is the quickstart's biomed "
              f"chain: {preset['model']}, {preset['method']} {preset['objective']}, {preset['max_steps']} steps of "
              f"{preset['batch_size']} x {preset['block_size']} tokens at lr {preset['lr']}, benched against the base "
              f"on the `{DOMAINS['biomed']['suite']}` suites with at most {DOMAINS['biomed']['bench_max_examples']} "

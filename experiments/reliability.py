@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Reliability and security trials: killed runs, full disks, fuzzed input files, untrusted model folders.
 
-Every statement in ``benchmarks/RELIABILITY.md`` is written by this script from what it ran::
+Every statement in ``experiments/RELIABILITY.md`` is written by this script from what it ran::
 
-    python benchmarks/reliability.py                 # full size: >= 10 kill trials, ~3000 fuzz cases per reader
-    python benchmarks/reliability.py --quick         # small counts, a few minutes
-    python benchmarks/reliability.py --only fuzz,untrusted --report /tmp/r.md
+    python experiments/reliability.py                 # full size: >= 10 kill trials, ~3000 fuzz cases per reader
+    python experiments/reliability.py --quick         # small counts, a few minutes
+    python experiments/reliability.py --only fuzz,untrusted --report /tmp/r.md
 
 Trial classes (``--only``): ``adapt-kill``, ``prepare-kill``, ``disk-full``, ``fuzz``, ``untrusted``, ``secrets``.
 This file only runs the trials and writes the report. The trials themselves (process launcher, fault and
@@ -14,7 +14,7 @@ tests/test_reliability_*.py import to run the same trials, small in the default 
 the slow tier, so the report and the tests check one implementation.
 
 Commands run as child processes, forked from this process after it has imported torch and transformers
-once (``--launcher exec`` starts real ``python -m domainlm`` processes instead); see ``harness.procs``.
+once (``--launcher exec`` starts real ``python -m domainlm`` processes instead); see ``tests.harness.procs``.
 """
 
 from __future__ import annotations
@@ -32,23 +32,22 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-REPORT = REPO / "benchmarks" / "RELIABILITY.md"
-# The trials live in tests/harness/ (the tests run the same code, small); domainlm from this checkout.
-for _path in (REPO, REPO / "tests"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+REPORT = REPO / "experiments" / "RELIABILITY.md"
+# The trials live in tests/harness/ (the tests run the same code, small); domainlm and tests.harness from this checkout.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-from harness.faults import (  # noqa: E402
+from tests.harness.faults import (  # noqa: E402
     AdaptTrials,
     DiskUnavailable,
     PrepareTrials,
     disk_full_checkpoint,
     disk_full_publish,
 )
-from harness.fuzz import FuzzStats, fuzz_target, fuzz_targets  # noqa: E402
-from harness.procs import CHILD_ENV, Trial, warm_imports  # noqa: E402
-from harness.report import Results, md_table, render, summary_rows  # noqa: E402
-from harness.untrusted import secrets_trial, untrusted_trials  # noqa: E402
+from tests.harness.fuzz import FuzzStats, fuzz_target, fuzz_targets  # noqa: E402
+from tests.harness.procs import CHILD_ENV, Trial, warm_imports  # noqa: E402
+from tests.harness.report import Results, md_table, render, summary_rows  # noqa: E402
+from tests.harness.untrusted import secrets_trial, untrusted_trials  # noqa: E402
 
 CLASSES = ("adapt-kill", "prepare-kill", "disk-full", "fuzz", "untrusted", "secrets")
 # Counts for the full run and for --quick. The issue asks for >= 10 adapt kill trials and a few thousand fuzz
@@ -74,7 +73,7 @@ def _meta(args: argparse.Namespace, started: datetime.datetime) -> dict[str, Any
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip()
     finished = datetime.datetime.now().astimezone()
-    return {"command": "python benchmarks/reliability.py " + " ".join(args.argv), "quick": args.quick,
+    return {"command": "python experiments/reliability.py " + " ".join(args.argv), "quick": args.quick,
             "launcher": args.launcher, "started": started.isoformat(timespec="seconds"),
             "finished": finished.isoformat(timespec="seconds"), "minutes": (finished - started).total_seconds() / 60,
             "commit": commit + (" (with uncommitted changes)" if dirty else ""),

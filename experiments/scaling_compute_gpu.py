@@ -2,7 +2,7 @@
 
 Run on a machine with a CUDA GPU (prints numbers, asserts nothing):
 
-    PYTHONPATH=. python benchmarks/scaling_compute_gpu.py OUT_DIR
+    PYTHONPATH=. python experiments/scaling_compute_gpu.py OUT_DIR
 
 Checks the CUDA paths of domainlm.flops (measure_matmul_peak, bf16_is_fast) and domainlm.compute
 (the throughput probe), and how a measured MFU compares with compute's default utilisation of 0.4.

@@ -2,17 +2,17 @@
 
 Both get the same model, packed blocks, sequence length, batch, learning rate and number of steps,
 with bf16 on when the CPU runs it fast. Each configuration runs in its own process so peak RSS is
-its own. Prints a table and writes benchmarks/SPEED_ADAPT.md (and .json).
+its own. Prints a table and writes experiments/SPEED_ADAPT.md (and .json).
 
-    python benchmarks/speed_adapt.py                 # all cases
-    python benchmarks/speed_adapt.py --cases tiny-llama --steps 10
-    python benchmarks/speed_adapt.py --compile      # torch.compile on both sides (ours per block, Trainer torch_compile)
-    python benchmarks/speed_adapt.py --variants '{"full-logits": {"chunked_head": false}}'   # extra rows of ours
-    SPEED_OURS_KW='{"chunked_head": false}' python benchmarks/speed_adapt.py ...   # extra adapt options for ours
-    python benchmarks/speed_adapt.py --curves ...   # every step's loss on both sides, plotted beside the report
+    python experiments/speed_adapt.py                 # all cases
+    python experiments/speed_adapt.py --cases tiny-llama --steps 10
+    python experiments/speed_adapt.py --compile      # torch.compile on both sides (ours per block, Trainer torch_compile)
+    python experiments/speed_adapt.py --variants '{"full-logits": {"chunked_head": false}}'   # extra rows of ours
+    SPEED_OURS_KW='{"chunked_head": false}' python experiments/speed_adapt.py ...   # extra adapt options for ours
+    python experiments/speed_adapt.py --curves ...   # every step's loss on both sides, plotted beside the report
 
 The GPU comparison of issue 32 (ours with varlen attention + the fused head + per-block compile against the Trainer
-at its best, both cases in one call, loss curves): the command is in benchmarks/SPEED_ADAPT_GPU.md.
+at its best, both cases in one call, loss curves): the command is in experiments/SPEED_ADAPT_GPU.md.
 
 The Trainer runs with its best settings for the machine: bf16 when fast, SDPA attention, fused AdamW
 (``adamw_torch_fused``), Liger Kernel (``use_liger_kernel``) when it is installed and, with ``--compile``,
@@ -303,7 +303,7 @@ def write_report(rows: list[dict], args) -> None:
     ok = [r for r in rows if "failed" not in r["domainlm"]]
     peak = ok[0]["domainlm"].get("peak_flops") if ok else None
     bf16 = ok[0]["domainlm"].get("bf16") if ok else None
-    cmd = ("python benchmarks/speed_adapt.py" + (f" --cases {args.cases}" if args.cases != DEFAULT_CASES else "")
+    cmd = ("python experiments/speed_adapt.py" + (f" --cases {args.cases}" if args.cases != DEFAULT_CASES else "")
            + (f" --steps {args.steps}" if args.steps != 12 else "") + (" --compile" if args.compile else "")
            + (f" --variants '{args.variants}'" if args.variants != '{"domainlm": {}}' else "")
            + (" --curves" if args.curves else ""))

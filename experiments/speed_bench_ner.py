@@ -1,6 +1,6 @@
 """Speed of the linear-probe NER task on real NCBI-disease with MiniLM (target: < 2 min on 2 cores).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed_bench_ner.py [--realdata ../shared/realdata] [--threads 1]
+    HF_HUB_OFFLINE=1 .venv/bin/python experiments/speed_bench_ner.py [--realdata ../shared/realdata] [--threads 1]
 
 Runs exactly what ``domainlm bench --model minilm --suite biomed --tasks ner --data-root REALDATA
 --override @benchmarks/biomed/realdata-ncbi.overrides`` runs (probe trained on the 923-sentence devel

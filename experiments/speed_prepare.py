@@ -1,9 +1,9 @@
 """Benchmark: PubMed XML -> packed tokens on the datatrove engine, against the bare tokenizer on the same text,
 the previous engine on the same input, and peak memory (summed PSS of the process tree) at 1x vs 10x input.
 
-Prints numbers (no asserts) and writes them as JSON; the results are recorded in benchmarks/SPEED_PREPARE.md.
+Prints numbers (no asserts) and writes them as JSON; the results are recorded in experiments/SPEED_PREPARE.md.
 
-    nice -n 10 python benchmarks/speed_prepare.py --mb 40 --files 8 --tasks 2 --old-engine /tmp/old --json out.json
+    nice -n 10 python experiments/speed_prepare.py --mb 40 --files 8 --tasks 2 --old-engine /tmp/old --json out.json
 
 What it does:
 1. Writes synthetic PubMed baseline XML (``--mb`` and 10x that, in ``--files`` files so that tasks have files to
@@ -286,7 +286,9 @@ def run_prepare(folder: Path, out: Path, model: str, tasks: int, old_engine: str
     datatrove engine's (``tasks`` tasks)."""
     kw = {"inputs": [str(folder)], "model": model, "out": str(out), "overwrite": True, **extra}
     kw["num_proc" if old_engine and legacy else "tasks"] = tasks
-    script = str(Path(old_engine) / "benchmarks" / "speed_prepare.py") if old_engine else __file__
+    # this script in that checkout: experiments/ since issue 36, benchmarks/ before
+    script = (next(str(p) for p in (Path(old_engine) / d / "speed_prepare.py" for d in ("experiments", "benchmarks"))
+                   if p.is_file()) if old_engine else __file__)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     res = subprocess.run([sys.executable, script, "--_prepare", json.dumps(kw)], env=env, capture_output=True,
                          text=True)

@@ -1,4 +1,4 @@
-"""benchmarks/promptability_quickstart.py: each arm is the quickstart's biomed chain with only its two changes, and
+"""experiments/promptability_quickstart.py: each arm is the quickstart's biomed chain with only its two changes, and
 the verdict rule (no task row significantly worse, domain perplexity significantly better), on synthetic rows."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Does domain-adaptive pretraining help on real biomedical data? A reproducible DAPT/TAPT experiment.
 
-    python benchmarks/dapt_biomed.py --realdata ../shared/realdata            # every arm, then the report
-    python benchmarks/dapt_biomed.py --realdata ../shared/realdata --quick    # one arm (< 20 min on 2 cores)
-    python benchmarks/dapt_biomed.py --realdata ../shared/realdata --report-only  # report from the cache
+    python experiments/dapt_biomed --realdata ../shared/realdata            # every arm, then the report
+    python experiments/dapt_biomed --realdata ../shared/realdata --quick    # one arm (< 20 min on 2 cores)
+    python experiments/dapt_biomed --realdata ../shared/realdata --report-only  # report from the cache
 
 What it does, each stage cached in ``--work`` (default ``runs/dapt-biomed``; nothing from the real data
 is written into the project, only the numbers in benchmarks/DAPT_BIOMED.{md,json,png}):
@@ -21,7 +21,7 @@ is written into the project, only the numbers in benchmarks/DAPT_BIOMED.{md,json
    (:func:`domainlm.bench.report.build_report`). The base model's per-task results are computed once
    and reused for every arm (probes and perplexities are deterministic), which is what makes many arms
    affordable on a 2-core CPU.
-4. **Report.** benchmarks/DAPT_BIOMED.md (verdict first), .json and .png.
+4. **Report.** experiments/DAPT_BIOMED.md (verdict first), .json and .png.
 """
 
 from __future__ import annotations
@@ -279,7 +279,7 @@ def decontaminate(realdata: Path, work: Path) -> dict[str, Any]:
     stats = {"ngram": NGRAM, "corpus_documents": kept + dropped, "dropped_documents": dropped,
              "kept_documents": kept, "dropped_ids_first": dropped_ids[:20], "overlap_before_drop": overlap,
              "seconds": time.perf_counter() - t0,
-             "method": "hand-written word 13-gram check in benchmarks/dapt_biomed.py"}
+             "method": "hand-written word 13-gram check in experiments/dapt_biomed"}
     stats_path.write_text(json.dumps(stats, indent=2))
     return stats
 
@@ -1068,7 +1068,7 @@ def _tapt_reading(arms: dict[str, Any]) -> list[str]:
 def render(r: dict[str, Any], stem: str) -> str:
     arms = r["arms"]
     L: list[str] = ["# Does domain-adaptive pretraining help? Real biomedical data, real tasks, a forgetting bill", ""]
-    L += ["Written by `python benchmarks/dapt_biomed.py --realdata ../shared/realdata` (numbers in "
+    L += ["Written by `python experiments/dapt_biomed --realdata ../shared/realdata` (numbers in "
           f"`{stem}.json`, picture `{stem}.png`). Every number below comes from the run folders; nothing is typed in.",
           ""]
     # ---- verdict
@@ -1198,11 +1198,11 @@ def render(r: dict[str, Any], stem: str) -> str:
         L += ["## Not run", "",
               "Defined in the script but not run for this file: the 2-core CPU was shared with other agents' jobs, "
               f"so MiniLM trained at {_fmt(_mean_tps(arms), 0)} tokens/s per process on average (about 850 "
-              "on the idle machine, benchmarks/SPEED_ADAPT.md); SmolLM2 LoRA trains at "
+              "on the idle machine, experiments/SPEED_ADAPT.md); SmolLM2 LoRA trains at "
               + (f"{_fmt(smol_tps, 0)} tokens/s on one thread of the idle machine (the arms above)"
-                 if (smol_tps := _mean_tps(arms, "smollm2")) else "about 90-140 tokens/s (benchmarks/SPEED_ADAPT.md)")
+                 if (smol_tps := _mean_tps(arms, "smollm2")) else "about 90-140 tokens/s (experiments/SPEED_ADAPT.md)")
               + ". Each runs, with its evaluation, by:", "", "```",
-              "python benchmarks/dapt_biomed.py --realdata ../shared/realdata --arms " + ",".join(missing)
+              "python experiments/dapt_biomed --realdata ../shared/realdata --arms " + ",".join(missing)
               + " --full-eval all", "```", ""]
         merges = [a for a in missing if "merge" in ARMS[a]]
         if merges:
@@ -1212,7 +1212,7 @@ def render(r: dict[str, Any], stem: str) -> str:
     gaps = {n: g for n, g in gaps.items() if g}
     if gaps:
         L += ["Arms run but not scored on every evaluation group (each fills in, reusing the trained arm, by "
-              "`python benchmarks/dapt_biomed.py --realdata ../shared/realdata --arms ARM --full-eval ARM --groups "
+              "`python experiments/dapt_biomed --realdata ../shared/realdata --arms ARM --full-eval ARM --groups "
               "GROUPS`):", ""]
         L += [f"- `{n}`: {', '.join(g)}" for n, g in gaps.items()]
         L.append("")
@@ -1291,7 +1291,7 @@ def main(argv: list[str] | None = None) -> int:
     realdata, work = Path(args.realdata).resolve(), Path(args.work).resolve()
     if not (realdata / "biomed_corpus" / "biomed_sentences.jsonl").is_file():
         print(f"error: {realdata} has no biomed_corpus/biomed_sentences.jsonl; pass --realdata with the real "
-              "datasets (see benchmarks/DAPT_BIOMED.md for where each comes from)", file=sys.stderr)
+              "datasets (see experiments/DAPT_BIOMED.md for where each comes from)", file=sys.stderr)
         return 2
     if args.quick:
         arms = [QUICK_ARM]

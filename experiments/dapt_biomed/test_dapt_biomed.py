@@ -1,4 +1,4 @@
-"""benchmarks/dapt_biomed.py: the decontamination tokeniser and the verdict logic (significance, the issue's goal,
+"""experiments/dapt_biomed: the decontamination tokeniser and the verdict logic (significance, the issue's goal,
 seed replication, the budget trend), on synthetic arm records. No model, no real data: the real-data run is the
 script itself."""
 

@@ -1,7 +1,7 @@
 """The reliability harness: trials that kill, starve, fuzz and feed hostile files to ``domainlm`` commands.
 
-Run small by tests/test_reliability_*.py and at full size by ``benchmarks/reliability.py``, which writes
-``benchmarks/RELIABILITY.md`` from the results, so the report and the tests check one implementation.
+Run small by tests/test_reliability_*.py and at full size by ``experiments/reliability.py``, which writes
+``experiments/RELIABILITY.md`` from the results, so the report and the tests check one implementation.
 
 - :mod:`harness.procs`: a command in a child process (forked from a warm interpreter, or exec'd), and helpers
   that compare runs and read what the commands printed;
