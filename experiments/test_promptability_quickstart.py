@@ -3,15 +3,9 @@ the verdict rule (no task row significantly worse, domain perplexity significant
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import promptability_quickstart as pq  # experiments/, beside this file (pytest puts it on sys.path)
 
 from domainlm.quickstart import DOMAINS
-
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "promptability_quickstart.py"
-_spec = importlib.util.spec_from_file_location("promptability_quickstart", _PATH)
-pq = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pq)
 
 
 def test_arms_are_the_quickstart_chain_with_their_own_changes_only():
