@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--readme", default=str(REPO / "README.md"))
     ap.add_argument("--json", default=str(REPO / "experiments" / "ARCHITECTURES.json"))
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_architectures import ARCHS  # the matrix's own list, so the table has a row per architecture
+    sys.path.insert(0, str(REPO))
+    # the matrix's own list (tests/harness/, which tests/test_architectures.py runs), so the table has a row per arch
+    from tests.harness.architectures import ARCHS
 
     wall = None
     if args.junit:

@@ -21,12 +21,11 @@ from harness.faults import (
     disk_full_checkpoint,
     disk_full_publish,
 )
+from harness.marks import needs_fork
 from harness.procs import warm_imports
 from harness.report import kills
 
 from domainlm.errors import DomainLMError
-
-needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="forks the commands (POSIX only)")
 
 
 @pytest.fixture(scope="module")

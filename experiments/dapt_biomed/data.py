@@ -92,7 +92,10 @@ def decontaminate(realdata: Path, work: Path) -> dict[str, Any]:
     files = {}
     for name, sents in splits.items():
         files[name] = work / "data" / "eval_splits" / f"{_slug(name)}.jsonl"
-        _write_jsonl(files[name], [{"id": f"{_slug(name)}/{i}", "text": s} for i, s in enumerate(sents)])
+        # U+FFFD (a few HoC sentences) would make the corpus reader skip the sentence as invalid UTF-8: a space
+        # keeps the words around it in the index
+        _write_jsonl(files[name], [{"id": f"{_slug(name)}/{i}", "text": s.replace("\ufffd", " ")}
+                                   for i, s in enumerate(sents)])
     corpus_path = realdata / "biomed_corpus/biomed_sentences.jsonl"
     prepared = work / "corpora" / "decontaminate-minilm"
     man = prepare(model="minilm", inputs=[str(corpus_path)], format="jsonl", out=str(prepared),
@@ -105,11 +108,14 @@ def decontaminate(realdata: Path, work: Path) -> dict[str, Any]:
     by_file = {f"file:{f.name}": name for name, f in files.items()}
     dropped = d.get("dropped", 0)
     stats = {"ngram": NGRAM, "corpus_documents": len(records), "dropped_documents": dropped,
+             # documents prepare's reader or cleaning drops (every later prepare of the corpus drops them too)
              "kept_documents": len(kept_ids), "other_drops": len(records) - len(kept_ids) - dropped,
              "dropped_by_split": {by_file.get(k, k): v for k, v in d.get("dropped_by_task", {}).items()},
              "dropped_ids_first": [e["id"] for e in d.get("examples", [])],
              "overlap_before_drop": _overlap(splits, [rec["text"] for rec in records], work / "data" / "corpus_index"),
              "seconds": time.perf_counter() - t0,
+             "rule": "datatrove's normalisation: lower-cased, punctuation removed, digits as 0, whitespace words",
+             "dropped_by": "by `corpus prepare --decontaminate`, before the corpora were prepared",
              "method": "`domainlm corpus prepare --decontaminate` (datatrove's n-gram filter) with each evaluation "
                        "split as a file"}
     stats_path.write_text(json.dumps(stats, indent=2))

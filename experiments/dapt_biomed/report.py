@@ -327,10 +327,14 @@ def render(r: dict[str, Any], stem: str) -> str:
               "ChemProt/HoC/PubMedQA cost ~10-20 min of one idle core per model).", ""]
     # ---- decontamination
     d = r["decontamination"]
+    # a cache made before the experiment used the engine's decontamination has no "rule" or "dropped_by": its own words
+    by_split = "".join(f"; {n} {name}" for name, n in d.get("dropped_by_split", {}).items())
     L += ["## Decontamination", "",
-          f"Word {d['ngram']}-grams (lower-cased words and punctuation marks). Of {d['corpus_documents']:,} corpus "
-          f"pseudo-documents, **{d['dropped_documents']}** shared a {d['ngram']}-gram with an evaluation split and were "
-          f"dropped before `corpus prepare`. Share of each split's sentences sharing a {d['ngram']}-gram with the "
+          f"Word {d['ngram']}-grams ({d.get('rule', 'lower-cased words and punctuation marks')}). Of "
+          f"{d['corpus_documents']:,} corpus pseudo-documents, **{d['dropped_documents']}** shared a {d['ngram']}-gram "
+          f"with an evaluation split and were dropped {d.get('dropped_by', 'before `corpus prepare`')}"
+          + (f" (by the split it matched first{by_split})" if by_split else "")
+          + f". Share of each split's sentences sharing a {d['ngram']}-gram with the "
           "corpus (before the drop):", "", "| split | sentences | with >= 13 words | sharing a 13-gram | share |",
           "|---|---|---|---|---|"]
     for name, o in d["overlap_before_drop"].items():
