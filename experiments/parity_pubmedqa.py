@@ -4,7 +4,7 @@ Reads the real PubMedQA PQA-L test split from ../shared/realdata (never copied i
 lm-eval task YAML and its JSONL are generated in a temporary folder at run time), loads the model
 once and scores it with both implementations:
 
-    nice -n 10 python benchmarks/biomed/parity_pubmedqa.py --model smollm2 --out /tmp/parity.json
+    nice -n 10 python experiments/parity_pubmedqa.py --model smollm2 --out /tmp/parity.json
 
 Prints per-item agreement of the predicted answer, the largest log-likelihood difference and both
 accuracies, plus the answer-prior numbers (predicted-label distribution, macro-F1, acc_norm,
@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata"
 
 YAML = """task: pubmedqa_real

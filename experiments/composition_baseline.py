@@ -1,7 +1,7 @@
 """Composition-only baseline for the protein ``property`` task: ridge regression on amino-acid
 counts (fractions) and length, the same probe family bench uses, scored by Spearman rho.
 
-    python benchmarks/protein/composition_baseline.py [TRAIN.fasta TEST.fasta]
+    python experiments/composition_baseline.py [TRAIN.fasta TEST.fasta]
 
 A property task that this baseline already solves cannot tell a protein model from a random one.
 """
@@ -15,7 +15,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.linear_model import RidgeCV
 
-HERE = Path(__file__).resolve().parent
+SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "protein"
 AA = "ACDEFGHIKLMNPQRSTVWY"
 
 
@@ -34,7 +34,7 @@ def features(seqs: list[str]) -> np.ndarray:
 
 def main() -> None:
     train, test = (Path(a) for a in sys.argv[1:3]) if len(sys.argv) == 3 else (
-        HERE / "data/property/train.fasta", HERE / "data/property/test.fasta")
+        SUITE / "data/property/train.fasta", SUITE / "data/property/test.fasta")
     (xs, y), (xt, yt) = read(train), read(test)
     ridge = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(features(xs), y)
     rho = spearmanr(ridge.predict(features(xt)), yt).statistic
