@@ -1,6 +1,6 @@
 """Does the quickstart keep the model promptable? Four biomed arms against the base (issue 30).
 
-The quickstart's biomed chain (``domainlm.quickstart.DOMAINS['biomed']``: SmolLM2-135M-Instruct, LoRA, 16 steps
+The quickstart's biomed chain (``domainlm/quickstart/biomed.yaml``: SmolLM2-135M-Instruct, LoRA, 16 steps
 of 4 x 128 tokens, the same bench suite and example cap), run with the same verbs for four arms:
 
 * ``raw``: the quickstart as it is (the PubMed sample, 5% general-English replay);
@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from domainlm.quickstart.run import QuickstartPlan
+
 log = logging.getLogger("promptability")
 
 HERE = Path(__file__).resolve().parent
@@ -43,13 +45,13 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 
 
-def arm_settings(arm: str, preset: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def arm_settings(arm: str, preset: QuickstartPlan) -> tuple[dict[str, Any], dict[str, Any]]:
     """(prepare overrides, adapt keywords) of one arm: the quickstart preset with the arm's two changes."""
     spec = ARMS[arm]
-    kw = {k: v for k, v in preset["adapt"].items() if k != "block_size"}
+    kw = dict(preset.adapt)
     if spec["replay"] != "preset":
         kw.update(replay_corpus=spec["replay"], replay_fraction=INSTRUCTION_REPLAY,
-                  general_eval=preset["adapt"].get("replay_corpus"))
+                  general_eval=preset.adapt.get("replay_corpus"))
     prep = {"reading_comprehension": True} if spec["reading_comprehension"] else {}
     return prep, kw
 
@@ -119,15 +121,16 @@ def run_arm(arm: str, out: Path, threads: int | None, tasks: list[str] | None = 
     from domainlm.adapt import adapt
     from domainlm.bench import bench
     from domainlm.corpora.prepare import prepare_card
-    from domainlm.quickstart import DOMAINS
+    from domainlm.quickstart import QuickstartConfig
+    from domainlm.quickstart.run import plan_stages
 
-    preset = DOMAINS["biomed"]
+    preset = plan_stages(QuickstartConfig(domain="biomed"))
     prep, kw = arm_settings(arm, preset)
-    model, block = kw["model"], preset["adapt"]["block_size"]
+    model, block = kw["model"], preset.block_size
     corpus = out / ("corpus-rc" if prep else "corpus-raw")
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    corpus_manifest = prepare_card(preset["corpus"], model, corpus, block_size=block, **prep)
+    corpus_manifest = prepare_card(preset.corpus, model, corpus, block_size=block, **prep)
     timings["prepare"] = time.perf_counter() - t
     run_dir = out / arm / "run"
     bench_dir = out / arm / ("bench" if not tasks else "bench-" + "-".join(sorted(tasks)))
@@ -146,8 +149,8 @@ def run_arm(arm: str, out: Path, threads: int | None, tasks: list[str] | None = 
         report = json.loads((bench_dir / "report.json").read_text())
     else:
         with BaseScores(out / "base-scores", model):
-            report = bench(model=str(run_dir), baseline=model, suite=preset["suite"], out=str(bench_dir), seeds=1,
-                           max_examples=preset.get("bench_max_examples"), threads=threads, tasks=tasks)
+            report = bench(model=str(run_dir), baseline=model, suite=preset.suite, out=str(bench_dir), seeds=1,
+                           max_examples=preset.max_examples, threads=threads, tasks=tasks)
     timings["bench"] = time.perf_counter() - t
     return {"arm": arm, "prepare": prep, "adapt": kw, "timings_s": timings, "report": report,
             "run": {"tokens_trained": run_manifest.get("tokens_trained"), "steps": run_manifest.get("steps"),
@@ -158,7 +161,7 @@ def run_arm(arm: str, out: Path, threads: int | None, tasks: list[str] | None = 
 
 def arm_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The quickstart's summary rows, with PubMedQA's prior-calibrated accuracy after its raw accuracy."""
-    from domainlm.quickstart import summary_rows
+    from domainlm.quickstart.summary import summary_rows
 
     rows = summary_rows(report)
     out = []
@@ -175,7 +178,7 @@ def arm_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 def qualifies(rows: list[dict[str, Any]]) -> tuple[bool, str]:
     """No task row significantly worse, and domain perplexity per word significantly better."""
-    from domainlm.quickstart import verdict
+    from domainlm.quickstart.summary import verdict
 
     worse = [r["metric"] for r in rows if "perplexity" not in r["metric"] and verdict(r) == "worse"]
     domain = next((r for r in rows if r["metric"] == "domain perplexity (per word)"), None)
@@ -198,14 +201,17 @@ def _ci(ci: list[float] | None) -> str:
 
 
 def render(results: dict[str, Any], machine: dict[str, Any], missing: list[str], tasks: list[str] | None = None) -> str:
-    from domainlm.quickstart import DOMAINS, verdict
+    from domainlm.quickstart import QuickstartConfig
+    from domainlm.quickstart.run import plan_stages
+    from domainlm.quickstart.summary import verdict
 
-    preset = DOMAINS["biomed"]["adapt"]
+    plan = plan_stages(QuickstartConfig(domain="biomed"))
+    preset = plan.adapt
     lines = ["# Keeping the quickstart promptable: reading comprehension and instruction replay", "",
              "Written by `experiments/promptability_quickstart.py` (issue 30). Every arm is the quickstart's biomed "
              f"chain: {preset['model']}, {preset['method']} {preset['objective']}, {preset['max_steps']} steps of "
-             f"{preset['batch_size']} x {preset['block_size']} tokens at lr {preset['lr']}, benched against the base "
-             f"on the `{DOMAINS['biomed']['suite']}` suites with at most {DOMAINS['biomed']['bench_max_examples']} "
+             f"{preset['batch_size']} x {plan.block_size} tokens at lr {preset['lr']}, benched against the base "
+             f"on the `{plan.suite}` suites with at most {plan.max_examples} "
              "examples per split (the quickstart's budget). Intervals are bench's paired bootstrap 95% intervals; "
              "a verdict is 'better'/'worse' only when the interval excludes 0.", "",
              f"Machine: {machine['cpu']}, {machine['threads']} torch threads, shared with other jobs (timings "

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import promptability_quickstart as pq  # experiments/, beside this file (pytest puts it on sys.path)
 
-from domainlm.quickstart import DOMAINS
+from domainlm.quickstart import QuickstartConfig
+from domainlm.quickstart.run import plan_stages
 
 
 def test_arms_are_the_quickstart_chain_with_their_own_changes_only():
-    preset = DOMAINS["biomed"]
-    quick = {k: v for k, v in preset["adapt"].items() if k != "block_size"}
+    preset = plan_stages(QuickstartConfig(domain="biomed"))
+    quick = dict(preset.adapt)
     assert pq.arm_settings("raw", preset) == ({}, quick)
     prep, kw = pq.arm_settings("rc", preset)
     assert prep == {"reading_comprehension": True} and kw == quick
@@ -19,7 +20,7 @@ def test_arms_are_the_quickstart_chain_with_their_own_changes_only():
     assert {k: v for k, v in kw.items() if k not in ("replay_corpus", "replay_fraction", "general_eval")} == \
         {k: v for k, v in quick.items() if k not in ("replay_corpus", "replay_fraction")}
     assert kw["replay_corpus"] == "instructions-sample" and kw["replay_fraction"] == pq.INSTRUCTION_REPLAY
-    assert kw["general_eval"] == preset["adapt"]["replay_corpus"]  # the forgetting monitor stays the same
+    assert kw["general_eval"] == preset.adapt["replay_corpus"]  # the forgetting monitor stays the same
 
 
 def _row(metric, delta, lo, hi, higher=True):
