@@ -54,7 +54,7 @@ def main() -> None:
     if args.worker:
         worker(*args.worker, args.steps, args.model)
         return
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
     from domainlm.flops import cpu_flags, cpu_name
 
     root = Path(args.root or tempfile.mkdtemp(prefix="domainlm-bf16base-"))

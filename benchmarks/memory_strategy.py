@@ -101,7 +101,7 @@ def load_worker(model: str, corpus: str, out: str, once: bool) -> None:
     import torch  # noqa: F401
     import transformers.models.llama.modeling_llama  # noqa: F401
 
-    from domainlm.adapt import engine
+    from domainlm.adapt import run as engine
     from domainlm.adapt.config import AdaptConfig
     from domainlm.adapt.parallel import Dist, state_bytes
 
@@ -238,7 +238,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="memory-load-once-") as tmp:
             root = Path(tmp)
             n = build_model(root / "model", a.hidden, a.layers, a.vocab, a.checkpoint_dtype)
-            from domainlm.corpora.prepare import prepare_card
+            from domainlm.corpora.run import prepare_card
 
             prepare_card("pubmed-sample", str(root / "model"), root / "corpus", block_size=a.seq)
             rows = load_once_rows(root / "model", root / "corpus", root)
@@ -248,7 +248,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="memory-strategy-") as tmp:
         root = Path(tmp)
         n = build_model(root / "model", a.hidden, a.layers, a.vocab)
-        from domainlm.corpora.prepare import prepare_card
+        from domainlm.corpora.run import prepare_card
 
         prepare_card("pubmed-sample", str(root / "model"), root / "corpus", block_size=a.seq)
         rows = []

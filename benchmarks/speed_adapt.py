@@ -76,7 +76,7 @@ def _model(name: str, root: Path) -> str:
 
 
 def _corpus(model: str, block: int, root: Path) -> Path:
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     out = root / f"corpus-{model.lstrip('@')}-{block}"
     if (out / "manifest.json").is_file():

@@ -169,7 +169,7 @@ def test_flag_form_and_shipped_recipe_load():
 @pytest.fixture(scope="session")
 def three_corpora(llama_corpus, tmp_path_factory) -> dict[str, Path]:
     """PubMed, materials and general samples prepared for tiny-llama in 64-token blocks (one tokenizer)."""
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     root = tmp_path_factory.mktemp("mixture")
     out = {"pubmed": llama_corpus}
@@ -275,7 +275,7 @@ def test_loss_mask_source_requires_the_column_and_masks_labels(three_corpora, tm
 
 
 def test_compute_plans_tokens_and_epochs_per_source_and_warns_on_repeats(three_corpora, tmp_path, capsys, caplog):
-    from domainlm.compute import compute
+    from domainlm.compute.run import compute
 
     recipe = _recipe(three_corpora, tmp_path / "mix.yaml", mixture_schedule=None,
                      sources=[{"corpus": str(three_corpora["pubmed"]), "name": "pubmed", "weight": 0.5},

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from test_corpora_download import _Server  # the same local server the corpus download tests use
 
-from domainlm.bench.download import download, verify
+from domainlm.bench.run_download import download, verify
 from domainlm.bench.tasks import REAL_SUITES, load_suite, load_task
 from domainlm.cli import main
 from domainlm.errors import ConfigError, DataError, DomainLMError
@@ -200,7 +200,7 @@ def test_flip_zip_is_unpacked_and_its_splits_read(tmp_path):
 
 
 def test_not_ready_task_is_refused_by_name():
-    from domainlm.bench.download import prepare_real
+    from domainlm.bench.run_download import prepare_real
 
     specs = load_suite("blurb", ["bioasq"])
     with pytest.raises(ConfigError, match="registered but cannot run yet.*registration"):
@@ -261,7 +261,7 @@ def test_shortened_protocol_and_reference_lines():
     from domainlm.bench.config import BenchConfig
     from domainlm.bench.data import TaskData
     from domainlm.bench.report import reference_lines
-    from domainlm.bench.runner import shortened_protocol
+    from domainlm.bench.run import shortened_protocol
 
     spec = load_task(benchmarks_dir() / "blurb" / "ncbi_disease.yaml")
     td = TaskData({}, None, {}, notes=["train split capped at 500 of 5424 records (--max-train-examples)"])

@@ -21,7 +21,7 @@ from domainlm.corpora.pack import (
     split_files,
     token_dtype,
 )
-from domainlm.corpora.prepare import prepare
+from domainlm.corpora.run import prepare
 from domainlm.errors import DataError
 
 FIX = Path(__file__).parent / "fixtures"

@@ -247,9 +247,9 @@ def test_tiny_models_train_one_step_and_reload_identically(name, tmp_path):
 
 
 def test_verbs_import_as_functions_and_corpora_submodules_stay_modules():
-    """`from domainlm import prepare` is the verb; `domainlm.corpora.prepare` is always the submodule."""
-    code = ("import types\nfrom domainlm.corpora import prepare as a\nimport domainlm.corpora.prepare\n"
-            "from domainlm.corpora import prepare as b\nfrom domainlm import prepare, stats, download\n"
+    """`from domainlm import prepare` is the verb; `domainlm.corpora.run` is always the submodule."""
+    code = ("import types\nfrom domainlm.corpora import run as a\nimport domainlm.corpora.run\n"
+            "from domainlm.corpora import run as b\nfrom domainlm import prepare, stats, download\n"
             "assert isinstance(a, types.ModuleType) and a is b\n"
             "assert all(callable(f) and not isinstance(f, types.ModuleType) for f in (prepare, stats, download))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -98,7 +98,7 @@ def test_adapt_overwrite_refuses_foreign_folders_and_its_own_input(runs, llama_c
 
 
 def test_prepare_refuses_foreign_folders_with_the_same_rule(tmp_path):
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     thesis = _thesis(tmp_path / "d")
     with pytest.raises(ConfigError, match="never deletes folders it did not write"):
@@ -155,7 +155,7 @@ def test_full_disk_during_prepare_says_what_to_do(tmp_path, monkeypatch):
     import errno
 
     from domainlm.corpora import steps
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "c" / ".work"))

@@ -9,7 +9,7 @@ def adapt(config=None, **overrides):
     Writes a run folder with checkpoints, a metrics log, loss/perplexity curves, the final model and a
     manifest (config, corpus hash, versions, FLOPs, wall time, final metrics). See AdaptConfig for options.
     """
-    from domainlm.adapt.engine import run
+    from domainlm.adapt.run import run
 
     return run(config, **overrides)
 

@@ -63,7 +63,7 @@ def bench(config: BenchConfig | str | None = None, **overrides: Any) -> dict[str
     Tasks are YAML files in benchmarks/<suite>/; --data-root and --override point them at other data
     (e.g. the real datasets). Returns the report as a dict.
     """
-    from domainlm.bench.runner import run
+    from domainlm.bench.run import run
 
     return run(as_config(BenchConfig, config, overrides))
 

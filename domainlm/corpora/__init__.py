@@ -5,7 +5,7 @@ Public API (imported lazily, so ``import domainlm.corpora`` stays cheap)::
     from domainlm.corpora import load_prepared, read_corpus_manifest, register_reader, Document
     from domainlm import prepare, stats, download      # the verbs
 
-The verbs are not re-exported here: ``domainlm.corpora.prepare``, ``.stats`` and ``.download`` are the
+The verbs are not re-exported here: ``domainlm.corpora.run``, ``.stats`` and ``.download`` are the
 submodules (Python binds a submodule's name on its package when it is imported, so a function of the
 same name here would silently turn into the module).
 """
@@ -20,14 +20,14 @@ _EXPORTS = {
     "register_reader": "domainlm.corpora.registry:register_reader",
     "reader_names": "domainlm.corpora.registry:reader_names",
     "get_reader": "domainlm.corpora.registry:get_reader",
-    "PrepareConfig": "domainlm.corpora.settings:PrepareConfig",
+    "PrepareConfig": "domainlm.corpora.config:PrepareConfig",
     "load_prepared": "domainlm.corpora.pack:load_prepared",
     "load_documents": "domainlm.corpora.pack:load_documents",
     "read_corpus_manifest": "domainlm.corpora.pack:read_corpus_manifest",
     "load_card": "domainlm.corpora.cards:load_card",
-    "prepare_card": "domainlm.corpora.prepare:prepare_card",
+    "prepare_card": "domainlm.corpora.run:prepare_card",
     "list_cards": "domainlm.corpora.cards:list_cards",
-    "fragmentation": "domainlm.corpora.stats:fragmentation",
+    "fragmentation": "domainlm.corpora.run_stats:fragmentation",
 }
 
 __all__ = sorted(_EXPORTS)

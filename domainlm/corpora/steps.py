@@ -1,6 +1,6 @@
 """The datatrove steps of ``domainlm corpus prepare``.
 
-The run is a chain of datatrove stages (each stage one executor, local, Slurm or Ray; see prepare.py):
+The run is a chain of datatrove stages (each stage one executor, local, Slurm or Ray; see run.py):
 
 1. ``read``: :class:`ReadClean`: our readers (every bad-record policy and drop count kept), cleaning and
    the length filters, the reading-comprehension conversion (``--reading-comprehension``: the document
@@ -704,7 +704,7 @@ class PackTask(_Step):
         shard = kept = seen = seen2 = tokens = 0
         writers: dict[str, SplitWriter] = {}
         split_docs = dict.fromkeys(SPLITS, 0)
-        prepare_mod = sys.modules.get("domainlm.corpora.prepare")  # the test hook (see prepare._after_shard)
+        prepare_mod = sys.modules.get("domainlm.corpora.run")  # the test hook (see run._after_shard)
 
         def flush_rows() -> None:
             nonlocal shard

@@ -35,7 +35,7 @@ def merge(config: MergeConfig | str | None = None, **overrides: Any) -> dict[str
     Holm), writes OUT/selection.json and OUT/pareto.png, and scores the chosen model on test once.
     Returns the output run's manifest (with the selection under "selection").
     """
-    from domainlm.merge.engine import prepare_pair, require_mergekit, run_mergekit, write_run
+    from domainlm.merge.run import prepare_pair, require_mergekit, run_mergekit, write_run
 
     cfg = as_config(MergeConfig, config, overrides)
     require_mergekit()

@@ -17,7 +17,7 @@ def publish(config=None, **overrides):
 
     Example: domainlm publish runs/adapt --out published/my-model --bench runs/bench
     """
-    from domainlm.publish.engine import run  # function-local: `domainlm publish --help` skips the export code
+    from domainlm.publish.run import run  # function-local: `domainlm publish --help` skips the export code
 
     return run(config, **overrides)
 

@@ -4,7 +4,7 @@ The laws themselves (fits, bootstrap, compute-optimal allocation) live in :mod:`
 FLOPs accounting is :mod:`domainlm.flops`, shared with adapt and compute.
 """
 
-from domainlm.scaling.fit import FitConfig, fit
-from domainlm.scaling.sweep import SweepConfig, sweep
+from domainlm.scaling.run_fit import FitConfig, fit
+from domainlm.scaling.run_sweep import SweepConfig, sweep
 
 __all__ = ["FitConfig", "SweepConfig", "fit", "sweep"]

@@ -13,7 +13,7 @@ def extend(config=None, **overrides):
     --train-embeddings). Reports pieces per word on held-out domain text and the token count of the corpus
     before and after, and writes them into OUT/manifest.json.
     """
-    from domainlm.vocab.command import extend as run
+    from domainlm.vocab.run import extend as run
 
     return run(config, **overrides)
 

@@ -102,7 +102,7 @@ def load_all(config: BenchConfig, causal: bool | None = None) -> tuple[list[Task
         raise ConfigError(["'tasks' and 'override' select native tasks, but 'suite' names only harness tasks"])
     specs = load_suite(native, config.tasks, overrides) if native else []
     if any(s.sources for s in specs):
-        from domainlm.bench.download import prepare_real
+        from domainlm.bench.run_download import prepare_real
 
         specs, roots = prepare_real(specs, data_root=config.data_root, tasks=config.tasks,
                                     allow_unpinned=config.allow_unpinned, suite=native)
@@ -120,7 +120,7 @@ def load_all(config: BenchConfig, causal: bool | None = None) -> tuple[list[Task
                                          max_train_examples=config.max_train_examples)
         data[spec.task_name].shortened = shortened_protocol(spec, config, epochs_before, data[spec.task_name])
         if spec.sources:
-            from domainlm.bench.download import verify
+            from domainlm.bench.run_download import verify
 
             data[spec.task_name].sources = verify(spec, Path(roots[spec.task_name]))
         sizes = ", ".join(f"{k} {len(v)}" for k, v in data[spec.task_name].splits.items())

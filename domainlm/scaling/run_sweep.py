@@ -128,7 +128,7 @@ def _prepare_corpus(cfg: SweepConfig, model_dir: Path, out: Path) -> Path:
     target = out / "corpus"
     if (target / "manifest.json").is_file():
         return target
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     log.info("preparing corpus card %s into %s (block size %d)", cfg.corpus, target, cfg.seq_len)
     prepare_card(cfg.corpus, str(model_dir), target, block_size=cfg.seq_len)

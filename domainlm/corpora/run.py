@@ -23,7 +23,7 @@ from typing import Any
 
 from domainlm.config import as_config, build, to_dict
 from domainlm.corpora.cards import card_prepare_values
-from domainlm.corpora.settings import PrepareConfig
+from domainlm.corpora.config import PrepareConfig
 from domainlm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

@@ -102,7 +102,7 @@ def extend(config: Any = None, **overrides: Any) -> dict[str, Any]:
         notes.append(f"{len(init.whole_mean)} added words were written only with the unknown token by the base "
                      "tokenizer; their rows start as the mean of all old rows")
 
-    from domainlm.corpora.stats import fragmentation
+    from domainlm.corpora.run_stats import fragmentation
 
     frag_before = fragmentation(tokenizer, held.texts)
     frag_after = fragmentation(ext, held.texts)

@@ -6,7 +6,7 @@ canonical URL of every data file (at a fixed commit or release), its sha256 and 
 path of the YAML. Those paths are the ones ``../shared/realdata`` uses, so a folder laid out like that
 (or like the cache) works as ``bench --data-root`` for whatever it holds.
 
-The transfer itself is :mod:`domainlm.corpora.download`'s (one way to download: ``NAME.part`` resumed with
+The transfer itself is :mod:`domainlm.corpora.run_download`'s (one way to download: ``NAME.part`` resumed with
 HTTP Range, renamed only once its checksum matches, a progress bar on a terminal). Here:
 
 * a file whose YAML pins no sha256 is refused unless ``--allow-unpinned`` (its sha256 is then recorded);
@@ -175,7 +175,7 @@ def fetch(specs: list[TaskSpec], root: Path, *, allow_unpinned: bool = False, re
     Returns one record per source (path, url, sha256, pinned, bytes, status). Every file that cannot be
     made present is one line of the raised :class:`DomainLMError` (file, URL, fix), all at once.
     """
-    from domainlm.corpora.download import DownloadConfig, _download_one
+    from domainlm.corpora.run_download import DownloadConfig, _download_one
 
     dl = DownloadConfig(source="pubmed-baseline", retries=retries, retry_wait=retry_wait, timeout=timeout)
     results: list[dict[str, Any]] = []

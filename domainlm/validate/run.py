@@ -14,7 +14,7 @@ from domainlm.resources import recipe_path
 # benchmarks/ is a task too; other files are adapt recipes unless they say `schema:`.
 SCHEMAS = {
     "adapt": "domainlm.adapt:AdaptConfig",
-    "prepare": "domainlm.corpora.prepare:PrepareConfig",
+    "prepare": "domainlm.corpora.run:PrepareConfig",
     "task": "domainlm.bench.tasks:TaskSpec",
 }
 

@@ -324,7 +324,7 @@ def _resolve_corpus(spec: str, cfg: AdaptConfig, objective: str, block_size: int
     if path.is_dir():
         return path, read_corpus_manifest(path)
     from domainlm.corpora.cards import load_card
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     load_card(spec)  # unknown names fail here with a did-you-mean
     out = r.dir / "corpora" / spec

@@ -1,0 +1,1 @@
+"""``domainlm generate``."""
