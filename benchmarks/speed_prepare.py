@@ -235,7 +235,7 @@ def _prepare_child(args_json: str) -> None:
     from domainlm.corpora.pack import plan_tokenizer
 
     plan_tokenizer(kw["model"])  # load/convert the tokenizer once outside the timed region
-    from domainlm.corpora.run import prepare
+    from domainlm.corpora import prepare
 
     # Peak RSS of the main process and of the largest worker, and the peak of the tree's summed PSS
     # (forked workers share the parent's pages, which RSS would count once per process), sampled

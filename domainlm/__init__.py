@@ -3,6 +3,8 @@
 Every CLI verb is a plain function importable from here; heavy libraries load only when one runs::
 
     from domainlm import prepare, adapt, bench, publish
+
+The verbs come from the one verb table, :data:`domainlm.cli.VERBS`; the model loaders are the only other names.
 """
 
 from __future__ import annotations
@@ -10,24 +12,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from domainlm.cli import VERBS
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "models": "domainlm.models.run:models",
-    "validate": "domainlm.validate.run:validate",
-    "prepare": "domainlm.corpora.run:prepare",
-    "stats": "domainlm.corpora.run_stats:stats",
-    "download": "domainlm.corpora.run_download:download",
-    "adapt": "domainlm.adapt:adapt",
-    "bench": "domainlm.bench:bench",
-    "publish": "domainlm.publish:publish",
-    "merge": "domainlm.merge:merge",
-    "generate": "domainlm.generate.run:generate",
-    "extend_vocab": "domainlm.vocab:extend",
-    "compute": "domainlm.compute.run:compute",
-    "sweep": "domainlm.scaling:sweep",
-    "fit": "domainlm.scaling:fit",
-    "quickstart": "domainlm.quickstart:quickstart",
+    **{v.python_name: v.target for v in VERBS if v.python_name},
     "resolve": "domainlm.sources:resolve",
     "load_model": "domainlm.sources:load_model",
     "load_tokenizer": "domainlm.sources:load_tokenizer",

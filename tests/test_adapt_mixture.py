@@ -275,7 +275,7 @@ def test_loss_mask_source_requires_the_column_and_masks_labels(three_corpora, tm
 
 
 def test_compute_plans_tokens_and_epochs_per_source_and_warns_on_repeats(three_corpora, tmp_path, capsys, caplog):
-    from domainlm.compute.run import compute
+    from domainlm.compute import compute
 
     recipe = _recipe(three_corpora, tmp_path / "mix.yaml", mixture_schedule=None,
                      sources=[{"corpus": str(three_corpora["pubmed"]), "name": "pubmed", "weight": 0.5},

@@ -191,7 +191,7 @@ def corpus_for(name: str, root: Path) -> Path:
 
         prepare_card("uniprot-sample", str(folder), out, block_size=64)
     else:
-        from domainlm.corpora.run import prepare
+        from domainlm.corpora import prepare
 
         prepare(inputs=[str(_text_docs(root / "corpora" / "docs.jsonl"))], model=str(folder), out=str(out),
                 block_size=64, validation_fraction=0.1, workers=1)

@@ -12,7 +12,8 @@ import pytest
 import yaml
 from test_corpora_download import _Server  # the same local server the corpus download tests use
 
-from domainlm.bench.run_download import download, verify
+from domainlm.bench import download
+from domainlm.bench.run_download import verify
 from domainlm.bench.tasks import REAL_SUITES, load_suite, load_task
 from domainlm.cli import main
 from domainlm.errors import ConfigError, DataError, DomainLMError

@@ -9,7 +9,7 @@ import pytest
 from domainlm.bench.data import load_data
 from domainlm.bench.tasks import FORMATS, iter_shipped_tasks, load_suite, load_task, parse_overrides
 from domainlm.errors import ConfigError
-from domainlm.validate.run import ValidateConfig, validate
+from domainlm.validate import ValidateConfig, validate
 
 SHIPPED = sorted(iter_shipped_tasks())
 

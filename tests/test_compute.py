@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from domainlm.compute.run import ComputeConfig, compute, log_scale_bar
+from domainlm.compute import ComputeConfig, compute
+from domainlm.compute.run import log_scale_bar
 from domainlm.config import as_config
 from domainlm.errors import ConfigError
 from domainlm.flops import model_flops

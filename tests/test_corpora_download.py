@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from domainlm.cli import main
-from domainlm.corpora.run_download import download
+from domainlm.corpora import download
 from domainlm.errors import ConfigError, DataError, DomainLMError
 
 FIX = Path(__file__).parent / "fixtures" / "corpora"

@@ -41,7 +41,7 @@ def _plain_greedy(folder: Path, prompt: str, n: int) -> str:
 
 
 def test_greedy_generation_on_a_published_model_matches_plain_transformers(published_full, capsys, chunks):
-    from domainlm.generate.run import generate
+    from domainlm.generate import generate
 
     result = generate(model=str(published_full), prompt="The kinase", max_new_tokens=12, temperature=0)
     out = capsys.readouterr().out
@@ -52,7 +52,7 @@ def test_greedy_generation_on_a_published_model_matches_plain_transformers(publi
 
 
 def test_sampling_is_seeded_and_compare_prints_both(published_full, capsys):
-    from domainlm.generate.run import generate
+    from domainlm.generate import generate
 
     kw = dict(model=str(published_full), prompt="protein", max_new_tokens=8, temperature=1.0, top_p=0.9)
     a = generate(seed=3, **kw)
@@ -66,7 +66,7 @@ def test_sampling_is_seeded_and_compare_prints_both(published_full, capsys):
 
 
 def test_generate_from_a_lora_run_folder_merges_on_the_fly(session_dir, capsys):
-    from domainlm.generate.run import generate
+    from domainlm.generate import generate
 
     result = generate(model=str(shared_lora_run(session_dir)), prompt="proteasome", max_new_tokens=4, temperature=0)
     assert result["tokens"] == 4
@@ -74,7 +74,7 @@ def test_generate_from_a_lora_run_folder_merges_on_the_fly(session_dir, capsys):
 
 def test_masked_model_is_refused_before_anything_is_generated(published_full, capsys):
     from domainlm.errors import ConfigError
-    from domainlm.generate.run import generate
+    from domainlm.generate import generate
 
     with pytest.raises(ConfigError, match="no generation head.*causal language model"):
         generate(model="tiny-bert", prompt="hello")
@@ -85,7 +85,7 @@ def test_masked_model_is_refused_before_anything_is_generated(published_full, ca
 
 def test_bad_sampling_settings_are_reported_together():
     from domainlm.errors import ConfigError
-    from domainlm.generate.run import generate
+    from domainlm.generate import generate
 
     with pytest.raises(ConfigError) as exc:
         generate(model="tiny-llama", prompt="", temperature=-1, top_p=0, max_new_tokens=0)
@@ -104,7 +104,7 @@ def test_cli_generate(published_full, capsys):
 
 @pytest.mark.slow
 def test_generate_streams_from_packaged_smollm2(capsys, chunks):
-    from domainlm.generate.run import generate
+    from domainlm.generate import generate
 
     result = generate(model="smollm2", prompt="Mitochondria are", max_new_tokens=24, temperature=0)
     assert result["tokens"] > 5 and len(result["continuation"].split()) > 3

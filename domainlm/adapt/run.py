@@ -45,7 +45,7 @@ from domainlm.adapt.parallel import (
 )
 from domainlm.adapt.setup import Prepared, saves_embedding_layers
 from domainlm.artifacts import atomic_dir, sha256_file, why_not_replace, write_manifest
-from domainlm.config import as_config, to_dict
+from domainlm.config import to_dict
 from domainlm.device import use_bf16
 from domainlm.errors import ConfigError
 from domainlm.faults import fault_point
@@ -144,8 +144,7 @@ class Progress:
     peak_rss_training: int = 0
 
 
-def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
-    cfg = as_config(AdaptConfig, config, overrides)
+def run(cfg: AdaptConfig) -> dict[str, Any]:
     dist = Dist()
     made_out = not Path(cfg.out).exists()
     try:

@@ -28,7 +28,7 @@ from domainlm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PrepareConfig", "prepare", "prepare_card"]
+__all__ = ["prepare_card", "run"]
 
 # Config fields that do not change the prepared data (so changing them does not invalidate a folder).
 _VOLATILE = {"overwrite", "out", "card", "inputs", "executor", "tasks", "workers", "partition", "time"}
@@ -36,16 +36,8 @@ WORK = ".work"
 SMALL_INPUT = 4 * 2**20  # below this, one task: starting processes costs more than it saves
 
 
-def prepare(config: PrepareConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
-    """Read, clean, deduplicate, split, tokenise and pack a domain corpus into OUT.
-
-    OUT gets train/ and validation/ (each task's fixed-length blocks as uint16 or uint32 token ids with its
-    document starts; load with domainlm.corpora.load_prepared, which gives input_ids and per-token doc_ids),
-    documents/ (which source id each document index is) and, written last, manifest.json (inputs and hashes, counts and drops by reason, tokenizer,
-    config, versions). Re-running with the same settings reuses a finished folder and resumes an
-    interrupted one. Returns the manifest (with ``--executor slurm``, the jobs are submitted and the
-    returned dict says where the manifest will appear).
-    """
+def run(config: PrepareConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
+    """Build the config (a corpus card's settings are the base; every keyword given wins) and run the preparation."""
     card_values = None
     if isinstance(config, PrepareConfig) and config.card and not overrides:
         config = _apply_card(config)
@@ -87,7 +79,7 @@ def prepare_card(name: str, model: str, out: str | Path, block_size: int | None 
     if block_size is not None:
         values["block_size"] = block_size
     values.update(overrides)
-    return prepare(**values)
+    return run(**values)
 
 
 def _after_shard(shard: int) -> None:

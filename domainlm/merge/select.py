@@ -229,8 +229,7 @@ def select(cfg: MergeConfig) -> dict[str, Any]:
     from domainlm.bench.report import build_report
     from domainlm.bench.run import load_all, pick_bf16, pick_device, score_model, warm_imports
     from domainlm.bench.tasks import load_suite, parse_overrides
-    from domainlm.merge import merge_info
-    from domainlm.merge.run import prepare_pair, run_mergekit, write_run
+    from domainlm.merge.engine import merge_info, prepare_pair, run_mergekit, write_run
 
     t0 = time.perf_counter()
     out = Path(cfg.out)

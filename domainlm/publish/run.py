@@ -18,7 +18,7 @@ from domainlm.artifacts import (
     why_not_replace,
     write_manifest,
 )
-from domainlm.config import as_config, to_dict
+from domainlm.config import to_dict
 from domainlm.corpora.cards import list_cards, load_card
 from domainlm.errors import ConfigError, DataError, DomainLMError
 from domainlm.loading import RunInfo, base_source, load_base, load_run_model, load_run_tokenizer, read_run
@@ -217,8 +217,7 @@ def _reference_probe(info: RunInfo, tokenizer: Any, scratch: Path) -> tuple[Path
     return write_reference(model, ids, scratch / "reference.safetensors"), "the run's model loaded unmerged here"
 
 
-def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
-    cfg = as_config(PublishConfig, config, overrides)
+def run(cfg: PublishConfig) -> dict[str, Any]:
     info, bench, reuse = _check(cfg)
     out = Path(cfg.out)
     if reuse:
