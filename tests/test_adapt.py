@@ -127,7 +127,8 @@ def test_batches_built_ahead_equal_batches_built_in_the_loop_and_row_by_row(llam
 
 def test_log_interval_and_eval_set_follow_the_budget_not_the_layout():
     from domainlm.adapt.config import AdaptConfig
-    from domainlm.adapt.run import eval_sequences, log_interval
+    from domainlm.adapt.finish import eval_sequences
+    from domainlm.adapt.run import log_interval
 
     assert log_interval(AdaptConfig(), 16) == 1 and log_interval(AdaptConfig(), 1000) == 10
     assert log_interval(AdaptConfig(log_every=7), 16) == 7

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from domainlm.adapt import adapt
+from domainlm.adapt.build import _head_param_ids, _param_groups
 from domainlm.adapt.config import AdaptConfig
-from domainlm.adapt.run import _head_param_ids, _param_groups
 from domainlm.adapt.setup import prepare_model
 
 FAST = dict(batch_size=4, eval_batches=1, log_every=1, seed=0, eval_every=0, save_every=0, warmup_ratio=0.0,
