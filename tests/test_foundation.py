@@ -84,6 +84,27 @@ def test_every_verb_prints_its_help(capsys):
         assert "--" in capsys.readouterr().out
 
 
+def test_every_verb_is_a_typed_function_that_domainlm_exports():
+    """One verb table: each verb's function says what it takes (its config class) and returns, and `domainlm`
+    exports exactly the verbs the table names, under the table's names, plus the model loaders."""
+    import inspect
+
+    import domainlm
+    from domainlm.cli import VERBS, _load
+
+    for verb in VERBS:
+        fn = _load(verb.target)
+        params = list(inspect.signature(fn).parameters.values())
+        assert params and params[0].name == "config", verb.name
+        if verb.config:
+            assert verb.config.rpartition(":")[2] in str(params[0].annotation), (verb.name, params[0].annotation)
+        assert inspect.signature(fn).return_annotation is not inspect.Signature.empty, verb.name
+        assert fn.__doc__, verb.name  # the docstring is the verb's --help
+    exported = {v.python_name for v in VERBS if v.python_name}
+    assert set(domainlm.__all__) == exported | {"resolve", "load_model", "load_tokenizer"}
+    assert len(exported) == len([v for v in VERBS if v.python_name])  # no two verbs under one name
+
+
 def test_unknown_verb_suggests(capsys):
     assert main(["adpat"]) == 2
     assert "did you mean 'adapt'" in capsys.readouterr().err
