@@ -176,8 +176,8 @@ def _lm_task(folder: Path, name: str, role: str, dev: Path, test: Path) -> None:
 
 
 def test_dev_split_holds_out_part_of_train_and_never_reads_test(tmp_path: Path):
-    from domainlm.bench.data import load_data
-    from domainlm.bench.tasks import load_task
+    from domainlm.tasks.data import load_data
+    from domainlm.tasks.suites import load_task
 
     rows = [{"text": f"sentence number {i} about kinase", "label": "a" if i % 2 else "b"} for i in range(40)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -192,8 +192,8 @@ def test_dev_split_holds_out_part_of_train_and_never_reads_test(tmp_path: Path):
 def test_dev_split_of_a_task_that_trains_on_nothing_is_its_whole_train_split(tmp_path: Path):
     """A zero-shot task never trains, so all of its train split is unseen: it is scored whole (more power to
     see a guard loss than a fifth of it), and the test file is still never opened."""
-    from domainlm.bench.data import load_data
-    from domainlm.bench.tasks import load_task
+    from domainlm.tasks.data import load_data
+    from domainlm.tasks.suites import load_task
 
     rows = [{"text": f"is sentence {i} about kinase?", "label": "yes" if i % 2 else "no"} for i in range(40)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -206,8 +206,8 @@ def test_dev_split_of_a_task_that_trains_on_nothing_is_its_whole_train_split(tmp
 
 
 def test_dev_split_of_a_test_ids_task_uses_only_the_records_outside_the_test_ids(tmp_path: Path):
-    from domainlm.bench.data import load_data
-    from domainlm.bench.tasks import load_task
+    from domainlm.tasks.data import load_data
+    from domainlm.tasks.suites import load_task
 
     rows = [{"id": f"r{i}", "text": f"record {i} on kinase", "label": "a" if i % 2 else "b"} for i in range(40)]
     (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -223,7 +223,7 @@ def test_dev_split_of_a_test_ids_task_uses_only_the_records_outside_the_test_ids
 def test_select_never_reads_a_test_split(full_run: Path, tmp_path: Path, monkeypatch):
     """The test files here are not even valid JSON: any read of them would fail the selection. Every file the
     bench readers open is recorded, and none is a test file."""
-    import domainlm.bench.data as data_mod
+    import domainlm.tasks.data as data_mod
     from domainlm.merge import merge
 
     suite = tmp_path / "suite"

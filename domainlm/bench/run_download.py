@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from domainlm.bench.config import BenchDownloadConfig
-from domainlm.bench.tasks import TaskSpec
 from domainlm.errors import ConfigError, DataError, DomainLMError
+from domainlm.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
 RECORD = "downloads.json"  # what was fetched into a cache folder: path -> url, sha256, bytes
@@ -212,7 +212,7 @@ def fetch(specs: list[TaskSpec], root: Path, *, allow_unpinned: bool = False, re
 
 
 def run(config: BenchDownloadConfig) -> dict[str, Any]:
-    from domainlm.bench.tasks import load_suite
+    from domainlm.tasks.suites import load_suite
 
     specs = load_suite(config.suite, config.tasks)
     real = [s for s in specs if s.sources]

@@ -5,7 +5,10 @@ The verbs are the typed functions here; each runs in its own module (``run.py`` 
 imported lazily, so ``import domainlm.corpora`` stays cheap::
 
     from domainlm.corpora import prepare, stats, download       # the verbs (also: from domainlm import ...)
-    from domainlm.corpora import load_prepared, read_corpus_manifest, register_reader, Document
+    from domainlm.corpora import load_prepared, read_corpus_manifest
+
+The readers that turn input files into documents, and ``register_reader`` for new formats, are
+:mod:`domainlm.documents`, one floor down (bench's text tasks read through them too).
 """
 
 from __future__ import annotations
@@ -56,10 +59,6 @@ def download(config: DownloadConfig | str | None = None, **overrides: Any) -> di
 
 
 _EXPORTS = {
-    "Document": "domainlm.corpora.readers:Document",
-    "register_reader": "domainlm.corpora.registry:register_reader",
-    "reader_names": "domainlm.corpora.registry:reader_names",
-    "get_reader": "domainlm.corpora.registry:get_reader",
     "load_prepared": "domainlm.corpora.pack:load_prepared",
     "load_documents": "domainlm.corpora.pack:load_documents",
     "read_corpus_manifest": "domainlm.corpora.pack:read_corpus_manifest",

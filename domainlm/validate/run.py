@@ -15,7 +15,7 @@ from domainlm.validate.config import ValidateConfig
 SCHEMAS = {
     "adapt": "domainlm.adapt.config:AdaptConfig",
     "prepare": "domainlm.corpora.config:PrepareConfig",
-    "task": "domainlm.bench.tasks:TaskSpec",
+    "task": "domainlm.tasks.spec:TaskSpec",
 }
 
 
