@@ -205,6 +205,20 @@ def test_dev_split_of_a_task_that_trains_on_nothing_is_its_whole_train_split(tmp
     assert "test" not in data.files and any("all 40 records" in n for n in data.notes)
 
 
+def test_dev_text_override_paths_are_absolute_when_the_out_folder_is_relative(tmp_path: Path, monkeypatch):
+    """The quickstart's out folder is relative; a relative dev-text path in an override would resolve beside
+    the suite's YAML and the selection would fail (it did, 2026-12-06)."""
+    from domainlm.merge.select import dev_text_overrides
+    from domainlm.tasks.suites import load_suite
+
+    monkeypatch.chdir(tmp_path)
+    Path("scratch").mkdir()
+    specs = [s for s in load_suite("general") if s.head == "lm"]
+    overrides, notes = dev_text_overrides(specs, None, Path("scratch"))
+    paths = [o.split("=", 1)[1] for o in overrides if ".dev=" in o]
+    assert paths and all(Path(p).is_absolute() and Path(p).is_file() for p in paths) and notes
+
+
 def test_dev_split_of_a_test_ids_task_uses_only_the_records_outside_the_test_ids(tmp_path: Path):
     from domainlm.tasks.data import load_data
     from domainlm.tasks.suites import load_task

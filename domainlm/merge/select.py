@@ -79,7 +79,8 @@ def dev_text_overrides(specs: list[Any], run: Any, scratch: Path) -> tuple[list[
         docs = validation_texts(values)
         if not docs:
             continue
-        path = scratch / f"dev-{spec.task_name}.jsonl"
+        # absolute: a relative path in an override resolves beside the suite's YAML, not the working folder
+        path = (scratch / f"dev-{spec.task_name}.jsonl").resolve()
         atomic_write_text(path, "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs))
         overrides += [f"{spec.task_name}.dev={path}", f"{spec.task_name}.format=jsonl",
                       f"{spec.task_name}.text_field=text", f"{spec.task_name}.id_field=id"]
