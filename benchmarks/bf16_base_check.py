@@ -55,7 +55,7 @@ def main() -> None:
         worker(*args.worker, args.steps, args.model)
         return
     from domainlm.corpora.prepare import prepare_card
-    from domainlm.flops import cpu_flags, cpu_name
+    from domainlm.device import cpu_flags, cpu_name
 
     root = Path(args.root or tempfile.mkdtemp(prefix="domainlm-bf16base-"))
     corpus = root / "corpus"

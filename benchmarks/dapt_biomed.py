@@ -668,7 +668,7 @@ def trend(arms: dict[str, Any], key: str = "ncbi/ner", family: str = "minilm-war
 
 
 def _machine() -> dict[str, Any]:
-    from domainlm.flops import SIMD_FLAGS, cpu_flags, cpu_name
+    from domainlm.device import SIMD_FLAGS, cpu_flags, cpu_name
 
     present = cpu_flags()
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "flags": {f: f in present for f in SIMD_FLAGS},

@@ -69,7 +69,7 @@ def run(args: list[str], nproc: int) -> tuple[dict, float]:
 
 
 def cpu_flags() -> str:
-    from domainlm.flops import SIMD_FLAGS, cpu_flags, cpu_name
+    from domainlm.device import SIMD_FLAGS, cpu_flags, cpu_name
 
     present = cpu_flags()
     return f"{cpu_name()}; flags: " + ", ".join(f"{f}={'yes' if f in present else 'no'}" for f in SIMD_FLAGS)

@@ -376,8 +376,8 @@ def kept_ids(out: Path) -> list[str]:
 
 
 def cpu_flags() -> dict:
-    from domainlm.flops import cpu_flags as simd_flags
-    from domainlm.flops import cpu_name
+    from domainlm.device import cpu_flags as simd_flags
+    from domainlm.device import cpu_name
 
     return {"cpu": cpu_name(), "flags": simd_flags()}
 

@@ -123,16 +123,6 @@ class ComputeConfig:
 # Throughput probe
 # --------------------------------------------------------------------------------------------------
 
-def _pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(["'device: cuda' but torch sees no GPU here; use --device cpu or auto"])
-    return device
-
-
 def probe_throughput(model_config: Any, objective: str, seq_len: int, *, seconds: float = 8.0,
                      max_batch: int = 8, device: str = "cpu", trust_remote_code: bool = False) -> dict[str, Any]:
     """Measure training tokens/s with real optimizer steps of a freshly initialised model.
@@ -341,6 +331,7 @@ def compute(config: ComputeConfig | str | None = None, **overrides: Any) -> dict
     Returns the numbers as a dict (and writes them as JSON with --out).
     """
     from domainlm.artifacts import atomic_write_json
+    from domainlm.device import pick_device
     from domainlm.flops import (
         CHINCHILLA_TOKENS_PER_PARAM,
         EMERGENCE_FLOPS,
@@ -379,7 +370,7 @@ def compute(config: ComputeConfig | str | None = None, **overrides: Any) -> dict
     probe: dict[str, Any] | None = None
     peak_here = None
     if cfg.probe_seconds > 0:
-        device = _pick_device(cfg.device)
+        device = pick_device(cfg.device)
         log.info("measuring training throughput of %s at seq_len %d on %s for ~%.0f s", src.name, seq_len, device,
                  cfg.probe_seconds)
         probe = probe_throughput(model_config, objective, seq_len, seconds=cfg.probe_seconds,

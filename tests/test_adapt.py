@@ -224,9 +224,8 @@ def test_replay_mix_is_recorded(llama_corpus, tmp_path):
 
 def test_one_bf16_decision_for_adapt_bench_and_compute(monkeypatch):
     from domainlm.bench.runner import pick_bf16
-    from domainlm.device import use_bf16
+    from domainlm.device import bf16_is_fast, use_bf16
     from domainlm.errors import DomainLMError
-    from domainlm.flops import bf16_is_fast
 
     monkeypatch.setenv("DOMAINLM_BF16_FAST", "0")  # an AVX2-only CPU
     assert bf16_is_fast() is False

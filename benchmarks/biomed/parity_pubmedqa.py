@@ -76,7 +76,7 @@ def main() -> int:
     from domainlm.bench.modes.zeroshot import run_zeroshot
     from domainlm.bench.priors import answer_priors, label_distribution, macro_f1
     from domainlm.bench.tasks import load_suite, parse_overrides
-    from domainlm.flops import cpu_name
+    from domainlm.device import cpu_name
 
     overrides = parse_overrides(["pubmedqa.train=", "pubmedqa.test=pubmedqa/ori_pqal.json",
                                  "pubmedqa.test_ids=pubmedqa/test_ground_truth.json"])
@@ -94,7 +94,7 @@ def main() -> int:
     (tmp / "pubmedqa_real.yaml").write_text(YAML.format(data=tmp / "test.jsonl"), encoding="utf-8")
 
     loaded = load_for_eval(args.model, "causal")
-    from domainlm.flops import cpu_flags
+    from domainlm.device import cpu_flags
 
     flags = cpu_flags()
     t = time.perf_counter()

@@ -22,19 +22,10 @@ from typing import Any
 from domainlm.bench.config import BenchConfig
 from domainlm.bench.data import TaskData, load_data
 from domainlm.bench.tasks import TaskSpec, load_suite, parse_overrides
+from domainlm.device import pick_device
 from domainlm.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError([f"'device: {device}' but torch sees no CUDA device here; use --device cpu"])
-    return device
 
 
 def pick_bf16(setting: str, device: str) -> bool:

@@ -227,8 +227,9 @@ def select(cfg: MergeConfig) -> dict[str, Any]:
     from domainlm.bench import bench
     from domainlm.bench.config import BenchConfig
     from domainlm.bench.report import build_report
-    from domainlm.bench.runner import load_all, pick_bf16, pick_device, score_model, warm_imports
+    from domainlm.bench.runner import load_all, pick_bf16, score_model, warm_imports
     from domainlm.bench.tasks import load_suite, parse_overrides
+    from domainlm.device import pick_device
     from domainlm.merge import merge_info
     from domainlm.merge.engine import prepare_pair, run_mergekit, write_run
 
