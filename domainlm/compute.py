@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from domainlm.adapt.config import DEFAULT_BLOCK_SIZE
 from domainlm.config import as_config, opt
 from domainlm.errors import ConfigError, SourceError
 
@@ -38,10 +39,6 @@ ACCELERATORS: dict[str, tuple[str, float]] = {
 
 Accelerator = Literal["h100", "h200", "b200", "a100", "l4", "a10", "v100", "t4", "mi300x", "mi250x", "tpu-v5e",
                       "tpu-v4"]
-
-# Default training sequence lengths, the same as adapt's when it prepares a corpus card.
-_DEFAULT_SEQ_LEN = {"causal": 256, "masked": 128, "protein": 512}
-
 
 @dataclass
 class ComputeConfig:
@@ -263,7 +260,7 @@ def memory_plan(cfg: ComputeConfig) -> dict[str, Any]:
         shape = shape_from_config(model_config)
         shape.source = f"{src.name} ({shape.source})"
         kind = src.kind if cfg.objective == "auto" else cfg.objective
-    seq_len = cfg.seq_len or (2048 if cfg.params is not None else _DEFAULT_SEQ_LEN[kind])
+    seq_len = cfg.seq_len or (2048 if cfg.params is not None else DEFAULT_BLOCK_SIZE[kind])
     chosen = estimate(shape, method=cfg.method, strategy=cfg.strategy, gpus=cfg.gpus, gpu_memory_gb=cfg.gpu_memory,
                       seq_len=seq_len, batch=cfg.micro_batch, gradient_checkpointing=cfg.gradient_checkpointing,
                       lora_r=cfg.lora_r)
@@ -307,7 +304,7 @@ def mixture_plan(recipe: str, tokens: float) -> dict[str, Any]:
             continue
         blocks[spec.label] = int(man["splits"]["train"]["blocks"])
         block_size = block_size or int(man["block_size"])
-    block_size = block_size or acfg.block_size or _DEFAULT_SEQ_LEN["causal"]
+    block_size = block_size or acfg.block_size or DEFAULT_BLOCK_SIZE["causal"]
     sequences = int(tokens // block_size)
     stream = SequenceStream([StreamSource(s.label, blocks[s.label] or 1, s.weight,
                                           s.max_epochs if blocks[s.label] else None, salt=i)
@@ -355,7 +352,7 @@ def compute(config: ComputeConfig | str | None = None, **overrides: Any) -> dict
                           ) from None
     kind = src.kind if cfg.objective == "auto" else cfg.objective
     objective = "causal" if kind == "causal" else "masked"
-    seq_len = cfg.seq_len or _DEFAULT_SEQ_LEN[kind]
+    seq_len = cfg.seq_len or DEFAULT_BLOCK_SIZE[kind]
     max_pos = getattr(model_config.get_text_config(), "max_position_embeddings", None)
     if getattr(model_config, "model_type", "") in ("roberta",) and max_pos:
         max_pos -= 2  # RoBERTa reserves two positions for padding offsets

@@ -26,7 +26,7 @@ import torch
 
 from domainlm.adapt.batches import BatchBuilder, Batches, read_columns
 from domainlm.adapt.checkpoint import complete_checkpoints, load_checkpoint, read_state, save_checkpoint
-from domainlm.adapt.config import AdaptConfig
+from domainlm.adapt.config import DEFAULT_BLOCK_SIZE, AdaptConfig
 from domainlm.adapt.curves import MetricsLog, plot_curves
 from domainlm.adapt.data import Masker, SequenceStream, StreamState
 from domainlm.adapt.parallel import (
@@ -53,7 +53,6 @@ from domainlm.lm_loss import IGNORE, loss_sum, perplexity, split_head
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BLOCK = {"masked": 128, "causal": 256, "protein": 512}
 LORA_METHODS = ("lora", "qlora")
 
 
@@ -329,7 +328,7 @@ def _resolve_corpus(spec: str, cfg: AdaptConfig, objective: str, block_size: int
     load_card(spec)  # unknown names fail here with a did-you-mean
     out = r.dir / "corpora" / spec
     if r.dist.is_main:
-        prepare_card(spec, cfg.model, out, block_size=block_size or DEFAULT_BLOCK[objective])
+        prepare_card(spec, cfg.model, out, block_size=block_size or DEFAULT_BLOCK_SIZE[objective])
     r.dist.barrier()
     return out, read_corpus_manifest(out)
 
