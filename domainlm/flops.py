@@ -80,7 +80,9 @@ def _get(config: Any, *names: str, default: Any = None) -> Any:
 
 
 @dataclass
-class _Shape:
+class ConfigShape:
+    """A transformer's shape as its config states it, under whichever of the families' names it uses."""
+
     model_type: str
     d_model: int
     n_layer: int
@@ -96,7 +98,9 @@ class _Shape:
         return self.n_head * self.head_dim
 
 
-def _shape(config: Any) -> _Shape:
+def config_shape(config: Any) -> ConfigShape:
+    """Read the shape from a transformers config (its text config for multimodal ones): the one alias list, so
+    FLOPs (:func:`model_flops`) and the memory plan (``memory.shape_from_config``) read the same model."""
     if hasattr(config, "get_text_config"):
         config = config.get_text_config()
     model_type = str(getattr(config, "model_type", "") or "")
@@ -114,7 +118,7 @@ def _shape(config: Any) -> _Shape:
     d_ff = _get(config, "intermediate_size", "n_inner", "ffn_dim", default=4 * d_model)
     # GPT-2 and BERT-style configs default to tied heads; Llama's config says so explicitly.
     tied = bool(getattr(config, "tie_word_embeddings", True))
-    return _Shape(model_type, int(d_model), int(n_layer), int(n_head), int(n_kv), int(head_dim), int(d_ff),
+    return ConfigShape(model_type, int(d_model), int(n_layer), int(n_head), int(n_kv), int(head_dim), int(d_ff),
                   int(vocab), tied)
 
 
@@ -124,7 +128,7 @@ def _count_from_config(config: Any) -> tuple[int, int] | None:
     Each formula mirrors what ``AutoModelForCausalLM``/``AutoModelForMaskedLM`` builds for the family;
     tests check them against the tensors of real models built from small configs.
     """
-    s = _shape(config)
+    s = config_shape(config)
     d, L, ff, V = s.d_model, s.n_layer, s.d_ff, s.vocab
     mt = s.model_type
     if mt in ("llama", "mistral"):
@@ -265,7 +269,7 @@ def model_flops(config_or_model: Any, seq_len: int, *, head_fraction: float = 1.
         non_emb, emb = counts
         if trainable_fraction is None:
             trainable_fraction = 1.0
-    s = _shape(config)
+    s = config_shape(config)
     attention = 2.0 * s.n_layer * seq_len * s.d_attn
     head = head_fraction * 2.0 * s.d_model * s.vocab
     forward = 2.0 * non_emb + attention + head
@@ -337,5 +341,5 @@ def format_flops(value: float) -> str:
     return f"{value:.3g}"
 
 
-__all__ = ["CHINCHILLA_TOKENS_PER_PARAM", "EMERGENCE_FLOPS", "FlopsBreakdown", "chinchilla_optimal_tokens",
-           "format_flops", "measure_matmul_peak", "mfu", "model_flops", "training_flops"]
+__all__ = ["CHINCHILLA_TOKENS_PER_PARAM", "EMERGENCE_FLOPS", "ConfigShape", "FlopsBreakdown", "chinchilla_optimal_tokens",
+           "config_shape", "format_flops", "measure_matmul_peak", "mfu", "model_flops", "training_flops"]
