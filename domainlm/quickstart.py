@@ -264,10 +264,11 @@ def quickstart(config: QuickstartConfig | None = None, **overrides: Any) -> dict
     # 2. adapt (resume an interrupted run, reuse a finished one)
     stages.set_postfix_str("adapt")
     from domainlm.adapt import adapt
+    from domainlm.artifacts import read_manifest
 
     t = time.perf_counter()
     if _done(run_dir):
-        run_manifest = json.loads((run_dir / "manifest.json").read_text())
+        run_manifest = read_manifest(run_dir)
         log.info("reusing the finished run in %s", run_dir)
     else:
         resume = run_dir.exists() and any(run_dir.iterdir())
@@ -307,7 +308,6 @@ def quickstart(config: QuickstartConfig | None = None, **overrides: Any) -> dict
 
     # 5. publish with the card
     stages.set_postfix_str("publish")
-    from domainlm.artifacts import read_manifest
     from domainlm.publish import publish
 
     t = time.perf_counter()

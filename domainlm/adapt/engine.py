@@ -47,7 +47,7 @@ from domainlm.adapt.setup import Prepared, saves_embedding_layers
 from domainlm.artifacts import atomic_dir, sha256_file, why_not_replace, write_manifest
 from domainlm.config import as_config, to_dict
 from domainlm.device import use_bf16
-from domainlm.errors import ConfigError
+from domainlm.errors import ConfigError, IncompleteArtifactError
 from domainlm.faults import fault_point
 from domainlm.lm_loss import IGNORE, loss_sum, perplexity, split_head
 
@@ -457,8 +457,8 @@ def _resumed_bf16(resume_from: Path | None) -> bool | None:
     if resume_from is None:
         return None
     try:
-        value = json.loads((resume_from / "state.json").read_text()).get("bf16")
-    except (OSError, ValueError, AttributeError):
+        value = read_state(resume_from).get("bf16")
+    except (IncompleteArtifactError, AttributeError):
         return None  # load_checkpoint reports an unreadable checkpoint with its own message
     return value if isinstance(value, bool) else None
 
