@@ -240,6 +240,19 @@ def test_one_bf16_decision_for_adapt_bench_and_compute(monkeypatch):
         bf16_is_fast()
 
 
+def test_one_device_choice_for_adapt_bench_and_compute(monkeypatch):
+    """``device.pick_device`` is where adapt, bench, compute and merge --select choose their device."""
+    from domainlm.device import pick_device
+    from domainlm.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == "cpu" and pick_device() == "cpu" and pick_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        pick_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == "cuda" and pick_device("cuda:1") == "cuda:1"
+
+
 def test_sparse_logging_reads_the_same_losses(llama_corpus, tmp_path):
     """The loss is read back from the device only on logged steps (a GPU sync otherwise): the logged values and the
     manifest's final train_loss are those of a run that logs every step."""
