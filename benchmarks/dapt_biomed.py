@@ -313,8 +313,8 @@ def prepare_data(realdata: Path, work: Path, models: list[str]) -> dict[str, Any
     # corpus readers (MEDLINE text and PubMed XML).
     pub = data / "pubmed_real.jsonl"
     if not pub.is_file():
-        from domainlm.corpora.readers import InputFile, ReadContext, ReaderOptions, SkipLog
-        from domainlm.corpora.registry import get_reader
+        from domainlm.documents.readers import InputFile, ReadContext, ReaderOptions, SkipLog
+        from domainlm.documents.registry import get_reader
 
         rows, seen = [], set()
         for f in sorted((realdata / "pubmed").rglob("*")):

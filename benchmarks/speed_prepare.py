@@ -66,7 +66,7 @@ def write_pubmed_xml(path: Path, megabytes: float, seed: int = 0, first_pmid: in
     import xml.etree.ElementTree as ET
     from xml.sax.saxutils import escape
 
-    from domainlm.corpora.pubmed import _text
+    from domainlm.documents.pubmed import _text
 
     texts = []
     for _, elem in ET.iterparse(SAMPLE):
@@ -125,8 +125,8 @@ def write_pubmed_files(folder: Path, megabytes: float, files: int, seed: int) ->
 def prepared_texts(folder: Path) -> list[str]:
     """The texts prepare tokenises: title + abstract, cleaned, records with an abstract only."""
     from domainlm.corpora.clean import clean_text
-    from domainlm.corpora.readers import ReaderOptions, SkipLog
-    from domainlm.corpora.registry import iter_documents, resolve_inputs
+    from domainlm.documents.readers import ReaderOptions, SkipLog
+    from domainlm.documents.registry import iter_documents, resolve_inputs
 
     files = resolve_inputs([str(folder)])
     return [clean_text(d.text) for d, _, _ in iter_documents(files, ReaderOptions(), SkipLog())]

@@ -15,7 +15,7 @@ from domainlm.resources import recipe_path
 SCHEMAS = {
     "adapt": "domainlm.adapt:AdaptConfig",
     "prepare": "domainlm.corpora.prepare:PrepareConfig",
-    "task": "domainlm.bench.tasks:TaskSpec",
+    "task": "domainlm.tasks.spec:TaskSpec",
 }
 
 

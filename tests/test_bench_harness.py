@@ -72,11 +72,11 @@ def test_harness_and_native_tasks_in_one_report(tmp_path, other_llama):
 def test_our_zeroshot_equals_lm_eval_item_by_item():
     """Tier-3 parity on the shipped PubMedQA items: same log-likelihoods, same answers."""
     from domainlm.bench import harness
-    from domainlm.bench.data import load_data
     from domainlm.bench.modes import RunContext
     from domainlm.bench.modes.zeroshot import run_zeroshot
-    from domainlm.bench.tasks import load_suite
     from domainlm.loading import load_for_eval
+    from domainlm.tasks.data import load_data
+    from domainlm.tasks.suites import load_suite
 
     loaded = load_for_eval("tiny-llama", "causal")
     spec = load_suite("biomed", ["pubmedqa"])[0]

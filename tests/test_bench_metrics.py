@@ -8,7 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from domainlm.bench.metrics import (
+from domainlm.tasks.builtin import METRICS
+from domainlm.tasks.metrics import (
     Accuracy,
     Context,
     EntityF1,
@@ -23,7 +24,6 @@ from domainlm.bench.metrics import (
     mean_std,
     precision_at_k,
 )
-from domainlm.bench.tasks import METRICS
 
 
 def test_entity_f1_hand_computed():

@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from domainlm.bench.metrics import bootstrap
-from domainlm.bench.priors import (
+from domainlm.bench.report import family_verdicts
+from domainlm.tasks.metrics import bootstrap
+from domainlm.tasks.priors import (
     answer_priors,
     bootstrap_p_value,
     calibrated_predictions,
@@ -17,7 +18,6 @@ from domainlm.bench.priors import (
     macro_f1,
     verdict,
 )
-from domainlm.bench.report import family_verdicts
 
 
 def test_holm_on_a_constructed_case():

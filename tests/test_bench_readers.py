@@ -7,24 +7,20 @@ from pathlib import Path
 import pytest
 
 from domainlm import config as cfgmod
-from domainlm.bench.data import load_data
-from domainlm.bench.readers import (
-    read_brat,
-    read_conll,
+from domainlm.errors import DataError
+from domainlm.tasks.data import load_data
+from domainlm.tasks.readers.labelled import (
     read_csv,
     read_fasta,
     read_hoc,
     read_jsonl,
     read_pairs,
-    read_paragraphs,
-    read_pdb,
     read_pubmedqa,
-    read_pubtator,
-    read_sofc,
-    read_text,
 )
-from domainlm.bench.tasks import TaskSpec
-from domainlm.errors import DataError
+from domainlm.tasks.readers.structures import read_pdb
+from domainlm.tasks.readers.tagging import read_brat, read_conll, read_pubtator, read_sofc
+from domainlm.tasks.readers.text import read_paragraphs, read_text
+from domainlm.tasks.spec import TaskSpec
 
 FIX = Path(__file__).parent / "fixtures" / "bench"
 PROTEIN = Path(__file__).resolve().parent.parent / "benchmarks" / "protein" / "data"
@@ -195,7 +191,7 @@ def test_text_documents_and_pdb_contacts(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 def _task(tmp_path: Path, text: str) -> TaskSpec:
-    from domainlm.bench.tasks import load_task
+    from domainlm.tasks.suites import load_task
 
     path = tmp_path / "t.yaml"
     path.write_text(text)
@@ -301,7 +297,7 @@ def test_real_brat_sofc_and_fasta(realdata):
 
 def test_on_error_skip_counts_bad_records_and_raise_names_them(tmp_path):
     """Matscholar-style CoNLL lines with a token and no tag: stop by default, or skip the sentence, counted."""
-    from domainlm.bench.tasks import load_task
+    from domainlm.tasks.suites import load_task
 
     good = "The\tO\naspirin\tB-Chemical\ndose\tO\n\n"
     bad = "Iron\tB-Chemical\noxide\n\n"  # "oxide" has no tag

@@ -13,10 +13,10 @@ import yaml
 from test_corpora_download import _Server  # the same local server the corpus download tests use
 
 from domainlm.bench.download import download, verify
-from domainlm.bench.tasks import REAL_SUITES, load_suite, load_task
 from domainlm.cli import main
 from domainlm.errors import ConfigError, DataError, DomainLMError
 from domainlm.resources import benchmarks_dir
+from domainlm.tasks.suites import REAL_SUITES, load_suite, load_task
 
 REAL_TASKS = sorted(p for s in REAL_SUITES for p in (benchmarks_dir() / s).glob("*.yaml"))
 
@@ -177,7 +177,7 @@ def test_flip_zip_is_unpacked_and_its_splits_read(tmp_path):
     import io
     import zipfile
 
-    from domainlm.bench.data import load_data
+    from domainlm.tasks.data import load_data
 
     rows = ["sequence,target,set,validation"]
     rows += [f"MKV{'A' * (i % 5)}LG,{i / 10},train," for i in range(12)]
@@ -259,9 +259,9 @@ def test_shortened_protocol_and_reference_lines():
     """The budget flags are named task by task; ours is printed beside the paper's, with the macro over the same
     tasks and the tasks not run (pure functions: no model)."""
     from domainlm.bench.config import BenchConfig
-    from domainlm.bench.data import TaskData
     from domainlm.bench.report import reference_lines
     from domainlm.bench.runner import shortened_protocol
+    from domainlm.tasks.data import TaskData
 
     spec = load_task(benchmarks_dir() / "blurb" / "ncbi_disease.yaml")
     td = TaskData({}, None, {}, notes=["train split capped at 500 of 5424 records (--max-train-examples)"])

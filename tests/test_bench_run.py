@@ -119,11 +119,11 @@ def test_protein_contacts_property_and_recovery_on_tiny_esm(tmp_path):
 
 
 def test_contacts_without_attention_outputs_is_a_clear_error():
-    from domainlm.bench.data import TaskData
     from domainlm.bench.loading import LoadedModel
     from domainlm.bench.modes import RunContext
     from domainlm.bench.modes.contacts import attention_features
-    from domainlm.bench.tasks import load_task
+    from domainlm.tasks.data import TaskData
+    from domainlm.tasks.suites import load_task
 
     class NoAttention:
         config = types.SimpleNamespace(max_position_embeddings=512, model_type="mamba")

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from domainlm.bench.data import load_data
-from domainlm.bench.tasks import FORMATS, iter_shipped_tasks, load_suite, load_task, parse_overrides
 from domainlm.errors import ConfigError
+from domainlm.tasks.builtin import FORMATS
+from domainlm.tasks.data import load_data
+from domainlm.tasks.suites import iter_shipped_tasks, load_suite, load_task, parse_overrides
 from domainlm.validate import ValidateConfig, validate
 
 SHIPPED = sorted(iter_shipped_tasks())
@@ -139,3 +140,29 @@ def test_biomed_samples_shift_the_deciding_words_between_splits():
             specific = train[label] - set().union(*(train[o] for o in table if o != label))
             # ... must not show up in the same label's test templates
             assert not specific & test[label], (label, sorted(specific & test[label]))
+
+
+def test_every_builtin_format_and_metric_resolves():
+    """The built-ins are registered by import path (so the schema never imports a reader): each path must load."""
+    from domainlm.tasks.builtin import METRICS
+
+    for registry in (FORMATS, METRICS):
+        for name in registry.names():
+            entry = registry.get(name)
+            assert callable(entry.fn), f"{registry.kind} '{name}' -> {entry.target}"
+            assert entry.fn.__module__ == entry.module
+
+
+def test_the_task_layer_sits_below_bench_and_corpora():
+    """The schema loads without any reader, and no module of domainlm.tasks imports bench, corpora or a model
+    library (issue 36: the task layer below both of its users, no circle)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import domainlm.tasks.spec, domainlm.tasks.suites; "
+            "bad = [m for m in sys.modules if m.startswith('domainlm.tasks.readers')]; assert not bad, bad; "
+            "import importlib, pkgutil, domainlm.tasks as t; "
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(t.__path__, 'domainlm.tasks.')]; "
+            "bad = [m for m in sys.modules if m.split('.')[:2] in (['domainlm', 'bench'], ['domainlm', 'corpora']) "
+            "or m in ('torch', 'transformers')]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

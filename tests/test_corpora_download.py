@@ -109,9 +109,9 @@ def test_pubmed_download_lists_checks_and_skips_existing(tmp_path):
                                    "status": "present"}]
         assert all(not path.endswith(".gz") for path, _ in srv.requests[n:])  # nothing fetched again
     # What was downloaded is a readable corpus: the update's DeleteCitation applies to the baseline.
-    from domainlm.corpora.pubmed import scan_pubmed_events
-    from domainlm.corpora.readers import ReaderOptions, SkipLog
-    from domainlm.corpora.registry import iter_documents, resolve_inputs
+    from domainlm.documents.pubmed import scan_pubmed_events
+    from domainlm.documents.readers import ReaderOptions, SkipLog
+    from domainlm.documents.registry import iter_documents, resolve_inputs
 
     files = resolve_inputs([str(out / "pubmed25n*.xml.gz")])
     skips = SkipLog()

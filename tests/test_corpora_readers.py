@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from domainlm.corpora.proteins import check_sequence
-from domainlm.corpora.pubmed import scan_pubmed_events
-from domainlm.corpora.readers import Document, ReaderOptions, SkipLog
-from domainlm.corpora.registry import (
+from domainlm.documents.proteins import check_sequence
+from domainlm.documents.pubmed import scan_pubmed_events
+from domainlm.documents.readers import Document, ReaderOptions, SkipLog
+from domainlm.documents.registry import (
     _READERS,
     get_reader,
     iter_documents,
@@ -202,8 +202,8 @@ def test_outsiders_add_a_format_found_by_auto_detection(tmp_path):
 
 
 def test_a_registered_reader_is_a_valid_format_and_builtins_come_from_one_table(tmp_path):
-    from domainlm.corpora.registry import BUILTIN_READERS
     from domainlm.corpora.settings import PrepareConfig
+    from domainlm.documents.registry import BUILTIN_READERS
 
     assert set(BUILTIN_READERS) <= set(reader_names()) and "paragraphs" in BUILTIN_READERS
     assert "unknown 'format' 'test-glosary'" in " ".join(PrepareConfig(inputs=["x"], format="test-glosary").problems())
@@ -230,8 +230,8 @@ def test_readers_do_not_import_the_registry_or_prepare():
     import subprocess
     import sys
 
-    code = ("import sys; import domainlm.corpora.readers, domainlm.corpora.pubmed, domainlm.corpora.proteins, "
-            "domainlm.corpora.cards; bad = [m for m in ('domainlm.corpora.registry', 'domainlm.corpora.prepare') "
+    code = ("import sys; import domainlm.documents.readers, domainlm.documents.pubmed, domainlm.documents.proteins, "
+            "domainlm.corpora.cards; bad = [m for m in ('domainlm.documents.registry', 'domainlm.corpora.prepare') "
             "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 

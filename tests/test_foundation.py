@@ -277,7 +277,7 @@ def test_unquoted_shell_glob_reaches_a_list_flag_whole(tmp_path):
 
 
 def test_repeated_override_keeps_every_entry_and_commas_inside_a_value(tmp_path):
-    from domainlm.bench.tasks import parse_overrides
+    from domainlm.tasks.suites import parse_overrides
 
     cfg = parse_config(verb_named("bench"), ["--model", "tiny-bert", "--override", "ner.format=conll",
                                              "--override", "ner.train=data/a=b.tsv", "ner.labels=A,B,C",

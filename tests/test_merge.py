@@ -176,8 +176,8 @@ def _lm_task(folder: Path, name: str, role: str, dev: Path, test: Path) -> None:
 
 
 def test_dev_split_holds_out_part_of_train_and_never_reads_test(tmp_path: Path):
-    from domainlm.bench.data import load_data
-    from domainlm.bench.tasks import load_task
+    from domainlm.tasks.data import load_data
+    from domainlm.tasks.suites import load_task
 
     rows = [{"text": f"sentence number {i} about kinase", "label": "a" if i % 2 else "b"} for i in range(40)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -192,8 +192,8 @@ def test_dev_split_holds_out_part_of_train_and_never_reads_test(tmp_path: Path):
 def test_dev_split_of_a_task_that_trains_on_nothing_is_its_whole_train_split(tmp_path: Path):
     """A zero-shot task never trains, so all of its train split is unseen: it is scored whole (more power to
     see a guard loss than a fifth of it), and the test file is still never opened."""
-    from domainlm.bench.data import load_data
-    from domainlm.bench.tasks import load_task
+    from domainlm.tasks.data import load_data
+    from domainlm.tasks.suites import load_task
 
     rows = [{"text": f"is sentence {i} about kinase?", "label": "yes" if i % 2 else "no"} for i in range(40)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -205,9 +205,23 @@ def test_dev_split_of_a_task_that_trains_on_nothing_is_its_whole_train_split(tmp
     assert "test" not in data.files and any("all 40 records" in n for n in data.notes)
 
 
+def test_dev_text_override_paths_are_absolute_when_the_out_folder_is_relative(tmp_path: Path, monkeypatch):
+    """The quickstart's out folder is relative; a relative dev-text path in an override would resolve beside
+    the suite's YAML and the selection would fail (it did, 2026-12-06)."""
+    from domainlm.merge.select import dev_text_overrides
+    from domainlm.tasks.suites import load_suite
+
+    monkeypatch.chdir(tmp_path)
+    Path("scratch").mkdir()
+    specs = [s for s in load_suite("general") if s.head == "lm"]
+    overrides, notes = dev_text_overrides(specs, None, Path("scratch"))
+    paths = [o.split("=", 1)[1] for o in overrides if ".dev=" in o]
+    assert paths and all(Path(p).is_absolute() and Path(p).is_file() for p in paths) and notes
+
+
 def test_dev_split_of_a_test_ids_task_uses_only_the_records_outside_the_test_ids(tmp_path: Path):
-    from domainlm.bench.data import load_data
-    from domainlm.bench.tasks import load_task
+    from domainlm.tasks.data import load_data
+    from domainlm.tasks.suites import load_task
 
     rows = [{"id": f"r{i}", "text": f"record {i} on kinase", "label": "a" if i % 2 else "b"} for i in range(40)]
     (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -223,7 +237,7 @@ def test_dev_split_of_a_test_ids_task_uses_only_the_records_outside_the_test_ids
 def test_select_never_reads_a_test_split(full_run: Path, tmp_path: Path, monkeypatch):
     """The test files here are not even valid JSON: any read of them would fail the selection. Every file the
     bench readers open is recorded, and none is a test file."""
-    import domainlm.bench.data as data_mod
+    import domainlm.tasks.data as data_mod
     from domainlm.merge import merge
 
     suite = tmp_path / "suite"

@@ -70,13 +70,13 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from domainlm.bench import harness
-    from domainlm.bench.data import load_data
     from domainlm.bench.loading import load_for_eval
     from domainlm.bench.modes import RunContext
     from domainlm.bench.modes.zeroshot import run_zeroshot
-    from domainlm.bench.priors import answer_priors, label_distribution, macro_f1
-    from domainlm.bench.tasks import load_suite, parse_overrides
     from domainlm.device import cpu_name
+    from domainlm.tasks.data import load_data
+    from domainlm.tasks.priors import answer_priors, label_distribution, macro_f1
+    from domainlm.tasks.suites import load_suite, parse_overrides
 
     overrides = parse_overrides(["pubmedqa.train=", "pubmedqa.test=pubmedqa/ori_pqal.json",
                                  "pubmedqa.test_ids=pubmedqa/test_ground_truth.json"])

@@ -1,11 +1,11 @@
 """``domainlm bench``: evaluate a model, and optionally its base, on a domain task suite.
 
-Suites are folders of task YAMLs (``benchmarks/<suite>/``; see :mod:`domainlm.bench.tasks`), and
+Suites are folders of task YAMLs (``benchmarks/<suite>/``; see :mod:`domainlm.tasks`), and
 ``harness:TASKS`` runs lm-evaluation-harness tasks on the same loaded model (:mod:`.harness`).
-Each task is read (:mod:`.readers`, :mod:`.data`), scored in its mode (:mod:`.modes`: frozen-feature
+Each task is read (:mod:`domainlm.tasks.data`), scored in its mode (:mod:`.modes`: frozen-feature
 probe, fixed-budget fine-tuning over seeds, zero-shot answer log-likelihood, perplexity, contacts
 from attention), and reported with bootstrap confidence intervals and a paired delta against the
-baseline (:mod:`.metrics`, :mod:`.report`).
+baseline (:mod:`domainlm.tasks.metrics`, :mod:`.report`).
 
 Output folder ``OUT/`` (written atomically; a crash leaves no half report):
 
@@ -20,7 +20,7 @@ Output folder ``OUT/`` (written atomically; a crash leaves no half report):
                 "verdict": "better" | "worse" | "within noise" | "-", "backend": "domainlm" | "lm-evaluation-harness",
                 "wall_s", "examples_per_s", "n_test", "files": {split: path}, "notes": [...],
                 "skipped_records": {split: {"counts": {reason: n}, "examples": {reason: [...]}}} | null,
-                # classification tasks: answer priors (see domainlm.bench.priors)
+                # classification tasks: answer priors (see domainlm.tasks.priors)
                 "gold_distribution": {label: n}, "calibrated": {"model", "baseline", "delta", "delta_ci"} | null,
                 # real suites (tasks with `sources`): each data file's provenance and the published number
                 "data_files": [{"path", "file", "sha256", "pinned": sha256 | null, "url", "license", "files"}] | null,

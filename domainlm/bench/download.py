@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from domainlm.bench.tasks import TaskSpec
 from domainlm.config import as_config, opt
 from domainlm.errors import ConfigError, DataError, DomainLMError
+from domainlm.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
 RECORD = "downloads.json"  # what was fetched into a cache folder: path -> url, sha256, bytes
@@ -243,7 +243,7 @@ def download(config: BenchDownloadConfig | str | None = None, **overrides: Any) 
     `ready: false` (data behind a login, no reader yet) are listed with what to place by hand.
     Returns (and writes to CACHE/downloads.json) the files with their sha256.
     """
-    from domainlm.bench.tasks import load_suite
+    from domainlm.tasks.suites import load_suite
 
     config = as_config(BenchDownloadConfig, config, overrides)
     specs = load_suite(config.suite, config.tasks)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from domainlm.bench.loading import LoadedModel
-from domainlm.bench.readers import Example
 from domainlm.errors import ConfigError
+from domainlm.tasks.readers.base import Example
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
 lm-eval's ``simple_evaluate`` on the model bench already loaded (an ``HFLM`` wrapped around it, so
 run folders and merged LoRA adapters work unchanged), with ``log_samples=True``. Each item's result
 becomes a row of our statistics, so harness tasks get the same bootstrap CIs, paired deltas against
-``--baseline``, answer-prior numbers (:mod:`.priors`) and family-wise verdict as native tasks, in the
+``--baseline``, answer-prior numbers (:mod:`domainlm.tasks.priors`) and family-wise verdict as native tasks, in the
 same report.
 
 ``--harness-include DIR`` adds task YAMLs (lm-eval's ``TaskManager(include_path=...)``); the shipped
@@ -218,9 +218,9 @@ def evaluate(p: HarnessPlan, model: Any, tokenizer: Any, *, batch_size: int = 8,
 
 def task_spec(p: HarnessPlan, task: str, items: ItemResults):
     """The report's view of a harness task: a :class:`TaskSpec` (not read from YAML) and its test items."""
-    from domainlm.bench.data import TaskData
-    from domainlm.bench.readers import Example
-    from domainlm.bench.tasks import TaskSpec
+    from domainlm.tasks.data import TaskData
+    from domainlm.tasks.readers.base import Example
+    from domainlm.tasks.spec import TaskSpec
 
     meta = p.leaves[task]
     version = meta.get("version")

@@ -10,11 +10,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from domainlm.bench.builtin import METRICS
-from domainlm.bench.data import TaskData
-from domainlm.bench.metrics import blurb_macro, bootstrap, mean_std
-from domainlm.bench.priors import answer_priors, holm, label_distribution, macro_f1, verdict
-from domainlm.bench.tasks import TaskSpec
+from domainlm.tasks.builtin import METRICS
+from domainlm.tasks.data import TaskData
+from domainlm.tasks.metrics import blurb_macro, bootstrap, mean_std
+from domainlm.tasks.priors import answer_priors, holm, label_distribution, macro_f1, verdict
+from domainlm.tasks.spec import TaskSpec
 
 
 def _clean(x: Any) -> Any:
@@ -171,7 +171,7 @@ def real_suite_summary(specs: list[TaskSpec], tasks: list[dict[str, Any]]) -> di
     The reference macro uses the same family averaging as ours (:func:`blurb_macro`) over exactly the tasks
     that ran, so the two numbers compare like with like; the paper's full BLURB score averages all 13.
     """
-    from domainlm.bench.tasks import task_files
+    from domainlm.tasks.suites import task_files
 
     real = [s for s in specs if s.sources]
     if not real:

@@ -21,10 +21,11 @@ from typing import Any
 
 from domainlm.artifacts import peek_manifest, read_manifest
 from domainlm.bench.config import BenchConfig
-from domainlm.bench.data import TaskData, load_data
-from domainlm.bench.tasks import TaskSpec, load_suite, parse_overrides
 from domainlm.device import pick_device
 from domainlm.errors import ConfigError
+from domainlm.tasks.data import TaskData, load_data
+from domainlm.tasks.spec import TaskSpec
+from domainlm.tasks.suites import load_suite, parse_overrides
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def _check_out(out: Path) -> None:
 def load_all(config: BenchConfig, causal: bool | None = None) -> tuple[list[TaskSpec], dict[str, TaskData]]:
     """Every native task and its checked data (step 1); harness tasks are checked by :func:`plan_harness`.
     ``causal``: the models' kind where the caller knows it (merge --select), so a zero-shot task's dev split
-    can be its whole train split (see :func:`domainlm.bench.data.load_data`)."""
+    can be its whole train split (see :func:`domainlm.tasks.data.load_data`)."""
     from domainlm.bench.harness import split_suite
 
     overrides = parse_overrides(config.override)

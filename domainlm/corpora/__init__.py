@@ -2,12 +2,14 @@
 
 Public API (imported lazily, so ``import domainlm.corpora`` stays cheap)::
 
-    from domainlm.corpora import load_prepared, read_corpus_manifest, register_reader, Document
+    from domainlm.corpora import load_prepared, read_corpus_manifest
     from domainlm import prepare, stats, download      # the verbs
 
 The verbs are not re-exported here: ``domainlm.corpora.prepare``, ``.stats`` and ``.download`` are the
 submodules (Python binds a submodule's name on its package when it is imported, so a function of the
-same name here would silently turn into the module).
+same name here would silently turn into the module). The readers that turn input files into documents,
+and ``register_reader`` for new formats, are :mod:`domainlm.documents`, one floor down (bench's text
+tasks read through them too).
 """
 
 from __future__ import annotations
@@ -16,10 +18,6 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Document": "domainlm.corpora.readers:Document",
-    "register_reader": "domainlm.corpora.registry:register_reader",
-    "reader_names": "domainlm.corpora.registry:reader_names",
-    "get_reader": "domainlm.corpora.registry:get_reader",
     "PrepareConfig": "domainlm.corpora.settings:PrepareConfig",
     "load_prepared": "domainlm.corpora.pack:load_prepared",
     "load_documents": "domainlm.corpora.pack:load_documents",

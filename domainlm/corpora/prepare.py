@@ -105,8 +105,8 @@ class _Run:
 
     def run(self) -> dict[str, Any]:
         from domainlm.artifacts import MANIFEST
-        from domainlm.corpora.readers import SkipLog
-        from domainlm.corpora.registry import resolve_inputs
+        from domainlm.documents.readers import SkipLog
+        from domainlm.documents.registry import resolve_inputs
 
         self.started = time.time()
         c = self.config
@@ -265,8 +265,8 @@ class _Run:
     def _decontamination_sources(self) -> tuple[dict[str, list[str]], dict[str, Any]]:
         """Test texts by task for --decontaminate: bench suites (their task YAMLs' test files, loaded as bench
         loads them) or plain files (any corpus format)."""
-        from domainlm.corpora.readers import ReaderOptions, SkipLog
-        from domainlm.corpora.registry import iter_documents, resolve_inputs
+        from domainlm.documents.readers import ReaderOptions, SkipLog
+        from domainlm.documents.registry import iter_documents, resolve_inputs
 
         sources: dict[str, list[str]] = {}
         described: dict[str, Any] = {"suites": [], "files": []}
@@ -278,8 +278,8 @@ class _Run:
                 sources[f"file:{path.name}"] = texts
                 described["files"].append(str(path.resolve()))
                 continue
-            from domainlm.bench.data import load_data
-            from domainlm.bench.tasks import load_suite
+            from domainlm.tasks.data import load_data
+            from domainlm.tasks.suites import load_suite
 
             for spec in load_suite(entry):
                 data = load_data(spec, needs_train=False)
@@ -427,7 +427,8 @@ def _preload() -> None:
     import pyarrow as pa
     import tokenizers  # noqa: F401
 
-    from domainlm.corpora import clean, registry  # noqa: F401
+    from domainlm.corpora import clean  # noqa: F401
+    from domainlm.documents import registry  # noqa: F401
 
     pa.array(np.zeros(1, dtype=np.int32))
 

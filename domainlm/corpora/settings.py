@@ -101,7 +101,7 @@ class PrepareConfig:
             out.append(f"'partition' is a slurm setting, but 'executor' is '{self.executor}'")
         if self.format != "auto":
             # Imported here, not at the top: the registry loads every reader (and Bio), which `--help` need not.
-            from domainlm.corpora.registry import reader_names
+            from domainlm.documents.registry import reader_names
             from domainlm.errors import did_you_mean
 
             if self.format not in reader_names():

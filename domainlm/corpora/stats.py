@@ -227,8 +227,8 @@ def domain_terms(domain: Counter[str], general: Counter[str] | None, *, top_k: i
 
 def _read_texts(inputs: list[str], fmt: str, options, limit: int) -> tuple[list[str], str]:
     from domainlm.corpora.clean import clean_text
-    from domainlm.corpora.readers import SkipLog
-    from domainlm.corpora.registry import iter_documents, resolve_inputs
+    from domainlm.documents.readers import SkipLog
+    from domainlm.documents.registry import iter_documents, resolve_inputs
 
     files = resolve_inputs(inputs, fmt)
     kind = "protein" if all(f.format in ("fasta", "swissprot") for f in files) else "text"
@@ -243,7 +243,7 @@ def _read_texts(inputs: list[str], fmt: str, options, limit: int) -> tuple[list[
 
 def _source(config: StatsConfig) -> dict[str, Any]:
     """Work out what CORPUS names: a prepared folder, a card, or raw inputs."""
-    from domainlm.corpora.readers import ReaderOptions
+    from domainlm.documents.readers import ReaderOptions
 
     path = Path(config.corpus).expanduser()
     if (path / "manifest.json").is_file():

@@ -181,8 +181,8 @@ class ReadClean(_Step):
             length_problem,
             looks_word_tokenised,
         )
-        from domainlm.corpora.readers import InputFile, ReaderOptions, SkipLog
-        from domainlm.corpora.registry import Position, iter_documents
+        from domainlm.documents.readers import InputFile, ReaderOptions, SkipLog
+        from domainlm.documents.registry import Position, iter_documents
 
         files = [InputFile(Path(f["path"]), f["format"], f["bytes"], f["rel"]) for f in self.files]
         mine = file_range(rank, world_size, len(files))

@@ -38,8 +38,8 @@ GENERAL_CARD = "general-english-sample"
 def validation_texts(values: dict[str, Any]) -> list[tuple[str, str]]:
     """(id, text) of the documents ``corpus prepare`` put in the validation split (same hash, same ids)."""
     from domainlm.corpora.clean import validation_of
-    from domainlm.corpora.readers import ReaderOptions, SkipLog
-    from domainlm.corpora.registry import iter_documents, resolve_inputs
+    from domainlm.documents.readers import ReaderOptions, SkipLog
+    from domainlm.documents.registry import iter_documents, resolve_inputs
 
     fraction = float(values.get("validation_fraction", 0.05))
     files = resolve_inputs(list(values.get("inputs") or []), values.get("format", "auto"))
@@ -80,7 +80,8 @@ def dev_text_overrides(specs: list[Any], run: Any, scratch: Path) -> tuple[list[
         docs = validation_texts(values)
         if not docs:
             continue
-        path = scratch / f"dev-{spec.task_name}.jsonl"
+        # absolute: a relative path in an override resolves beside the suite's YAML, not the working folder
+        path = (scratch / f"dev-{spec.task_name}.jsonl").resolve()
         atomic_write_text(path, "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs))
         overrides += [f"{spec.task_name}.dev={path}", f"{spec.task_name}.format=jsonl",
                       f"{spec.task_name}.text_field=text", f"{spec.task_name}.id_field=id"]
@@ -95,8 +96,8 @@ def dev_text_overrides(specs: list[Any], run: Any, scratch: Path) -> tuple[list[
 
 def task_roles(cfg: MergeConfig, specs: list[Any]) -> tuple[list[str], list[str]]:
     """(domain tasks, guard tasks). Default guards: the general suite plus every zero-shot task."""
-    from domainlm.bench.tasks import load_suite
     from domainlm.errors import ConfigError
+    from domainlm.tasks.suites import load_suite
 
     names = [s.task_name for s in specs]
     if cfg.guard_tasks is not None:
@@ -131,7 +132,7 @@ def _relative(task: dict[str, Any]) -> tuple[float, list[float] | None]:
 
 def judge(report: dict[str, Any], domain: list[str], guards: list[str], alpha: float = 0.05) -> dict[str, Any]:
     """One weight's dev numbers: domain score, guard verdicts after Holm, and whether it is allowed."""
-    from domainlm.bench.priors import holm
+    from domainlm.tasks.priors import holm
 
     tasks = {t["name"]: t for t in report["tasks"]}
     rows = {}
@@ -229,10 +230,10 @@ def select(cfg: MergeConfig) -> dict[str, Any]:
     from domainlm.bench.config import BenchConfig
     from domainlm.bench.report import build_report
     from domainlm.bench.runner import load_all, pick_bf16, score_model, warm_imports
-    from domainlm.bench.tasks import load_suite, parse_overrides
     from domainlm.device import pick_device
     from domainlm.merge import merge_info
     from domainlm.merge.engine import prepare_pair, run_mergekit, write_run
+    from domainlm.tasks.suites import load_suite, parse_overrides
 
     t0 = time.perf_counter()
     out = Path(cfg.out)

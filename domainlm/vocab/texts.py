@@ -1,7 +1,7 @@
 """Domain text for ``vocab extend``: from a corpus card, a prepared corpus folder, or raw input files.
 
 Tokenizer training needs text, not token ids: raw inputs and cards are read with the corpus readers
-(``domainlm.corpora.readers``) and cleaned like ``corpus prepare`` cleans them; a prepared folder is
+(``domainlm.documents.readers``) and cleaned like ``corpus prepare`` cleans them; a prepared folder is
 decoded back to text document by document with the tokenizer it was prepared with.
 """
 
@@ -41,9 +41,9 @@ class Texts:
 def _read_files(inputs: list[str], fmt: str, text_field: str, max_documents: int | None, *, label: str,
                 categories: list[str] | None = None, keep_title_only: bool = False, min_chars: int = 0) -> Texts:
     from domainlm.corpora.clean import clean_text, exact_key
-    from domainlm.corpora.pubmed import scan_pubmed_events
-    from domainlm.corpora.readers import ReaderOptions, SkipLog
-    from domainlm.corpora.registry import iter_documents, resolve_inputs
+    from domainlm.documents.pubmed import scan_pubmed_events
+    from domainlm.documents.readers import ReaderOptions, SkipLog
+    from domainlm.documents.registry import iter_documents, resolve_inputs
 
     skips = SkipLog()
     files = resolve_inputs(inputs, fmt, skips=skips)

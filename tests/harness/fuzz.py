@@ -54,9 +54,9 @@ class FuzzTarget:
 def _corpus_run(fmt: str, names: tuple[str, ...], **options: Any) -> Callable[[Path], tuple[int, Any]]:
     def run(folder: Path) -> tuple[int, Any]:
         from domainlm.corpora.clean import clean_text
-        from domainlm.corpora.pubmed import scan_pubmed_events
-        from domainlm.corpora.readers import InputFile, ReaderOptions, SkipLog
-        from domainlm.corpora.registry import iter_documents
+        from domainlm.documents.pubmed import scan_pubmed_events
+        from domainlm.documents.readers import InputFile, ReaderOptions, SkipLog
+        from domainlm.documents.registry import iter_documents
 
         files = [InputFile(folder / n, fmt, (folder / n).stat().st_size, n) for n in names]
         skips = SkipLog()
@@ -73,8 +73,8 @@ def _corpus_run(fmt: str, names: tuple[str, ...], **options: Any) -> Callable[[P
 
 def _bench_run(fmt: str, test: str, **spec: Any) -> Callable[[Path], tuple[int, Any]]:
     def run(folder: Path) -> tuple[int, Any]:
-        from domainlm.bench.data import load_data
-        from domainlm.bench.tasks import TaskSpec
+        from domainlm.tasks.data import load_data
+        from domainlm.tasks.spec import TaskSpec
 
         task = TaskSpec(version=1, format=fmt, files={"test": str(folder / test)}, source=str(folder / "task.yaml"),
                         **spec)
@@ -93,7 +93,7 @@ def _recipe_run(folder: Path) -> tuple[int, Any]:
 
 
 def _task_run(folder: Path) -> tuple[int, Any]:
-    from domainlm.bench.tasks import load_task
+    from domainlm.tasks.suites import load_task
 
     load_task(folder / "task.yaml")
     return 1, None
@@ -278,7 +278,7 @@ class FuzzStats:
 
 def check_case(target: FuzzTarget, folder: Path, stats: FuzzStats, describe: str) -> str | None:
     """Run the reader on ``folder``; update ``stats``; return a bug description, or None."""
-    from domainlm.corpora.readers import QUIET_REASONS
+    from domainlm.documents.readers import QUIET_REASONS
     from domainlm.errors import DomainLMError
 
     names = [Path(n).name for n in target.files] + [Path(n).parent.name for n in target.files if "/" in n]

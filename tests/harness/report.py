@@ -157,8 +157,8 @@ def _render(res: Results) -> str:
         lines += ["", "## Fuzzed readers", "",
                   "Each case is a valid seed file written for this script (or, for the YAML files, the shipped recipe, "
                   "task file and corpus card) mutated by hypothesis, then read the way the command reads it: corpus "
-                  "readers through `iter_documents` (PubMed update handling and text cleaning included), bench readers "
-                  "through `bench.data.load_data`, YAML through `config.load`, `load_task` and `load_card`. A case "
+                  "readers through `iter_documents` (PubMed update handling and text cleaning included), task readers "
+                  "through `tasks.data.load_data`, YAML through `config.load`, `load_task` and `load_card`. A case "
                   "passes when it is read (with any bad record skipped, counted and logged with its file), or refused "
                   "with a `DomainLMError` whose message names the file. Anything else (another exception, a message "
                   "without the file, no answer within 60 s) is a bug.", "",

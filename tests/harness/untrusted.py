@@ -177,8 +177,8 @@ def _hostile_xml(root: Path) -> list[Trial]:
         path.write_text(text)
         try:
             with time_limit(120), quiet():
-                from domainlm.corpora.readers import InputFile, ReaderOptions, SkipLog
-                from domainlm.corpora.registry import iter_documents
+                from domainlm.documents.readers import InputFile, ReaderOptions, SkipLog
+                from domainlm.documents.registry import iter_documents
 
                 skips = SkipLog()
                 docs = [d for d, _, _ in iter_documents([InputFile(path, "pubmed-xml", path.stat().st_size, name)],

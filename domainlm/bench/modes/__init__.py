@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 import time
 
-from domainlm.bench.data import TaskData
 from domainlm.bench.loading import LoadedModel
 from domainlm.bench.modes.result import ModeResult, RunContext, finish
-from domainlm.bench.tasks import TaskSpec
+from domainlm.tasks.data import TaskData
+from domainlm.tasks.spec import TaskSpec
 
 __all__ = ["ModeResult", "RunContext", "effective_mode", "finish", "run_task"]
 

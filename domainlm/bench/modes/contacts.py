@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import warnings
 
-from domainlm.bench.data import TaskData
 from domainlm.bench.features import autocast, model_max_length
 from domainlm.bench.loading import LoadedModel
-from domainlm.bench.metrics import precision_at_k
 from domainlm.bench.modes.result import ModeResult, RunContext, finish
-from domainlm.bench.tasks import TaskSpec
 from domainlm.errors import ConfigError
+from domainlm.tasks.data import TaskData
+from domainlm.tasks.metrics import precision_at_k
+from domainlm.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
 

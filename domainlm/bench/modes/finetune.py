@@ -31,7 +31,6 @@ import math
 import random
 from typing import Any
 
-from domainlm.bench.data import TaskData
 from domainlm.bench.features import (
     autocast,
     batches,
@@ -44,7 +43,8 @@ from domainlm.bench.features import (
 )
 from domainlm.bench.loading import LoadedModel
 from domainlm.bench.modes.result import ModeResult, RunContext, finish
-from domainlm.bench.tasks import TaskSpec
+from domainlm.tasks.data import TaskData
+from domainlm.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ def run_finetune(loaded: LoadedModel, spec: TaskSpec, data: TaskData, ctx: RunCo
     import torch.nn.functional as F
     from transformers import get_linear_schedule_with_warmup
 
-    from domainlm.bench.builtin import METRICS
-    from domainlm.bench.metrics import Context
+    from domainlm.tasks.builtin import METRICS
+    from domainlm.tasks.metrics import Context
 
     result = ModeResult(mode="finetune")
     labels = _label_space(spec, data)

@@ -7,11 +7,11 @@ perplexity and the recovery of the same protein file scores it once.
 
 from __future__ import annotations
 
-from domainlm.bench.data import TaskData
 from domainlm.bench.loading import LoadedModel
 from domainlm.bench.modes.result import ModeResult, RunContext, finish
 from domainlm.bench.perplexity import score_texts, summarise
-from domainlm.bench.tasks import TaskSpec
+from domainlm.tasks.data import TaskData
+from domainlm.tasks.spec import TaskSpec
 
 
 def run_lm(loaded: LoadedModel, spec: TaskSpec, data: TaskData, ctx: RunContext) -> ModeResult:

@@ -15,12 +15,12 @@ import logging
 import warnings
 from typing import Any
 
-from domainlm.bench.builtin import METRICS
-from domainlm.bench.data import TaskData
 from domainlm.bench.features import sequence_features, use_spacing, word_features
 from domainlm.bench.loading import LoadedModel
 from domainlm.bench.modes.result import ModeResult, RunContext, finish
-from domainlm.bench.tasks import TaskSpec
+from domainlm.tasks.builtin import METRICS
+from domainlm.tasks.data import TaskData
+from domainlm.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def run_probe(loaded: LoadedModel, spec: TaskSpec, data: TaskData, ctx: RunConte
     c = spec.probe_c
     dev = data.splits.get("dev")
     if dev and spec.probe_c_grid:
-        from domainlm.bench.metrics import Context
+        from domainlm.tasks.metrics import Context
 
         metric = METRICS.get(spec.metric).fn
         mctx = Context(labels=data.labels, negative_label=spec.negative_label)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from domainlm.bench.builtin import METRICS
-from domainlm.bench.data import TaskData
-from domainlm.bench.tasks import TaskSpec
+from domainlm.tasks.builtin import METRICS
+from domainlm.tasks.data import TaskData
+from domainlm.tasks.spec import TaskSpec
 
 
 @dataclass
@@ -48,7 +48,7 @@ class ModeResult:
 
 def finish(spec: TaskSpec, data: TaskData, gold: list[Any], preds: list[list[Any]], result: ModeResult) -> ModeResult:
     """Fill metric statistics, per-seed scores and extras from per-seed predictions."""
-    from domainlm.bench.metrics import Context, extras
+    from domainlm.tasks.metrics import Context, extras
 
     metric = METRICS.get(spec.metric).fn
     mctx = Context(labels=data.labels, negative_label=spec.negative_label)

@@ -10,19 +10,19 @@ and long inputs lose tokens from the left.
 
 Besides the prediction, every choice's log-likelihood is kept per item, so the report can show the
 answer prior: the predicted-label distribution, macro-F1, lm-eval's ``acc_norm`` (log-likelihood per
-character of the choice) and a batch-calibrated accuracy (:func:`domainlm.bench.priors.answer_priors`).
+character of the choice) and a batch-calibrated accuracy (:func:`domainlm.tasks.priors.answer_priors`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from domainlm.bench.data import TaskData
 from domainlm.bench.features import autocast, ensure_pad, pad_right
 from domainlm.bench.loading import LoadedModel
 from domainlm.bench.modes.result import ModeResult, RunContext, finish
-from domainlm.bench.tasks import TaskSpec
 from domainlm.errors import ConfigError
+from domainlm.tasks.data import TaskData
+from domainlm.tasks.spec import TaskSpec
 
 
 def fill_prompt(template: str, ex) -> str:

@@ -1,10 +1,11 @@
-"""Corpus readers: a registry of streaming parsers that turn input files into :class:`Document` objects.
+"""Document readers: streaming parsers that turn input files into :class:`Document` objects (for corpora
+and for bench's text tasks).
 
 Every reader is a generator ``read(path, ctx) -> Iterator[Document]`` that holds at most one record in
 memory, reads ``.gz`` transparently (by magic bytes, not by name) and reports every record it does not
 yield through ``ctx.skip(reason, where)``, so ``prepare`` can count skips by reason in the manifest and
 log the file and record position. The registry (built-ins, :func:`register_reader`, ``--format auto``
-detection and the input driver) is :mod:`domainlm.corpora.registry`.
+detection and the input driver) is :mod:`domainlm.documents.registry`.
 
 Bad-input policy, shared by all readers (documented in corpora/README.md):
 

@@ -1,4 +1,4 @@
-"""The corpus reader registry: the built-in formats (one explicit table), readers added with
+"""The document reader registry: the built-in formats (one explicit table), readers added with
 :func:`register_reader`, ``--format auto`` detection, input resolution and the driver that runs the
 readers over a file list.
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from domainlm.corpora import proteins, pubmed, readers
-from domainlm.corpora.readers import (
+from domainlm.documents import proteins, pubmed, readers
+from domainlm.documents.readers import (
     Document,
     InputFile,
     ReadContext,

@@ -1,7 +1,7 @@
 """PubMed readers: PubMed XML (baseline and update files, and the older MEDLINE XML) and MEDLINE text.
 
 XML is parsed incrementally with ``xml.etree.ElementTree.iterparse``: each top-level record is turned
-into a :class:`~domainlm.corpora.readers.Document` and then freed, so memory does not grow with the
+into a :class:`~domainlm.documents.readers.Document` and then freed, so memory does not grow with the
 file (a baseline file is ~30k records, the whole baseline ~36M). Expat, which ElementTree uses, never
 fetches external DTDs or entities, so the ``<!DOCTYPE ... "https://dtd.nlm.nih.gov/...">`` line of
 every PubMed file is not a network access.
@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from domainlm.corpora.readers import (
+from domainlm.documents.readers import (
     Document,
     InputFile,
     ReadContext,

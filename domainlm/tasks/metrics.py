@@ -8,8 +8,9 @@ predictions into per-example statistics once (``prepare``) and a resample only s
 value equals seqeval's micro F1 exactly (tests check this on the same inputs). Deltas between a
 model and its baseline use a *paired* bootstrap: both are scored on the same resampled examples.
 
-A metric is registered on ``METRICS`` (built-ins: :mod:`domainlm.bench.builtin`) as a class with ``prepare(gold, pred, ctx) -> array`` (one
-row per example), ``reduce(rows) -> float`` and ``point(gold, pred, ctx) -> float``.
+A metric is registered on ``METRICS`` (built-ins: :mod:`domainlm.tasks.builtin`) as a class with
+``prepare(gold, pred, ctx) -> array`` (one row per example), ``reduce(rows) -> float`` and
+``point(gold, pred, ctx) -> float``.
 """
 
 from __future__ import annotations
@@ -376,7 +377,7 @@ def bootstrap(model_rows: list[Any], reduce: Callable[[Any], float], baseline_ro
 
     out: dict[str, Any] = {"ci": pct(model_b)}
     if baseline_rows is not None:
-        from domainlm.bench.priors import bootstrap_p_value
+        from domainlm.tasks.priors import bootstrap_p_value
 
         out["baseline_ci"] = pct(base_b)
         out["delta_ci"] = pct(model_b - base_b)

@@ -1,13 +1,18 @@
-"""The registry of task formats (readers) and metrics: the leaf that tasks, readers and metrics share.
+"""The registry of task formats (readers) and metrics: the leaf that the schema, readers and metrics share.
 
 Outsiders add a reader or a metric with ``FORMATS.register(name, heads=...)(fn)`` (see
 :mod:`.builtin`, which holds the built-in tables). Duplicates are refused; unknown names are
 answered with "did you mean" and the known names (peft and lm-eval habits).
+
+An entry's target is the function (or class) itself, or its import path ``"module:name"``: the built-ins
+are registered by path and imported when first used, so the schema can check a task's ``format`` and
+``metric`` (names and heads) without importing any reader.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +26,25 @@ class Entry:
     """A registered reader or metric with what it can be used for."""
 
     name: str
-    fn: Callable[..., Any]
+    target: Callable[..., Any] | str  # the callable, or its "module:name" import path
     heads: tuple[str, ...]
-    doc: str = ""
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        """The reader or metric (imported on first use when registered by path)."""
+        if isinstance(self.target, str):
+            module, _, attr = self.target.partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return self.target
+
+    @property
+    def module(self) -> str:
+        return self.target.partition(":")[0] if isinstance(self.target, str) else self.target.__module__
+
+    @property
+    def doc(self) -> str:
+        return (self.fn.__doc__ or "").strip().splitlines()[0] if self.fn.__doc__ else ""
 
 
 class Registry:
@@ -35,14 +55,13 @@ class Registry:
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, *, heads: tuple[str, ...], **meta: Any) -> Callable:
-        """Decorator: ``@FORMATS.register("conll", heads=("token",))``."""
+        """Decorator: ``@FORMATS.register("conll", heads=("token",))``; also takes a ``"module:name"`` path."""
 
-        def wrap(fn: Callable) -> Callable:
+        def wrap(fn: Callable | str) -> Callable | str:
             if name in self._entries:
-                owner = self._entries[name].fn.__module__
+                owner = self._entries[name].module
                 raise ValueError(f"{self.kind} '{name}' is already registered (by {owner}); choose another name")
-            doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-            self._entries[name] = Entry(name, fn, tuple(heads), doc, dict(meta))
+            self._entries[name] = Entry(name, fn, tuple(heads), dict(meta))
             return fn
 
         return wrap

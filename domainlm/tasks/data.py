@@ -16,10 +16,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from domainlm.bench.builtin import FORMATS
-from domainlm.bench.readers import Example
-from domainlm.bench.tasks import TaskSpec
 from domainlm.errors import DataError
+from domainlm.tasks.builtin import FORMATS
+from domainlm.tasks.readers.base import Example
+from domainlm.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -148,15 +148,15 @@ def _cap(examples: list[Example], n: int | None, seed: int) -> list[Example]:
 
 def _read(reader, path: Path, spec: TaskSpec, split: str, skipped: dict[str, dict]) -> list[Example]:
     """Run a reader with a skip log for ``on_error: skip`` (corpora's SkipLog: counts and examples)."""
-    from domainlm.bench.readers import _SKIPS
-    from domainlm.corpora.readers import SkipLog
+    from domainlm.documents.readers import SkipLog
+    from domainlm.tasks.readers.base import SKIPS
 
     skips = SkipLog()
-    token = _SKIPS.set(skips)
+    token = SKIPS.set(skips)
     try:
         out = reader(path, spec, split)
     finally:
-        _SKIPS.reset(token)
+        SKIPS.reset(token)
     if skips.counts:
         skipped[split] = skips.snapshot()
         log.warning("task %s, %s: skipped %s", spec.task_name, split, dict(skips.counts))

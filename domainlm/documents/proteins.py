@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from domainlm.corpora.readers import Document, ReadContext, open_text
+from domainlm.documents.readers import Document, ReadContext, open_text
 from domainlm.errors import DataError
 
 STANDARD = "ACDEFGHIKLMNPQRSTVWY"
