@@ -2,7 +2,7 @@
 
 Peak memory per device of one training step, broken down into weights, gradients, optimizer state and
 activations, from the model's shape and the run's settings. The byte counts follow what ``domainlm adapt``
-holds (they are validated against measured peaks in benchmarks/MEMORY_ADAPT.md):
+holds (they are validated against measured peaks in experiments/MEMORY_ADAPT.md):
 
 * weights: full training keeps fp32 master weights (4 B/param; bf16 is autocast, not storage). LoRA keeps the
   frozen base in fp32, or bf16 when bf16 is on (adapt.features); QLoRA holds the body's linear weights in NF4
@@ -10,7 +10,7 @@ holds (they are validated against measured peaks in benchmarks/MEMORY_ADAPT.md):
   (embeddings, norms, an untied head) as LoRA would. Adapters: r x (in + out) per linear layer, fp32.
 * gradients: fp32, one per trainable parameter. Optimizer: AdamW's two fp32 moments (8 B per trainable).
 * activations: per layer and token, the bytes of the tensors a Llama-style block saves for backward, counted on
-  adapt's own path with ``torch.autograd.graph.saved_tensors_hooks`` (unique storages; benchmarks/MEMORY_ADAPT.md):
+  adapt's own path with ``torch.autograd.graph.saved_tensors_hooks`` (unique storages; experiments/MEMORY_ADAPT.md):
   see :func:`layer_activation_bytes`. A frozen linear keeps no input and a frozen norm only its input, so LoRA's
   base keeps less than full training, while its adapters keep their inputs (and, with dropout, the dropout mask
   and the dropped copy). Under bf16 autocast the norms and the residual stream stay fp32, every linear keeps its

@@ -1,7 +1,7 @@
 """Fault injection: SIGKILLed `adapt` and `corpus prepare` resume to the uninterrupted result; full disks fail
 cleanly and keep the previous checkpoint or publication.
 
-The trials live in tests/harness/ (benchmarks/reliability.py runs them to write benchmarks/RELIABILITY.md); these tests run
+The trials live in tests/harness/ (experiments/reliability.py runs them to write experiments/RELIABILITY.md); these tests run
 them small in the default tier and at the report's size in the slow tier. Commands run in processes forked
 from this one, so they skip the import of torch and transformers.
 """
@@ -21,12 +21,11 @@ from harness.faults import (
     disk_full_checkpoint,
     disk_full_publish,
 )
+from harness.marks import needs_fork
 from harness.procs import warm_imports
 from harness.report import kills
 
 from domainlm.errors import DomainLMError
-
-needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="forks the commands (POSIX only)")
 
 
 @pytest.fixture(scope="module")

@@ -422,7 +422,7 @@ class _Run:
 def _preload() -> None:
     """Import, once in this process, what every forked task would otherwise import for itself: the readers, the
     tokenizers and Arrow. pyarrow imports pandas (and builds pyarrow.compute) the first time ``pa.array`` gets a
-    numpy array, about 1 CPU-s, which every task of the tokenise stage paid again (benchmarks/SPEED_PREPARE.md)."""
+    numpy array, about 1 CPU-s, which every task of the tokenise stage paid again (experiments/SPEED_PREPARE.md)."""
     import numpy as np
     import pyarrow as pa
     import tokenizers  # noqa: F401
