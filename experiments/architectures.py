@@ -1,12 +1,12 @@
-"""Run the architecture matrix (tests/test_architectures.py, both tiers) and write its README table.
+"""Run the architecture matrix (tests/test_architectures.py, both tiers) and write its table in docs/models.md.
 
-    .venv/bin/python experiments/architectures.py            # runs pytest, rewrites the README section
+    .venv/bin/python experiments/architectures.py            # runs pytest, rewrites the docs/models.md section
     .venv/bin/python experiments/architectures.py --junit F [G ...]  # table from junit XML files, no test run
 
 Every cell of the table is the outcome of one test: ``ok`` when the test passed (with the note the test
 recorded, e.g. why the fused head is off for Gemma 2), ``refused`` when the test asserted that adapt refuses
 the feature for that family with a one-line error at start-up, ``FAILED`` or ``skipped: reason`` otherwise.
-The table goes between the ``architectures:begin`` / ``architectures:end`` markers in README.md; the raw
+The table goes between the ``architectures:begin`` / ``architectures:end`` markers in docs/models.md; the raw
 outcomes, timings and the machine go to experiments/ARCHITECTURES.json.
 """
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--junit", nargs="+", help="read these junit XML files (later ones win) instead of running "
                     "the tests")
-    ap.add_argument("--readme", default=str(REPO / "README.md"))
+    ap.add_argument("--page", default=str(REPO / "docs" / "models.md"))
     ap.add_argument("--json", default=str(REPO / "experiments" / "ARCHITECTURES.json"))
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -119,14 +119,14 @@ def main(argv: list[str] | None = None) -> int:
                f"took {default_s:.0f} s of test time on {machine}; the machine was shared with other jobs, so "
                "times are pessimistic).")
     block = f"{BEGIN}\n{summary}\n\n{md}\n{END}"
-    readme = Path(args.readme)
-    text = readme.read_text()
+    page = Path(args.page)
+    text = page.read_text()
     if BEGIN in text and END in text:
         text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-        readme.write_text(text)
-        print(f"README table updated ({readme})")
+        page.write_text(text)
+        print(f"table updated ({page})")
     else:
-        print(f"{readme} has no {BEGIN} ... {END} markers; the table is:\n")
+        print(f"{page} has no {BEGIN} ... {END} markers; the table is:\n")
     print(block)
     Path(args.json).write_text(json.dumps(
         {"machine": machine, "wall_s": wall, "shared_machine": True,

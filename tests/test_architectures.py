@@ -20,7 +20,7 @@ The default tier runs masking, head and publish for every architecture; train, r
 slow tier (``Arch.slow``), and so is ``masking_flex``, the masking cell on adapt's ``attention: flex`` path
 (refused on CPU by adapt at start-up, where torch has no FlexAttention backward).
 
-experiments/architectures.py runs this file and turns its results into the README table. Adapt runs in
+experiments/architectures.py runs this file and turns its results into the table in docs/models.md. Adapt runs in
 process (domainlm.adapt.adapt) on one prepared corpus per tokenizer, to keep the default tier within ~3
 minutes on 2 cores.
 """
@@ -148,7 +148,7 @@ def corpus_for(name: str, root: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _tier(request, record_property):
-    """Which tier ran the cell, for the README table (experiments/architectures.py)."""
+    """Which tier ran the cell, for the docs/models.md table (experiments/architectures.py)."""
     record_property("tier", "slow" if request.node.get_closest_marker("slow") else "default")
 
 

@@ -122,7 +122,7 @@ GROUPS: dict[str, dict[str, Any]] = {
                "override": ["ner.train=bc5cdr_conll/devel.tsv", "ner.dev=", "ner.test=bc5cdr_conll/test.tsv"]},
     # BLURB's protocol instead of a probe (DAPT changes what the body encodes, and fine-tuning lets the task
     # re-shape it): train on train, select on dev, score the full test split, mean over 3 seeds. The settings
-    # are realdata-blurb.overrides' own (its `ner` lines), so the base's numbers are the README's BLURB row.
+    # are realdata-blurb.overrides' own (its `ner` lines), so the base's numbers are docs/dapt-biomed.md's BLURB row.
     "ncbi-ft": {"suite": "biomed", "tasks": ["ner"], "cheap": False, "mode": "finetune", "seeds": 3,
                 "label": "NCBI-disease NER, BLURB fine-tune (entity F1, 3 seeds)",
                 "override": [f"@{ROOT}/benchmarks/biomed/realdata-blurb.overrides"]},
