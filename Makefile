@@ -30,7 +30,7 @@ test-slow: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check domainlm tests benchmarks
+	$(BIN)/ruff check domainlm tests benchmarks experiments
 
 clean-venv:
 	rm -rf $(VENV)

@@ -26,7 +26,7 @@ Packed blocks hold several documents; attention must not cross their boundaries.
 ``auto`` picks ``varlen`` on CUDA for the families it was checked on (:data:`VARLEN_FAMILIES`) when the kernel
 exists and the model has no attention dropout, else flash when flash-attn is installed (causal models), else ``sdpa``. FlexAttention is there
 when asked for (``attention: flex``) but not chosen by default, from what was measured on an H200 on 2026-12-04
-(torch 2.11, benchmarks/SPEED_ADAPT_GPU.md): forward and backward equal SDPA's (benchmarks/gpu_attention_check.py),
+(torch 2.11, experiments/SPEED_ADAPT_GPU.md): forward and backward equal SDPA's (experiments/gpu_attention_check.py),
 but training a 135M Llama at 1024 tokens ran at 86k tokens/s with flex against 114k with sdpa, and at 1.1B (hidden
 2048, 32/8 heads, 2048 tokens) inductor failed to lower the flex kernel ("NoValidChoicesError"), with and without
 ``--compile``. On CPU flex has no backward, and its forward compiles first (20-40 s per new shape measured on the

@@ -230,6 +230,14 @@ def load(cls: type, recipe: str | Path | None = None, overrides: dict[str, Any] 
 
     ``recipe`` may be a path or the name of a shipped recipe (see :func:`domainlm.resources.recipe_path`).
     """
+    values, source = recipe_values(recipe, overrides)
+    return build(cls, values, source=source, from_string=from_string)
+
+
+def recipe_values(recipe: str | Path | None,
+                  overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], str | None]:
+    """A recipe's keys with ``overrides`` on top (overrides win), and the recipe's path for messages (None without
+    one): what :func:`load` builds a config from, for callers that pass the keys on (the quickstart)."""
     values: dict[str, Any] = {}
     source = None
     if recipe is not None:
@@ -237,7 +245,7 @@ def load(cls: type, recipe: str | Path | None = None, overrides: dict[str, Any] 
         source = str(path)
         values.update(read_yaml(path))
     values.update({k: v for k, v in (overrides or {}).items()})
-    return build(cls, values, source=source, from_string=from_string)
+    return values, source
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

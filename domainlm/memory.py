@@ -2,7 +2,7 @@
 
 Peak memory per device of one training step, broken down into weights, gradients, optimizer state and
 activations, from the model's shape and the run's settings. The byte counts follow what ``domainlm adapt``
-holds (they are validated against measured peaks in benchmarks/MEMORY_ADAPT.md):
+holds (they are validated against measured peaks in experiments/MEMORY_ADAPT.md):
 
 * weights: full training keeps fp32 master weights (4 B/param; bf16 is autocast, not storage). LoRA keeps the
   frozen base in fp32, or bf16 when bf16 is on (adapt.features); QLoRA holds the body's linear weights in NF4
@@ -10,7 +10,7 @@ holds (they are validated against measured peaks in benchmarks/MEMORY_ADAPT.md):
   (embeddings, norms, an untied head) as LoRA would. Adapters: r x (in + out) per linear layer, fp32.
 * gradients: fp32, one per trainable parameter. Optimizer: AdamW's two fp32 moments (8 B per trainable).
 * activations: per layer and token, the bytes of the tensors a Llama-style block saves for backward, counted on
-  adapt's own path with ``torch.autograd.graph.saved_tensors_hooks`` (unique storages; benchmarks/MEMORY_ADAPT.md):
+  adapt's own path with ``torch.autograd.graph.saved_tensors_hooks`` (unique storages; experiments/MEMORY_ADAPT.md):
   see :func:`layer_activation_bytes`. A frozen linear keeps no input and a frozen norm only its input, so LoRA's
   base keeps less than full training, while its adapters keep their inputs (and, with dropout, the dropout mask
   and the dropped copy). Under bf16 autocast the norms and the residual stream stay fp32, every linear keeps its
@@ -75,20 +75,15 @@ class ModelShape:
 
 
 def shape_from_config(config: Any) -> ModelShape:
-    """Shape of a transformers config (its text config for multimodal ones)."""
-    from domainlm.flops import model_flops
+    """Shape of a transformers config (its text config for multimodal ones), read by ``flops.config_shape`` as the
+    FLOPs count reads it."""
+    from domainlm.flops import config_shape, model_flops
 
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    s = config_shape(config)
     fb = model_flops(config, 1)
-    hidden = int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0) or fb.d_model)
-    layers = int(getattr(text, "num_hidden_layers", 0) or getattr(text, "n_layer", 0) or fb.n_layer)
-    inter = int(getattr(text, "intermediate_size", 0) or getattr(text, "n_inner", 0) or 4 * hidden)
-    heads = int(getattr(text, "num_attention_heads", 0) or getattr(text, "n_head", 0) or 1)
-    kv_heads = int(getattr(text, "num_key_value_heads", 0) or heads)
-    head_dim = int(getattr(text, "head_dim", 0) or hidden // max(heads, 1))
-    return ModelShape(params=fb.total_params, embedding_params=fb.embedding_params, hidden=hidden, layers=layers,
-                      intermediate=inter, kv_hidden=kv_heads * head_dim, vocab=int(getattr(text, "vocab_size", 0)),
-                      source=getattr(text, "model_type", "config"))
+    return ModelShape(params=fb.total_params, embedding_params=fb.embedding_params, hidden=s.d_model, layers=s.n_layer,
+                      intermediate=s.d_ff, kv_hidden=s.n_kv_head * s.head_dim, vocab=s.vocab,
+                      source=s.model_type or "config")
 
 
 def shape_from_params(params: float, vocab: int = 32000) -> ModelShape:

@@ -47,6 +47,23 @@ def ignoring(message: str, category: type[Warning]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def muted_log(logger: str, message: str) -> Iterator[None]:
+    """Drop ``logger``'s records whose text starts with ``message`` inside the block, unless --verbose."""
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not record.getMessage().startswith(message)
+
+    log, drop = logging.getLogger(logger), _Drop()
+    if not verbose():
+        log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
+
+
+@contextlib.contextmanager
 def no_transformers_bars() -> Iterator[None]:
     """No transformers tqdm bars inside the block ("Writing model shards" for a one-file tiny model), unless
     --verbose; the previous setting is restored."""

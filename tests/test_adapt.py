@@ -225,9 +225,8 @@ def test_replay_mix_is_recorded(llama_corpus, tmp_path):
 
 def test_one_bf16_decision_for_adapt_bench_and_compute(monkeypatch):
     from domainlm.bench.run import pick_bf16
-    from domainlm.device import use_bf16
+    from domainlm.device import bf16_is_fast, use_bf16
     from domainlm.errors import DomainLMError
-    from domainlm.flops import bf16_is_fast
 
     monkeypatch.setenv("DOMAINLM_BF16_FAST", "0")  # an AVX2-only CPU
     assert bf16_is_fast() is False
@@ -240,6 +239,19 @@ def test_one_bf16_decision_for_adapt_bench_and_compute(monkeypatch):
     monkeypatch.setenv("DOMAINLM_BF16_FAST", "maybe")
     with pytest.raises(DomainLMError, match="DOMAINLM_BF16_FAST"):
         bf16_is_fast()
+
+
+def test_one_device_choice_for_adapt_bench_and_compute(monkeypatch):
+    """``device.pick_device`` is where adapt, bench, compute and merge --select choose their device."""
+    from domainlm.device import pick_device
+    from domainlm.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == "cpu" and pick_device() == "cpu" and pick_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        pick_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == "cuda" and pick_device("cuda:1") == "cuda:1"
 
 
 def test_sparse_logging_reads_the_same_losses(llama_corpus, tmp_path):

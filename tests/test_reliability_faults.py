@@ -1,7 +1,7 @@
 """Fault injection: SIGKILLed `adapt` and `corpus prepare` resume to the uninterrupted result; full disks fail
 cleanly and keep the previous checkpoint or publication.
 
-The trials live in tests/harness/ (benchmarks/reliability.py runs them to write benchmarks/RELIABILITY.md); these tests run
+The trials live in tests/harness/ (experiments/reliability.py runs them to write experiments/RELIABILITY.md); these tests run
 them small in the default tier and at the report's size in the slow tier. Commands run in processes forked
 from this one, so they skip the import of torch and transformers.
 """
@@ -21,12 +21,11 @@ from harness.faults import (
     disk_full_checkpoint,
     disk_full_publish,
 )
+from harness.marks import needs_fork
 from harness.procs import warm_imports
 from harness.report import kills
 
 from domainlm.errors import DomainLMError
-
-needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="forks the commands (POSIX only)")
 
 
 @pytest.fixture(scope="module")
@@ -164,13 +163,13 @@ def test_full_disk_during_publish_keeps_the_earlier_publication(adapt_bench):
 
 @pytest.mark.slow
 def test_resume_keeps_the_bf16_decision_of_the_interrupted_run(adapt_bench, tmp_path, monkeypatch):
-    from domainlm import flops
+    from domainlm import device
     from domainlm.adapt import adapt
 
     run = tmp_path / "run"
     kw = dict(model="tiny-llama", corpus=str(adapt_bench.corpus), out=str(run), max_steps=4, save_every=2,
               batch_size=2, eval_batches=1, eval_every=0, bf16="auto")
-    monkeypatch.setattr(flops, "bf16_is_fast", lambda *a, **k: True)
+    monkeypatch.setattr(device, "bf16_is_fast", lambda *a, **k: True)
     assert adapt(**kw)["bf16"] is True
-    monkeypatch.setattr(flops, "bf16_is_fast", lambda *a, **k: False)  # the measurement differs on the resume
+    monkeypatch.setattr(device, "bf16_is_fast", lambda *a, **k: False)  # the measurement differs on the resume
     assert adapt(resume=True, **kw)["bf16"] is True

@@ -1,7 +1,7 @@
 """Hypothesis-mutated input files for every reader: read (bad records counted), or refused naming the file.
 
-Targets and mutations live in tests/harness/fuzz.py; benchmarks/reliability.py writes the same numbers at full size into
-benchmarks/RELIABILITY.md. Bugs that earlier fuzzing runs found (and that are fixed) are pinned by the
+Targets and mutations live in tests/harness/fuzz.py; experiments/reliability.py writes the same numbers at full size into
+experiments/RELIABILITY.md. Bugs that earlier fuzzing runs found (and that are fixed) are pinned by the
 regression tests at the end.
 """
 

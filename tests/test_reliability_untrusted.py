@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 
 import pytest
+from harness.marks import needs_fork
 from harness.procs import FAKE_TOKEN, warm_imports
 from harness.untrusted import Evil, secrets_trial, tiny_folder, untrusted_trials
-from test_reliability_faults import needs_fork
 
 from domainlm.cli import main
 

@@ -15,20 +15,19 @@ from typing import Any
 import torch
 
 from domainlm.adapt.batches import BatchBuilder
-from domainlm.adapt.checkpoint import complete_checkpoints
-from domainlm.adapt.config import AdaptConfig
+from domainlm.adapt.checkpoint import complete_checkpoints, read_state
+from domainlm.adapt.config import DEFAULT_BLOCK_SIZE, AdaptConfig
 from domainlm.adapt.data import Masker, SequenceStream
 from domainlm.adapt.parallel import Dist, choose_strategy, loads_once, on_meta, prepare, wrap
 from domainlm.adapt.records import Data, Run, Trainer
 from domainlm.adapt.setup import saves_embedding_layers
 from domainlm.artifacts import why_not_replace
 from domainlm.device import use_bf16
-from domainlm.errors import ConfigError
+from domainlm.errors import ConfigError, IncompleteArtifactError
 from domainlm.lm_loss import loss_sum, split_head
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BLOCK = {"masked": 128, "causal": 256, "protein": 512}
 LORA_METHODS = ("lora", "qlora")
 
 
@@ -223,7 +222,7 @@ def _resolve_corpus(spec: str, cfg: AdaptConfig, objective: str, block_size: int
     load_card(spec)  # unknown names fail here with a did-you-mean
     out = r.dir / "corpora" / spec
     if r.dist.is_main:
-        prepare_card(spec, cfg.model, out, block_size=block_size or DEFAULT_BLOCK[objective])
+        prepare_card(spec, cfg.model, out, block_size=block_size or DEFAULT_BLOCK_SIZE[objective])
     r.dist.barrier()
     return out, read_corpus_manifest(out)
 
@@ -352,8 +351,8 @@ def _resumed_bf16(resume_from: Path | None) -> bool | None:
     if resume_from is None:
         return None
     try:
-        value = json.loads((resume_from / "state.json").read_text()).get("bf16")
-    except (OSError, ValueError, AttributeError):
+        value = read_state(resume_from).get("bf16")
+    except (IncompleteArtifactError, AttributeError):
         return None  # load_checkpoint reports an unreadable checkpoint with its own message
     return value if isinstance(value, bool) else None
 

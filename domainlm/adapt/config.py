@@ -12,6 +12,10 @@ TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
 # Muennighoff et al. 2023 (Scaling Data-Constrained Language Models): up to about 4 epochs of repeated data are
 # almost as good as fresh data; beyond that the returns fall quickly.
 REPEAT_WARNING_EPOCHS = 4
+# Tokens per training sequence by objective where no block_size is given; adapt's corpus-card preparation and
+# compute's seq_len both read it. Causal 256: a PubMed abstract averages ~250 tokens, so a block holds about one;
+# masked 128: BERT spent 90% of its pretraining steps at 128; protein 512: most protein sequences are shorter.
+DEFAULT_BLOCK_SIZE = {"masked": 128, "causal": 256, "protein": 512}
 
 
 @dataclass
@@ -87,7 +91,7 @@ class AdaptConfig:
     from_scratch: bool = opt(False, "initialise the weights from the model's config instead of its checkpoint "
                              "(ESM trained from scratch)")
     block_size: int | None = opt(None, "tokens per training sequence when adapt prepares a corpus card "
-                                 "(default: 128 for masked, 256 for causal, 512 for protein)")
+                                 "(default: 128 for masked, 256 for causal, 512 for protein: DEFAULT_BLOCK_SIZE)")
     # --- full training or LoRA --------------------------------------------------------------------
     method: Literal["full", "lora", "qlora"] = opt("full", "train every weight, LoRA adapters (peft), or QLoRA: LoRA "
                                                    "over a 4-bit NF4 base (bitsandbytes, extra domainlm[qlora])")
@@ -101,7 +105,7 @@ class AdaptConfig:
     embedding_rows: Literal["all", "new"] = opt("all", "with train_embeddings on a `vocab extend` output: 'all' "
                                                 "trains the whole embedding matrices, 'new' only the added rows "
                                                 "(peft trainable_token_indices; the base's rows stay as they were). "
-                                                "benchmarks/FORGETTING_VOCAB.md compares them")
+                                                "experiments/FORGETTING_VOCAB.md compares them")
     # --- objective details ------------------------------------------------------------------------
     mlm_probability: float = opt(0.15, "fraction of tokens masked (BERT, RoBERTa and ESM all use 15%)")
     whole_word_mask: bool = opt(False, "mask whole words rather than pieces (MatSciBERT, PubMedBERT)")
@@ -119,7 +123,7 @@ class AdaptConfig:
     min_lr_ratio: float = opt(0.1, "final learning rate as a fraction of the peak (cosine/linear)")
     head_warmup_steps: int = opt(0, "optimizer steps at the start in which only the language-model head trains "
                                  "(the body's gradients are dropped): a fresh head's random gradients never reach "
-                                 "the pretrained body (MiniLM ships no MLM head; benchmarks/DAPT_BIOMED.md)")
+                                 "the pretrained body (MiniLM ships no MLM head; experiments/DAPT_BIOMED.md)")
     body_lr_ratio: float = opt(1.0, "the body's learning rate as a fraction of lr (the LM head's own weights keep "
                                "lr): a fresh head learns fast while a pretrained body moves gently")
     batch_size: int = opt(8, "sequences per micro-batch (per process)")
@@ -188,11 +192,11 @@ class AdaptConfig:
     chunked_head: bool | None = opt(None, "compute the output head and cross-entropy only where needed and in "
                                     "chunks (masked positions for MLM); saves the full-vocabulary logits. Unset: on "
                                     "for CPU runs, off on CUDA, where the full logits measured 11-33% faster "
-                                    "(benchmarks/SPEED_ADAPT_GPU.md)")
+                                    "(experiments/SPEED_ADAPT_GPU.md)")
     prefetch: int | None = opt(None, "optimizer steps whose batches a background thread builds ahead of the step "
                                "(0: build each in the loop); the batches are the same either way. Unset: 2 on CUDA, "
                                "0 on CPU, where the thread competes with the step for the cores "
-                               "(benchmarks/SPEED_ADAPT.md)")
+                               "(experiments/SPEED_ADAPT.md)")
     allow_pickle: bool = opt(False, "allow loading pickle (.bin) weights; pickle can execute code")
     trust_remote_code: bool = opt(False, "allow model code from the model folder to run")
 

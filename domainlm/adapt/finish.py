@@ -253,7 +253,7 @@ def corpus_info(r: Run, data: Data) -> dict[str, Any]:
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    from domainlm.flops import cpu_name
+    from domainlm.device import cpu_name
 
     return f"{cpu_name()}, {torch.get_num_threads()} threads"
 

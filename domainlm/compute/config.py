@@ -42,7 +42,7 @@ class ComputeConfig:
     accelerator: Accelerator = opt("h100", "named accelerator to estimate wall time on")
     utilisation: float = opt(0.4, "model FLOPs utilisation assumed on the accelerator; well-tuned large runs reach "
                              "0.4-0.5 (PaLM reported 0.46); a plain PyTorch loop on a 135M model measured 0.14 "
-                             "on an H200 (benchmarks/SCALING.md)")
+                             "on an H200 (experiments/SCALING.md)")
     head_fraction: float | None = opt(None, "fraction of positions where the output head runs (default: 1 for causal "
                                       "LMs, 0.15 for masked LMs, whose head adapt computes at masked tokens only)")
     trainable_fraction: float | None = opt(None, "fraction of parameters that get weight gradients (LoRA: about "

@@ -7,28 +7,15 @@ import math
 import time
 from typing import Any
 
+from domainlm.adapt.config import DEFAULT_BLOCK_SIZE
 from domainlm.compute.config import ACCELERATORS, ComputeConfig
 from domainlm.errors import ConfigError, SourceError
 
 log = logging.getLogger(__name__)
 
-# Default training sequence lengths, the same as adapt's when it prepares a corpus card.
-_DEFAULT_SEQ_LEN = {"causal": 256, "masked": 128, "protein": 512}
-
-
 # --------------------------------------------------------------------------------------------------
 # Throughput probe
 # --------------------------------------------------------------------------------------------------
-
-def _pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(["'device: cuda' but torch sees no GPU here; use --device cpu or auto"])
-    return device
-
 
 def probe_throughput(model_config: Any, objective: str, seq_len: int, *, seconds: float = 8.0,
                      max_batch: int = 8, device: str = "cpu", trust_remote_code: bool = False) -> dict[str, Any]:
@@ -170,7 +157,7 @@ def memory_plan(cfg: ComputeConfig) -> dict[str, Any]:
         shape = shape_from_config(model_config)
         shape.source = f"{src.name} ({shape.source})"
         kind = src.kind if cfg.objective == "auto" else cfg.objective
-    seq_len = cfg.seq_len or (2048 if cfg.params is not None else _DEFAULT_SEQ_LEN[kind])
+    seq_len = cfg.seq_len or (2048 if cfg.params is not None else DEFAULT_BLOCK_SIZE[kind])
     chosen = estimate(shape, method=cfg.method, strategy=cfg.strategy, gpus=cfg.gpus, gpu_memory_gb=cfg.gpu_memory,
                       seq_len=seq_len, batch=cfg.micro_batch, gradient_checkpointing=cfg.gradient_checkpointing,
                       lora_r=cfg.lora_r)
@@ -214,7 +201,7 @@ def mixture_plan(recipe: str, tokens: float) -> dict[str, Any]:
             continue
         blocks[spec.label] = int(man["splits"]["train"]["blocks"])
         block_size = block_size or int(man["block_size"])
-    block_size = block_size or acfg.block_size or _DEFAULT_SEQ_LEN["causal"]
+    block_size = block_size or acfg.block_size or DEFAULT_BLOCK_SIZE["causal"]
     sequences = int(tokens // block_size)
     stream = SequenceStream([StreamSource(s.label, blocks[s.label] or 1, s.weight,
                                           s.max_epochs if blocks[s.label] else None, salt=i)
@@ -232,6 +219,7 @@ def mixture_plan(recipe: str, tokens: float) -> dict[str, Any]:
 
 def run(cfg: ComputeConfig) -> dict[str, Any]:
     from domainlm.artifacts import atomic_write_json
+    from domainlm.device import pick_device
     from domainlm.flops import (
         CHINCHILLA_TOKENS_PER_PARAM,
         EMERGENCE_FLOPS,
@@ -254,7 +242,7 @@ def run(cfg: ComputeConfig) -> dict[str, Any]:
                           ) from None
     kind = src.kind if cfg.objective == "auto" else cfg.objective
     objective = "causal" if kind == "causal" else "masked"
-    seq_len = cfg.seq_len or _DEFAULT_SEQ_LEN[kind]
+    seq_len = cfg.seq_len or DEFAULT_BLOCK_SIZE[kind]
     max_pos = getattr(model_config.get_text_config(), "max_position_embeddings", None)
     if getattr(model_config, "model_type", "") in ("roberta",) and max_pos:
         max_pos -= 2  # RoBERTa reserves two positions for padding offsets
@@ -269,7 +257,7 @@ def run(cfg: ComputeConfig) -> dict[str, Any]:
     probe: dict[str, Any] | None = None
     peak_here = None
     if cfg.probe_seconds > 0:
-        device = _pick_device(cfg.device)
+        device = pick_device(cfg.device)
         log.info("measuring training throughput of %s at seq_len %d on %s for ~%.0f s", src.name, seq_len, device,
                  cfg.probe_seconds)
         probe = probe_throughput(model_config, objective, seq_len, seconds=cfg.probe_seconds,

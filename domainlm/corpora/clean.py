@@ -53,7 +53,7 @@ def detokenize(text: str) -> str:
     """Undo the word tokenisation of NER corpora: "( BrdU kit ; Boehringer ) , 2 % anti - nucleolin" ->
     "(BrdU kit; Boehringer), 2% anti-nucleolin". Raw text passes unchanged. Training on the spaced form
     taught SmolLM2 the spacing: real PubMed abstracts' perplexity rose, and fell with this undone
-    (benchmarks/DAPT_BIOMED.md)."""
+    (experiments/DAPT_BIOMED.md)."""
     for pat, rep in _DETOK:
         text = pat.sub(rep, text)
     return text

@@ -37,7 +37,7 @@ class PrepareConfig:
     detokenize: bool = opt(False, "undo word tokenisation in text taken from NER/CoNLL corpora (spaces around "
                                   "punctuation, split hyphens and slashes: 'IL - 2 ( 10 ng / ml )' -> 'IL-2 (10 "
                                   "ng/ml)'); a model trained on the spaced form learns the spacing "
-                                  "(benchmarks/DAPT_BIOMED.md)")
+                                  "(experiments/DAPT_BIOMED.md)")
     reading_comprehension: bool = opt(False, "follow each document with question/answer tasks mined from it "
                                               "alone (title, definitions, cause/effect/contrast, keywords, "
                                               "completion; AdaptLLM): keeps a chat model promptable while it learns "

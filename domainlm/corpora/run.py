@@ -131,14 +131,13 @@ class _Run:
         return self._execute()
 
     def _hash_inputs(self) -> list[dict[str, Any]]:
-        from domainlm.artifacts import sha256_file
+        from domainlm.artifacts import peek_manifest, sha256_file
 
         cache: dict[tuple[str, int, int], str] = {}
-        for src in (self.out / "manifest.json", self.work / "config.json"):
-            try:
-                data = json.loads(src.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
+        known = [peek_manifest(self.out)]  # a finished folder's input hashes, and an unfinished prepare's
+        with contextlib.suppress(OSError, ValueError):
+            known.append(json.loads((self.work / "config.json").read_text(encoding="utf-8")))
+        for data in known:
             for item in data.get("inputs", []):
                 if {"path", "bytes", "mtime_ns", "sha256"} <= set(item):
                     cache[(item["path"], item["bytes"], item["mtime_ns"])] = item["sha256"]
@@ -159,19 +158,15 @@ class _Run:
 
     def _existing_manifest(self) -> dict[str, Any] | None:
         """A finished folder with the same fingerprint is reused; a different one needs --overwrite."""
-        from domainlm.artifacts import MANIFEST, why_not_replace
+        from domainlm.artifacts import MANIFEST, peek_manifest, why_not_replace
 
         # only the prepare's own subfolders are ever cleared (_clear), so its inputs may live beside them
         refused = why_not_replace(self.out, ("corpus",), markers=(f"{WORK}/config.json",))
         if refused:
             raise ConfigError([f"'out': {refused}"])
-        path = self.out / MANIFEST
-        if not path.is_file():
+        if not (self.out / MANIFEST).is_file():
             return None
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            manifest = {}
+        manifest = peek_manifest(self.out)
         if manifest.get("complete") and manifest.get("fingerprint") == self.fingerprint and not self.config.overwrite:
             log.info("%s is already prepared with these settings, tokenizer and inputs: reusing it", self.out)
             shutil.rmtree(self.work, ignore_errors=True)
@@ -402,7 +397,7 @@ class _Run:
                                     "the same command again (finished tasks are kept and skipped)") from None
                 raise DataError(f"corpus prepare failed in a datatrove task: {type(exc).__name__}: {exc} (task logs: "
                                 f"{self.work / 'logs'})") from exc
-        from domainlm.artifacts import MANIFEST
+        from domainlm.artifacts import MANIFEST, read_manifest
 
         if not (self.out / MANIFEST).is_file():
             if c.executor == "slurm":
@@ -411,7 +406,7 @@ class _Run:
                         "manifest": str(self.out / MANIFEST), "logs": str(self.work / "logs")}
             raise DataError(f"corpus prepare finished without writing {self.out / MANIFEST}; see the task logs in "
                             f"{self.work / 'logs'}")
-        manifest = json.loads((self.out / MANIFEST).read_text(encoding="utf-8"))
+        manifest = read_manifest(self.out, "corpus")
         shutil.rmtree(self.work, ignore_errors=True)
         return manifest
 
@@ -419,7 +414,7 @@ class _Run:
 def _preload() -> None:
     """Import, once in this process, what every forked task would otherwise import for itself: the readers, the
     tokenizers and Arrow. pyarrow imports pandas (and builds pyarrow.compute) the first time ``pa.array`` gets a
-    numpy array, about 1 CPU-s, which every task of the tokenise stage paid again (benchmarks/SPEED_PREPARE.md)."""
+    numpy array, about 1 CPU-s, which every task of the tokenise stage paid again (experiments/SPEED_PREPARE.md)."""
     import numpy as np
     import pyarrow as pa
     import tokenizers  # noqa: F401

@@ -906,7 +906,7 @@ class Index(_Step):
             notes.append(f"{spaced:,} of {kept:,} documents look word-tokenised, as NER/CoNLL corpora write text "
                          "(\"IL - 2 ( 10 ng / ml )\"); a model adapted on them learns that spacing (SmolLM2's perplexity "
                          "on real PubMed abstracts rose 144.8 -> 164.8 after 200k such tokens, and fell to 115.0 with "
-                         "the spacing undone: benchmarks/DAPT_BIOMED.md); prepare again with --detokenize")
+                         "the spacing undone: experiments/DAPT_BIOMED.md); prepare again with --detokenize")
             log.warning(notes[-1])
         counts = {"documents": documents, "tokens": tokens_total, "records_read": records,
                   "word_tokenised_documents": spaced,

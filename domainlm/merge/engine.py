@@ -220,10 +220,15 @@ def run_mergekit(pair: Pair, method: str, weight: float, density: float, seed: i
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
+    from domainlm.noise import muted_log
+
     config = MergeConfiguration.model_validate(mergekit_config(pair, method, weight, density))
     options = MergeOptions(copy_tokenizer=False, write_model_card=False, random_seed=seed, quiet=True,
                            lazy_unpickle=False, safe_serialization=True)
-    run_merge(config, str(out), options)
+    # mergekit 0.1.5 sets `torch_dtype` on the merged config, and transformers 5 logs that the name is deprecated:
+    # mergekit's code, not the user's setting, so the note is muted here (--verbose shows it)
+    with muted_log("transformers.configuration_utils", "`torch_dtype` is deprecated"):
+        run_merge(config, str(out), options)
     if pair.vocab_rows > pair.shared_rows:
         _copy_added_rows(pair, out)
     return out

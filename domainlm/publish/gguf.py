@@ -48,15 +48,15 @@ TYPES = ("f16", "bf16", "q8_0")
 # Refused with a line saying why (asked for by users; the route cannot write them).
 NEEDS_QUANTIZE = ("q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m")
 
-# model_type -> README name, for families llama.cpp's converter writes *and* transformers' GGUF loader reads
-# back (the verification needs both). Mistral is written as llama.cpp's "llama" architecture.
+# model_type -> display name (as in docs/gguf.md), for families llama.cpp's converter writes *and* transformers'
+# GGUF loader reads back (the verification needs both). Mistral is written as llama.cpp's "llama" architecture.
 FAMILIES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma2": "Gemma 2",
             "gemma3_text": "Gemma 3", "gemma3": "Gemma 3", "phi3": "Phi-3", "gpt2": "GPT-2"}
 
 # Largest allowed max |logit difference| as a fraction of max(1, max |reference logit|), as for the
 # safetensors export (domainlm.publish.verify.DEFAULT_TOLERANCE). f16 rounds weights to 11 significant bits,
-# bf16 to 8, q8_0 to 8-bit integers with one scale per 32 weights. Measured on a SmolLM2-135M LoRA run (README,
-# "Publish for local use"): f16 0.0025, bf16 0.010, q8_0 0.042 of the logit scale (tiny Llama: f16 0.00034, q8_0
+# bf16 to 8, q8_0 to 8-bit integers with one scale per 32 weights. Measured on a SmolLM2-135M LoRA run
+# (docs/gguf.md): f16 0.0025, bf16 0.010, q8_0 0.042 of the logit scale (tiny Llama: f16 0.00034, q8_0
 # 0.0090); the limits leave 8x, 6x and 1.9x room (bf16 is the safetensors bf16 limit).
 DEFAULT_TOLERANCE = {"f16": 2e-2, "bf16": 6e-2, "q8_0": 8e-2}
 

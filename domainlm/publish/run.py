@@ -13,6 +13,7 @@ from typing import Any
 from domainlm.artifacts import (
     atomic_dir,
     atomic_write_text,
+    peek_manifest,
     read_manifest,
     sha256_file,
     why_not_replace,
@@ -99,14 +100,8 @@ def _corpus_card(run: dict[str, Any]) -> str | None:
     if corpus.get("name") in cards:
         return corpus["name"]
     path = corpus.get("path")
-    if path and (Path(path) / "manifest.json").is_file():
-        try:
-            man = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        card = (man.get("config") or {}).get("card")
-        return card if card in cards else None
-    return None
+    card = (peek_manifest(path).get("config") or {}).get("card") if path else None
+    return card if card in cards else None
 
 
 def _corpus_name(run: dict[str, Any]) -> str | None:

@@ -18,7 +18,7 @@ class SweepConfig:
     corpus: str = opt("pubmed-sample", "prepared corpus folder, or a corpus card name (prepared once, with the "
                       "family's tokenizer, into OUT/corpus)")
     family: Literal["tiny-llama", "tiny-bert"] = opt("tiny-llama", "model family; every size shares its tokenizer")
-    # Defaults sized so the whole grid trains in under 10 minutes on 2 CPU cores (see benchmarks/SCALING.md).
+    # Defaults sized so the whole grid trains in under 10 minutes on 2 CPU cores (see experiments/SCALING.md).
     sizes: list[str] = opt(help="model sizes as LAYERSxHIDDEN (head size 16, MLP 3x hidden for llama, 4x for bert)",
                            factory=lambda: ["1x32", "2x32", "2x64", "4x64"])
     tokens: list[int] = opt(help="training-token budgets D for every size",

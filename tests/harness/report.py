@@ -121,7 +121,7 @@ def _render(res: Results) -> str:
         "",
         "This report lives in `benchmarks/` rather than `docs/reliability.md` (as issue 10 asked) because the "
         "project's top-level layout is fixed to pyproject.toml, README.md, domainlm/, corpora/, benchmarks/ and "
-        "tests/. It is **generated** by `benchmarks/reliability.py` (the trials themselves are in `tests/harness/`); every row below is a trial that script ran, "
+        "tests/. It is **generated** by `experiments/reliability.py` (the trials themselves are in `tests/harness/`); every row below is a trial that script ran, "
         "with its count, seeds and outcome. Do not edit it by hand: run the script again.",
         "",
         f"- Command: `{m.get('command')}` ({'quick counts' if m.get('quick') else 'full size'}), "

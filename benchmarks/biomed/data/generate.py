@@ -315,6 +315,13 @@ def main() -> None:
         # the harness task pubmedqa_local scores the same items, one JSON line each with lm-eval's fields
         write_jsonl(harness_out / f"pubmedqa_local_{split}.jsonl",
                     [{**{k: r[k] for k in HARNESS_FIELDS}, "pubid": pid} for pid, r in rows.items()])
+    # PubMedQA's dev split: other items in the test wording, so a choice made on dev (merge --select's
+    # zero-shot guard) sees what test will see; train's wording differs from test's by design (above), and
+    # on it the merged quickstart model looked better (+0.03) while it was worse on test (-0.09), 2026-12-06.
+    # Written last so that every earlier file stays byte-identical.
+    dev = pubmedqa_rows("test", 100, rng, 39200001)
+    (out / "pubmedqa" / "dev.json").write_text(json.dumps(dev, indent=2, ensure_ascii=False) + "\n",
+                                                encoding="utf-8")
     print(f"wrote {out}/relation, doccls, pubmedqa and {harness_out}/pubmedqa_local_*.jsonl")
 
 
