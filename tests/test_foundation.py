@@ -87,7 +87,9 @@ def test_every_verb_prints_its_help(capsys):
 def test_every_verb_is_a_typed_function_that_domainlm_exports():
     """One verb table: each verb's function says what it takes (its config class) and returns, and `domainlm`
     exports exactly the verbs the table names, under the table's names, plus the model loaders."""
+    import importlib
     import inspect
+    from pathlib import Path
 
     import domainlm
     from domainlm.cli import VERBS, _load
@@ -101,7 +103,12 @@ def test_every_verb_is_a_typed_function_that_domainlm_exports():
         assert inspect.signature(fn).return_annotation is not inspect.Signature.empty, verb.name
         assert fn.__doc__, verb.name  # the docstring is the verb's --help
     exported = {v.python_name for v in VERBS if v.python_name}
-    assert set(domainlm.__all__) == exported | {"resolve", "load_model", "load_tokenizer"}
+    folders = {n for n in exported if (Path(domainlm.__file__).parent / n).is_dir()}  # imported from the folder
+    assert set(domainlm.__all__) == (exported - folders) | {"resolve", "load_model", "load_tokenizer"}
+    for name in domainlm.__all__:  # what `from domainlm import NAME` gives is the function, never a package
+        assert callable(getattr(domainlm, name)), name
+    for name in folders:
+        assert callable(getattr(importlib.import_module(f"domainlm.{name}"), name)), name
     assert len(exported) == len([v for v in VERBS if v.python_name])  # no two verbs under one name
 
 
