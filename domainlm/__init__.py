@@ -1,33 +1,32 @@
 """domainlm: adapt general language models to a scientific field.
 
-Every CLI verb is a plain function importable from here; heavy libraries load only when one runs::
+Every CLI verb is a plain typed function in its verb folder; heavy libraries load only when one runs::
 
-    from domainlm import prepare, adapt, bench, publish
+    from domainlm.adapt import adapt
+    from domainlm.bench import bench
+    from domainlm.corpora import prepare
+
+A verb whose name is not also a folder's is importable from here too (``from domainlm import prepare``). One
+whose name is its folder's (``adapt``, ``bench``, ``publish``, ...) is not: ``from domainlm import adapt``
+gives the package ``domainlm.adapt`` (Python binds a subpackage over a lazy export of the same name), so
+import it from its folder. The verbs come from the one verb table, :data:`domainlm.cli.VERBS`; the model
+loaders are the only other names.
 """
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
+
+from domainlm.cli import VERBS
 
 __version__ = "0.1.0"
 
+_HERE = Path(__file__).parent
 _EXPORTS = {
-    "models": "domainlm.sources_cli:models",
-    "validate": "domainlm.validate:validate",
-    "prepare": "domainlm.corpora.prepare:prepare",
-    "stats": "domainlm.corpora.stats:stats",
-    "download": "domainlm.corpora.download:download",
-    "adapt": "domainlm.adapt:adapt",
-    "bench": "domainlm.bench:bench",
-    "publish": "domainlm.publish:publish",
-    "merge": "domainlm.merge:merge",
-    "generate": "domainlm.generate:generate",
-    "extend_vocab": "domainlm.vocab:extend",
-    "compute": "domainlm.compute:compute",
-    "sweep": "domainlm.scaling:sweep",
-    "fit": "domainlm.scaling:fit",
-    "quickstart": "domainlm.quickstart:quickstart",
+    **{v.python_name: v.target for v in VERBS
+       if v.python_name and not (_HERE / v.python_name).is_dir() and not (_HERE / f"{v.python_name}.py").is_file()},
     "resolve": "domainlm.sources.resolution:resolve",
     "load_model": "domainlm.sources.load:load_model",
     "load_tokenizer": "domainlm.sources.load:load_tokenizer",

@@ -235,10 +235,7 @@ def why_not_replace(folder: str | Path, kinds: tuple[str, ...], *, inputs: tuple
             return f"{folder} holds the input {item}; replacing it would delete that input: choose another folder"
     if not path.is_dir() or not any(path.iterdir()):
         return None
-    try:
-        kind = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("kind")
-    except (OSError, ValueError, AttributeError):
-        kind = None
+    kind = peek_manifest(path).get("kind")
     if kind in kinds or any(next(path.glob(m), None) is not None for m in markers):
         return None
     what = f"a '{kind}' folder" if kind else "not a folder domainlm wrote"
@@ -319,3 +316,12 @@ def read_manifest(folder: str | Path, kind: str | None = None, *, require_comple
         warnings.warn(f"{path} has keys this domainlm version does not know: {sorted(unknown)}; ignoring them",
                       stacklevel=2)
     return manifest
+
+
+def peek_manifest(folder: str | Path) -> dict[str, Any]:
+    """``folder``'s manifest through :func:`read_manifest`, finished or not, or ``{}`` where it has none or it cannot
+    be read: for questions with a safe answer without one (is this a run folder? may a file's hash be reused?)."""
+    try:
+        return read_manifest(folder, require_complete=False)
+    except (DomainLMError, OSError):
+        return {}

@@ -26,46 +26,52 @@ VERBOSE_HELP = ("show debug logs and third-party loading reports (transformers' 
 @dataclass(frozen=True)
 class Verb:
     name: str  # e.g. "corpus prepare"
-    target: str  # "module:function"; the function takes the config dataclass
+    target: str  # "module:function": the verb folder's typed function, which takes the config dataclass
     config: str | None  # "module:Class" or None for verbs without options
     summary: str
     positional: tuple[str, ...] = ()  # config fields taken as positional arguments
     recipe: bool = False  # first positional is an optional YAML recipe whose keys are config fields
+    export: str | None = ""  # its name in `from domainlm import ...`: "" the function's own, None CLI only
+
+    @property
+    def python_name(self) -> str | None:
+        return self.target.partition(":")[2] if self.export == "" else self.export
 
 
+# The one verb table: the CLI reads it here, and `domainlm/__init__.py` exports every verb from it.
 VERBS: tuple[Verb, ...] = (
-    Verb("models", "domainlm.sources_cli:models", "domainlm.sources_cli:ModelsConfig",
+    Verb("models", "domainlm.models:models", "domainlm.models.config:ModelsConfig",
          "list the model sources that resolve on this machine"),
-    Verb("validate", "domainlm.validate:validate", "domainlm.validate:ValidateConfig",
+    Verb("validate", "domainlm.validate:validate", "domainlm.validate.config:ValidateConfig",
          "check a recipe or task file and report every problem at once", positional=("path",)),
-    Verb("corpus prepare", "domainlm.corpora.prepare:prepare", "domainlm.corpora.prepare:PrepareConfig",
+    Verb("corpus prepare", "domainlm.corpora:prepare", "domainlm.corpora.config:PrepareConfig",
          "read, clean, deduplicate, split, tokenise and pack a domain corpus", recipe=True),
-    Verb("corpus stats", "domainlm.corpora.stats:stats", "domainlm.corpora.stats:StatsConfig",
+    Verb("corpus stats", "domainlm.corpora:stats", "domainlm.corpora.config:StatsConfig",
          "documents, tokens, length histogram, frequent terms, tokenizer fragmentation", positional=("corpus",)),
-    Verb("corpus download", "domainlm.corpora.download:download", "domainlm.corpora.download:DownloadConfig",
+    Verb("corpus download", "domainlm.corpora:download", "domainlm.corpora.config:DownloadConfig",
          "download PubMed baseline/update files or UniProt Swiss-Prot with md5 checks and resume",
          positional=("source",)),
-    Verb("adapt", "domainlm.adapt:adapt", "domainlm.adapt:AdaptConfig",
+    Verb("adapt", "domainlm.adapt:adapt", "domainlm.adapt.config:AdaptConfig",
          "continue pretraining a base model on a prepared domain corpus", recipe=True),
-    Verb("bench", "domainlm.bench:bench", "domainlm.bench:BenchConfig",
+    Verb("bench", "domainlm.bench:bench", "domainlm.bench.config:BenchConfig",
          "evaluate a model (and its base) on a domain task suite"),
-    Verb("bench download", "domainlm.bench.download:download", "domainlm.bench.download:BenchDownloadConfig",
+    Verb("bench download", "domainlm.bench:download", "domainlm.bench.config:BenchDownloadConfig",
          "fetch a real suite's data (blurb, matsci, protein-fitness) into the cache, sha256-checked",
-         positional=("suite",)),
-    Verb("publish", "domainlm.publish:publish", "domainlm.publish:PublishConfig",
+         positional=("suite",), export=None),
+    Verb("publish", "domainlm.publish:publish", "domainlm.publish.config:PublishConfig",
          "export a run as a checkpoint plain transformers loads, with a model card", positional=("run_dir",)),
-    Verb("generate", "domainlm.generate:generate", "domainlm.generate:GenerateConfig",
+    Verb("generate", "domainlm.generate:generate", "domainlm.generate.config:GenerateConfig",
          "generate text from a causal model, token by token"),
     Verb("merge", "domainlm.merge:merge", "domainlm.merge.config:MergeConfig",
          "merge an adapted model back into its base (linear, SLERP, TIES, DARE); --select picks the weight on dev",
          positional=("model",)),
-    Verb("vocab extend", "domainlm.vocab:extend", "domainlm.vocab:ExtendConfig",
-         "add frequent domain words to a base tokenizer and initialise their embeddings"),
-    Verb("compute", "domainlm.compute:compute", "domainlm.compute:ComputeConfig",
+    Verb("vocab extend", "domainlm.vocab:extend", "domainlm.vocab.config:ExtendConfig",
+         "add frequent domain words to a base tokenizer and initialise their embeddings", export="extend_vocab"),
+    Verb("compute", "domainlm.compute:compute", "domainlm.compute.config:ComputeConfig",
          "FLOPs, wall time and Chinchilla-optimal tokens for a training budget"),
-    Verb("scaling sweep", "domainlm.scaling:sweep", "domainlm.scaling:SweepConfig",
+    Verb("scaling sweep", "domainlm.scaling:sweep", "domainlm.scaling.config:SweepConfig",
          "train a grid of tiny models and record held-out loss"),
-    Verb("scaling fit", "domainlm.scaling:fit", "domainlm.scaling:FitConfig",
+    Verb("scaling fit", "domainlm.scaling:fit", "domainlm.scaling.config:FitConfig",
          "fit scaling laws to a sweep table", positional=("table",)),
     Verb("quickstart", "domainlm.quickstart:quickstart", "domainlm.quickstart:QuickstartConfig",
          "the whole job end to end on a shipped sample"),

@@ -24,16 +24,11 @@ Conventions (Kaplan et al. 2020, Table 1):
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from domainlm.errors import DomainLMError
-
-log = logging.getLogger(__name__)
 
 # Hoffmann et al. 2022 (Chinchilla): about 20 training tokens per parameter is compute-optimal.
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
@@ -85,7 +80,9 @@ def _get(config: Any, *names: str, default: Any = None) -> Any:
 
 
 @dataclass
-class _Shape:
+class ConfigShape:
+    """A transformer's shape as its config states it, under whichever of the families' names it uses."""
+
     model_type: str
     d_model: int
     n_layer: int
@@ -101,7 +98,9 @@ class _Shape:
         return self.n_head * self.head_dim
 
 
-def _shape(config: Any) -> _Shape:
+def config_shape(config: Any) -> ConfigShape:
+    """Read the shape from a transformers config (its text config for multimodal ones): the one alias list, so
+    FLOPs (:func:`model_flops`) and the memory plan (``memory.shape_from_config``) read the same model."""
     if hasattr(config, "get_text_config"):
         config = config.get_text_config()
     model_type = str(getattr(config, "model_type", "") or "")
@@ -119,7 +118,7 @@ def _shape(config: Any) -> _Shape:
     d_ff = _get(config, "intermediate_size", "n_inner", "ffn_dim", default=4 * d_model)
     # GPT-2 and BERT-style configs default to tied heads; Llama's config says so explicitly.
     tied = bool(getattr(config, "tie_word_embeddings", True))
-    return _Shape(model_type, int(d_model), int(n_layer), int(n_head), int(n_kv), int(head_dim), int(d_ff),
+    return ConfigShape(model_type, int(d_model), int(n_layer), int(n_head), int(n_kv), int(head_dim), int(d_ff),
                   int(vocab), tied)
 
 
@@ -129,7 +128,7 @@ def _count_from_config(config: Any) -> tuple[int, int] | None:
     Each formula mirrors what ``AutoModelForCausalLM``/``AutoModelForMaskedLM`` builds for the family;
     tests check them against the tensors of real models built from small configs.
     """
-    s = _shape(config)
+    s = config_shape(config)
     d, L, ff, V = s.d_model, s.n_layer, s.d_ff, s.vocab
     mt = s.model_type
     if mt in ("llama", "mistral"):
@@ -270,7 +269,7 @@ def model_flops(config_or_model: Any, seq_len: int, *, head_fraction: float = 1.
         non_emb, emb = counts
         if trainable_fraction is None:
             trainable_fraction = 1.0
-    s = _shape(config)
+    s = config_shape(config)
     attention = 2.0 * s.n_layer * seq_len * s.d_attn
     head = head_fraction * 2.0 * s.d_model * s.vocab
     forward = 2.0 * non_emb + attention + head
@@ -302,36 +301,6 @@ def mfu(tokens_per_s: float, training_flops_per_token: float, peak_flops: float)
 
 _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
            "fp32": "float32", "float32": "float32"}
-
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one), for reports and manifests."""
-    import contextlib
-    import platform
-    from pathlib import Path
-
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-# The SIMD extensions that decide CPU matmul speed (AVX2 only: bf16 emulated; AVX512-BF16/AMX: bf16 fast).
-SIMD_FLAGS = ("sse4_2", "fma", "f16c", "avx", "avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's :data:`SIMD_FLAGS` (from /proc/cpuinfo; empty where there is none), recorded with benchmarks."""
-    import contextlib
-    from pathlib import Path
-
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                return [f for f in SIMD_FLAGS if f in present]
-    return []
 
 
 def measure_matmul_peak(dtype: str = "bf16", seconds: float = 0.5, size: int | None = None, *,
@@ -367,70 +336,10 @@ def measure_matmul_peak(dtype: str = "bf16", seconds: float = 0.5, size: int | N
     return 2.0 * size**3 * count / elapsed
 
 
-# Forces the answer of :func:`bf16_is_fast` ("1": fast, "0": slow), so that the bf16 branches (frozen bf16 base,
-# autocast, QLoRA bf16 compute) can be run and tested on a CPU without bf16 units, and the fp32 ones on one with.
-BF16_FAST_ENV = "DOMAINLM_BF16_FAST"
-
-
-def forced_bf16_fast() -> bool | None:
-    """The answer forced by ``DOMAINLM_BF16_FAST`` (1/0, true/false, yes/no, on/off), or None when unset."""
-    value = os.environ.get(BF16_FAST_ENV, "").strip().lower()
-    if not value:
-        return None
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise DomainLMError(f"{BF16_FAST_ENV}={value!r}: expected 1 (bf16 is fast) or 0 (it is not), or unset to measure")
-
-
-def bf16_is_fast(device: str = "cpu", margin: float = 1.3) -> bool:
-    """True when bf16 matmuls run at least ``margin``× faster than fp32 here (measured once per process).
-
-    Where the hardware has bf16 units (AMX or AVX512-BF16 CPUs, recent GPUs) bf16 can run several times
-    faster than fp32; where it has none, torch emulates it and bf16 is far slower (on this project's
-    AVX2-only AMD EPYC build machine: about 0.5 vs 26 GFLOP/s on 2 shared cores), so autocast must be
-    decided by measurement, not by whether the dtype is supported. ``DOMAINLM_BF16_FAST=1`` or ``=0`` forces
-    the answer instead (read on every call, so a test can set it per test).
-    """
-    forced = forced_bf16_fast()
-    if forced is not None:
-        return forced
-    return _measured_bf16_is_fast(device, margin)
-
-
-@functools.lru_cache(maxsize=4)
-def _measured_bf16_is_fast(device: str, margin: float) -> bool:
-    # Small matrices on a CPU: emulated bf16 runs near 0.5 GFLOP/s, so a 1024² product would take seconds.
-    size = 2048 if device.startswith("cuda") else 256
-    try:
-        fp32 = measure_matmul_peak("fp32", seconds=0.2, size=size, device=device)
-        bf16 = measure_matmul_peak("bf16", seconds=0.2, size=size, device=device)
-    except (RuntimeError, TypeError) as exc:  # a build or device without bf16 matmul
-        log.debug("bf16 matmul unavailable: %s", exc)
-        return False
-    log.debug("matmul peak on %s: fp32 %.3g, bf16 %.3g FLOP/s", device, fp32, bf16)
-    return bf16 > margin * fp32
-
-
-def bf16_report() -> str:
-    """One line naming the CPU, its bf16-relevant flags and the bf16 answer, so a test failure can be traced to
-    the hardware (printed by ``.ci/run`` before the tests)."""
-    flags = [f for f in cpu_flags() if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")]
-    forced = forced_bf16_fast()
-    if forced is not None:
-        answer = f"{'yes' if forced else 'no'} (forced by {BF16_FAST_ENV}={os.environ[BF16_FAST_ENV]})"
-    else:
-        answer = f"{'yes' if bf16_is_fast() else 'no'} (measured; force it with {BF16_FAST_ENV}=1 or 0)"
-    return f"cpu: {cpu_name()}; flags: {' '.join(flags) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'}; " \
-           f"bf16 fast: {answer}"
-
-
 def format_flops(value: float) -> str:
     """``2.13e+18`` style with three significant figures, for tables and model cards."""
     return f"{value:.3g}"
 
 
-__all__ = ["BF16_FAST_ENV", "CHINCHILLA_TOKENS_PER_PARAM", "EMERGENCE_FLOPS", "FlopsBreakdown", "bf16_is_fast",
-           "bf16_report", "chinchilla_optimal_tokens", "forced_bf16_fast", "format_flops", "measure_matmul_peak", "mfu", "model_flops",
-           "training_flops"]
+__all__ = ["CHINCHILLA_TOKENS_PER_PARAM", "EMERGENCE_FLOPS", "ConfigShape", "FlopsBreakdown", "chinchilla_optimal_tokens",
+           "config_shape", "format_flops", "measure_matmul_peak", "mfu", "model_flops", "training_flops"]

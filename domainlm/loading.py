@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from domainlm.artifacts import read_manifest
+from domainlm.artifacts import peek_manifest, read_manifest
 from domainlm.errors import DataError, DomainLMError, IncompleteArtifactError, SourceError
 from domainlm.noise import ignoring
 from domainlm.sources.gguf import materialise
@@ -71,13 +71,7 @@ class RunInfo:
 
 def is_run_folder(spec: str | Path) -> bool:
     """True when ``spec`` is a folder whose manifest says it is an adapt run (finished or not)."""
-    manifest = Path(spec).expanduser() / "manifest.json"
-    if not manifest.is_file():
-        return False
-    try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("kind") == "run"
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return False
+    return peek_manifest(Path(spec).expanduser()).get("kind") == "run"
 
 
 def read_run(run_dir: str | Path) -> RunInfo:

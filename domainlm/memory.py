@@ -75,20 +75,15 @@ class ModelShape:
 
 
 def shape_from_config(config: Any) -> ModelShape:
-    """Shape of a transformers config (its text config for multimodal ones)."""
-    from domainlm.flops import model_flops
+    """Shape of a transformers config (its text config for multimodal ones), read by ``flops.config_shape`` as the
+    FLOPs count reads it."""
+    from domainlm.flops import config_shape, model_flops
 
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    s = config_shape(config)
     fb = model_flops(config, 1)
-    hidden = int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0) or fb.d_model)
-    layers = int(getattr(text, "num_hidden_layers", 0) or getattr(text, "n_layer", 0) or fb.n_layer)
-    inter = int(getattr(text, "intermediate_size", 0) or getattr(text, "n_inner", 0) or 4 * hidden)
-    heads = int(getattr(text, "num_attention_heads", 0) or getattr(text, "n_head", 0) or 1)
-    kv_heads = int(getattr(text, "num_key_value_heads", 0) or heads)
-    head_dim = int(getattr(text, "head_dim", 0) or hidden // max(heads, 1))
-    return ModelShape(params=fb.total_params, embedding_params=fb.embedding_params, hidden=hidden, layers=layers,
-                      intermediate=inter, kv_hidden=kv_heads * head_dim, vocab=int(getattr(text, "vocab_size", 0)),
-                      source=getattr(text, "model_type", "config"))
+    return ModelShape(params=fb.total_params, embedding_params=fb.embedding_params, hidden=s.d_model, layers=s.n_layer,
+                      intermediate=s.d_ff, kv_hidden=s.n_kv_head * s.head_dim, vocab=s.vocab,
+                      source=s.model_type or "config")
 
 
 def shape_from_params(params: float, vocab: int = 32000) -> ModelShape:

@@ -33,25 +33,23 @@ def require_bitsandbytes() -> None:
 
 
 def qlora_compute_dtype(bf16: str, device_type: str) -> tuple[str, str]:
-    """The 4-bit layers' compute dtype ('bfloat16' | 'float32') and why.
+    """The 4-bit layers' compute dtype ('bfloat16' | 'float32') and why: bf16 exactly where ``device.use_bf16``
+    runs bf16 autocast (the one bf16 decision), fp32 elsewhere.
 
     QLoRA computes in bf16 on GPUs. On a CPU without bf16 units bitsandbytes' bf16 path is emulated: on
     this project's AVX2-only AMD EPYC a LoRA step over a 4-layer, 512-wide NF4 Llama at 256 tokens took
     ~28 s in bf16 against ~2-5 s in fp32, so there fp32 is used unless bf16 is forced on.
     """
+    from domainlm.device import use_bf16
+
+    on = use_bf16(bf16, device_type)
     if bf16 == "off":
         return "float32", "bf16: off"
     if device_type == "cuda":
-        import torch
-
-        if torch.cuda.is_bf16_supported():
-            return "bfloat16", "GPU with bf16 support"
-        return "float32", "this GPU has no bf16 support"
+        return ("bfloat16", "GPU with bf16 support") if on else ("float32", "this GPU has no bf16 support")
     if bf16 == "on":
         return "bfloat16", "bf16: on"
-    from domainlm.flops import bf16_is_fast
-
-    if bf16_is_fast():
+    if on:
         return "bfloat16", "bf16 matmuls are fast on this CPU"
     return "float32", ("bf16 matmuls are emulated (slow) on this CPU, so the 4-bit layers compute in fp32 "
                        "(set bf16: on to force bf16)")

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from domainlm.flops import cpu_flags, cpu_name
+    from domainlm.device import cpu_flags, cpu_name
 
     flags = cpu_flags()
     default_s = sum(c["seconds"] for c in cells.values() if c["tier"] != "slow")

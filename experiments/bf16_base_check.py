@@ -54,8 +54,8 @@ def main() -> None:
     if args.worker:
         worker(*args.worker, args.steps, args.model)
         return
-    from domainlm.corpora.prepare import prepare_card
-    from domainlm.flops import cpu_flags, cpu_name
+    from domainlm.corpora.run import prepare_card
+    from domainlm.device import cpu_flags, cpu_name
 
     root = Path(args.root or tempfile.mkdtemp(prefix="domainlm-bf16base-"))
     corpus = root / "corpus"

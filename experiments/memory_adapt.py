@@ -425,7 +425,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from domainlm.flops import cpu_flags, cpu_name
+    from domainlm.device import cpu_flags, cpu_name
     from domainlm.sources.tiny import byte_level_tokenizer
 
     flags = cpu_flags()

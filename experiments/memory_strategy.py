@@ -69,7 +69,7 @@ def run(args: list[str], nproc: int) -> tuple[dict, float]:
 
 
 def cpu_flags() -> str:
-    from domainlm.flops import SIMD_FLAGS, cpu_flags, cpu_name
+    from domainlm.device import SIMD_FLAGS, cpu_flags, cpu_name
 
     present = cpu_flags()
     return f"{cpu_name()}; flags: " + ", ".join(f"{f}={'yes' if f in present else 'no'}" for f in SIMD_FLAGS)
@@ -101,7 +101,7 @@ def load_worker(model: str, corpus: str, out: str, once: bool) -> None:
     import torch  # noqa: F401
     import transformers.models.llama.modeling_llama  # noqa: F401
 
-    from domainlm.adapt import engine
+    from domainlm.adapt import build
     from domainlm.adapt.config import AdaptConfig
     from domainlm.adapt.parallel import Dist, state_bytes
 
@@ -110,9 +110,9 @@ def load_worker(model: str, corpus: str, out: str, once: bool) -> None:
     t0 = time.perf_counter()
     cfg = AdaptConfig(model=model, corpus=corpus, out=out, strategy="fsdp", load_once=once, batch_size=1,
                       max_steps=1, bf16="off", eval_every=0, save_every=0, overwrite=True)
-    r = engine.set_up(cfg, dist)
-    data = engine.load_data(r)
-    tr = engine.build_model(r, data)
+    r = build.set_up(cfg, dist)
+    data = build.load_data(r)
+    tr = build.build_model(r, data)
     dist.barrier()
     sb = state_bytes(tr.model, tr.optimizer)
     (Path(out) / f"rss-{dist.rank}.json").write_text(json.dumps(
@@ -183,7 +183,7 @@ def _load_once_table(res: dict, dtype: str) -> list[str]:
              f"from a config (random weights, saved once as {dtype} safetensors): {n / 1e9:.3f}B parameters (hidden "
              f"{m['hidden']}, {m['layers']} layers, vocabulary {m['vocab']}, untied), **{model_bytes / gb:.2f} GB** in "
              "fp32. Two processes under torchrun (gloo, CPU), "
-             "`--strategy fsdp`, adapt's own set-up (`engine.set_up`, `load_data`, `build_model`: model loaded, "
+             "`--strategy fsdp`, adapt's own set-up (`build.set_up`, `load_data`, `build_model`: model loaded, "
              "sharded, weights in place, AdamW built; no training step). RSS per process is net of its RSS after "
              "`import torch, transformers, peft` and the Llama modules (the baseline), read from /proc (VmHWM for "
              "the peak, VmRSS after set-up).", "",
@@ -238,7 +238,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="memory-load-once-") as tmp:
             root = Path(tmp)
             n = build_model(root / "model", a.hidden, a.layers, a.vocab, a.checkpoint_dtype)
-            from domainlm.corpora.prepare import prepare_card
+            from domainlm.corpora.run import prepare_card
 
             prepare_card("pubmed-sample", str(root / "model"), root / "corpus", block_size=a.seq)
             rows = load_once_rows(root / "model", root / "corpus", root)
@@ -248,7 +248,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="memory-strategy-") as tmp:
         root = Path(tmp)
         n = build_model(root / "model", a.hidden, a.layers, a.vocab)
-        from domainlm.corpora.prepare import prepare_card
+        from domainlm.corpora.run import prepare_card
 
         prepare_card("pubmed-sample", str(root / "model"), root / "corpus", block_size=a.seq)
         rows = []

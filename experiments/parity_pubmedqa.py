@@ -73,7 +73,7 @@ def main() -> int:
     from domainlm.bench.loading import load_for_eval
     from domainlm.bench.modes import RunContext
     from domainlm.bench.modes.zeroshot import run_zeroshot
-    from domainlm.flops import cpu_name
+    from domainlm.device import cpu_name
     from domainlm.tasks.data import load_data
     from domainlm.tasks.priors import answer_priors, label_distribution, macro_f1
     from domainlm.tasks.suites import load_suite, parse_overrides
@@ -94,7 +94,7 @@ def main() -> int:
     (tmp / "pubmedqa_real.yaml").write_text(YAML.format(data=tmp / "test.jsonl"), encoding="utf-8")
 
     loaded = load_for_eval(args.model, "causal")
-    from domainlm.flops import cpu_flags
+    from domainlm.device import cpu_flags
 
     flags = cpu_flags()
     t = time.perf_counter()

@@ -120,7 +120,7 @@ def run_arm(arm: str, out: Path, threads: int | None, tasks: list[str] | None = 
     in a folder of their own)."""
     from domainlm.adapt import adapt
     from domainlm.bench import bench
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
     from domainlm.quickstart import QuickstartConfig
     from domainlm.quickstart.run import plan_stages
 

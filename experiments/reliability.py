@@ -65,7 +65,7 @@ QUICK = {"adapt_trials": 3, "adapt_exec_trials": 0, "prepare_trials": 3, "disk_f
 def _meta(args: argparse.Namespace, started: datetime.datetime) -> dict[str, Any]:
     from importlib.metadata import version
 
-    from domainlm.flops import cpu_name
+    from domainlm.device import cpu_name
 
     cpu = cpu_name()
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,

@@ -4,7 +4,7 @@ Run on a machine with a CUDA GPU (prints numbers, asserts nothing):
 
     PYTHONPATH=. python experiments/scaling_compute_gpu.py OUT_DIR
 
-Checks the CUDA paths of domainlm.flops (measure_matmul_peak, bf16_is_fast) and domainlm.compute
+Checks the CUDA paths of domainlm.flops (measure_matmul_peak), domainlm.device (bf16_is_fast) and domainlm.compute
 (the throughput probe), and how a measured MFU compares with compute's default utilisation of 0.4.
 """
 
@@ -20,7 +20,8 @@ def main(out_dir: str) -> None:
     from transformers import LlamaConfig
 
     from domainlm.compute import compute
-    from domainlm.flops import bf16_is_fast, measure_matmul_peak
+    from domainlm.device import bf16_is_fast
+    from domainlm.flops import measure_matmul_peak
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

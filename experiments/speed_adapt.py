@@ -76,7 +76,7 @@ def _model(name: str, root: Path) -> str:
 
 
 def _corpus(model: str, block: int, root: Path) -> Path:
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     out = root / f"corpus-{model.lstrip('@')}-{block}"
     if (out / "manifest.json").is_file():
@@ -130,7 +130,8 @@ def worker_trainer(case: str, steps: int, root: Path, compile: bool = False, cur
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
     from domainlm.corpora import load_prepared
-    from domainlm.flops import bf16_is_fast, measure_matmul_peak, mfu, model_flops
+    from domainlm.device import bf16_is_fast
+    from domainlm.flops import measure_matmul_peak, mfu, model_flops
     from domainlm.sources.load import load_model, load_tokenizer
 
     model_name, objective, method, block, batch = CASES[case]
@@ -271,7 +272,7 @@ def _fmt(side: dict, key: str, spec: str, unit: str = "") -> str:
 def write_report(rows: list[dict], args) -> None:
     import torch
 
-    from domainlm.flops import cpu_flags, cpu_name
+    from domainlm.device import cpu_flags, cpu_name
 
     cuda = torch.cuda.is_available()
     dpk = args.datasheet_peak
@@ -317,7 +318,7 @@ def write_report(rows: list[dict], args) -> None:
          "(fp32 master weights)." if cuda else
          f"Machine: {cpu_name()}, {os.cpu_count()} cores, CPU flags: {' '.join(cpu_flags()) or 'unknown'}, torch "
          f"{torch.__version__}. bf16 autocast: {'on' if bf16 else 'off'} for both (chosen by "
-         "`domainlm.flops.bf16_is_fast`, which times bf16 against fp32 matmuls; on an AVX2-only CPU bf16 has no fast "
+         "`domainlm.device.bf16_is_fast`, which times bf16 against fp32 matmuls; on an AVX2-only CPU bf16 has no fast "
          "path, so both run fp32).")
         + " MFU is against the matmul peak measured at start-up"
         + (f" ({peak / 1e12:.3g} TFLOP/s)" if peak else "")

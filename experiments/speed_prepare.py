@@ -235,7 +235,7 @@ def _prepare_child(args_json: str) -> None:
     from domainlm.corpora.tokenizer_plan import plan_tokenizer
 
     plan_tokenizer(kw["model"])  # load/convert the tokenizer once outside the timed region
-    from domainlm.corpora.prepare import prepare
+    from domainlm.corpora import prepare
 
     # Peak RSS of the main process and of the largest worker, and the peak of the tree's summed PSS
     # (forked workers share the parent's pages, which RSS would count once per process), sampled
@@ -378,8 +378,8 @@ def kept_ids(out: Path) -> list[str]:
 
 
 def cpu_flags() -> dict:
-    from domainlm.flops import cpu_flags as simd_flags
-    from domainlm.flops import cpu_name
+    from domainlm.device import cpu_flags as simd_flags
+    from domainlm.device import cpu_name
 
     return {"cpu": cpu_name(), "flags": simd_flags()}
 

@@ -40,7 +40,7 @@ def session_dir() -> Path:
 @pytest.fixture(scope="session")
 def llama_corpus(tmp_path_factory) -> Path:
     """The shipped PubMed sample prepared for tiny-llama in 64-token blocks, shared by the adapt tests."""
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     out = tmp_path_factory.mktemp("corpus") / "pubmed-tiny-llama"
     prepare_card("pubmed-sample", "tiny-llama", out, block_size=64)

@@ -127,7 +127,8 @@ def test_batches_built_ahead_equal_batches_built_in_the_loop_and_row_by_row(llam
 
 def test_log_interval_and_eval_set_follow_the_budget_not_the_layout():
     from domainlm.adapt.config import AdaptConfig
-    from domainlm.adapt.engine import eval_sequences, log_interval
+    from domainlm.adapt.finish import eval_sequences
+    from domainlm.adapt.run import log_interval
 
     assert log_interval(AdaptConfig(), 16) == 1 and log_interval(AdaptConfig(), 1000) == 10
     assert log_interval(AdaptConfig(log_every=7), 16) == 7
@@ -153,7 +154,7 @@ def test_lora_with_extended_vocab_saves_adapter_and_merges(llama_corpus, tmp_pat
     # the corpus was tokenised with the base tokenizer: adapt must refuse the mismatch clearly
     with pytest.raises(ConfigError, match="prepare the corpus with this model's tokenizer"):
         adapt(model=str(ext), corpus=str(llama_corpus), out=str(tmp_path / "bad"), max_steps=1)
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     corpus = tmp_path / "corpus-ext"
     prepare_card("pubmed-sample", str(ext), corpus, block_size=64)
@@ -199,7 +200,7 @@ def test_bf16_on_and_off_agree(llama_corpus, tmp_path):
 
 
 def test_masked_and_protein_objectives(tmp_path):
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     corpus = tmp_path / "prot"
     prepare_card("uniprot-sample", "tiny-esm", corpus, block_size=128)
@@ -223,10 +224,9 @@ def test_replay_mix_is_recorded(llama_corpus, tmp_path):
 
 
 def test_one_bf16_decision_for_adapt_bench_and_compute(monkeypatch):
-    from domainlm.bench.runner import pick_bf16
-    from domainlm.device import use_bf16
+    from domainlm.bench.run import pick_bf16
+    from domainlm.device import bf16_is_fast, use_bf16
     from domainlm.errors import DomainLMError
-    from domainlm.flops import bf16_is_fast
 
     monkeypatch.setenv("DOMAINLM_BF16_FAST", "0")  # an AVX2-only CPU
     assert bf16_is_fast() is False
@@ -239,6 +239,19 @@ def test_one_bf16_decision_for_adapt_bench_and_compute(monkeypatch):
     monkeypatch.setenv("DOMAINLM_BF16_FAST", "maybe")
     with pytest.raises(DomainLMError, match="DOMAINLM_BF16_FAST"):
         bf16_is_fast()
+
+
+def test_one_device_choice_for_adapt_bench_and_compute(monkeypatch):
+    """``device.pick_device`` is where adapt, bench, compute and merge --select choose their device."""
+    from domainlm.device import pick_device
+    from domainlm.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == "cpu" and pick_device() == "cpu" and pick_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        pick_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == "cuda" and pick_device("cuda:1") == "cuda:1"
 
 
 def test_sparse_logging_reads_the_same_losses(llama_corpus, tmp_path):

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from domainlm.adapt.build import make_schedule
 from domainlm.adapt.config import AdaptConfig
 from domainlm.adapt.data import Masker, SequenceStream, replay_draws, sequence_generator, word_start_table
-from domainlm.adapt.engine import make_schedule
 from domainlm.lm_loss import IGNORE
 from domainlm.sources.load import load_tokenizer
 

@@ -169,7 +169,7 @@ def test_fsdp_masked_lm_matches_ddp(tmp_path):
     """A masked LM whose head runs on masked positions only, inside the sharded root (BERT's tied decoder and
     its embeddings stay in the root unit). Compared with DDP on the same 2 processes, not with 1 process: BERT's
     dropout draws its masks per process, so only the same layout gives the same noise."""
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     mat = tmp_path / "mat"
     prepare_card("arxiv-materials-sample", "tiny-bert", mat, block_size=64)
@@ -256,7 +256,7 @@ def status(key):
 
 import torch, torch.distributed, transformers, safetensors.torch, datasets, peft  # noqa: E401,F401
 import transformers.models.llama.modeling_llama  # noqa: F401
-from domainlm.adapt import engine
+from domainlm.adapt import build
 from domainlm.adapt.config import AdaptConfig
 from domainlm.adapt.parallel import Dist
 
@@ -265,9 +265,9 @@ dist = Dist()
 base = status("VmRSS")
 cfg = AdaptConfig(model=model, corpus=corpus, out=out, strategy="fsdp", load_once=once, batch_size=1, max_steps=1,
                   bf16="off", eval_every=0, save_every=0, overwrite=True)
-r = engine.set_up(cfg, dist)
-data = engine.load_data(r)
-tr = engine.build_model(r, data)
+r = build.set_up(cfg, dist)
+data = build.load_data(r)
+tr = build.build_model(r, data)
 dist.barrier()
 Path(out, f"rss-{dist.rank}.json").write_text(json.dumps({"base": base, "peak": status("VmHWM")}))
 dist.close()

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from domainlm.adapt import adapt
+from domainlm.adapt.build import _head_param_ids, _param_groups
 from domainlm.adapt.config import AdaptConfig
-from domainlm.adapt.engine import _head_param_ids, _param_groups
 from domainlm.adapt.setup import prepare_model
 
 FAST = dict(batch_size=4, eval_batches=1, log_every=1, seed=0, eval_every=0, save_every=0, warmup_ratio=0.0,
@@ -20,7 +20,7 @@ FAST = dict(batch_size=4, eval_batches=1, log_every=1, seed=0, eval_every=0, sav
 
 @pytest.fixture(scope="module")
 def bert_corpus(tmp_path_factory) -> Path:
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     out = tmp_path_factory.mktemp("corpus") / "mat-tiny-bert"
     prepare_card("arxiv-materials-sample", "tiny-bert", out, block_size=64)

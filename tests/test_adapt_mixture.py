@@ -169,7 +169,7 @@ def test_flag_form_and_shipped_recipe_load():
 @pytest.fixture(scope="session")
 def three_corpora(llama_corpus, tmp_path_factory) -> dict[str, Path]:
     """PubMed, materials and general samples prepared for tiny-llama in 64-token blocks (one tokenizer)."""
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     root = tmp_path_factory.mktemp("mixture")
     out = {"pubmed": llama_corpus}

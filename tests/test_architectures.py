@@ -135,11 +135,11 @@ def corpus_for(name: str, root: Path) -> Path:
     if (out / "manifest.json").is_file():
         return out
     if objective == "protein":
-        from domainlm.corpora.prepare import prepare_card
+        from domainlm.corpora.run import prepare_card
 
         prepare_card("uniprot-sample", str(folder), out, block_size=64)
     else:
-        from domainlm.corpora.prepare import prepare
+        from domainlm.corpora import prepare
 
         prepare(inputs=[str(_text_docs(root / "corpora" / "docs.jsonl"))], model=str(folder), out=str(out),
                 block_size=64, validation_fraction=0.1, workers=1)
@@ -333,7 +333,7 @@ def test_resume(name, arch_root, tmp_path, monkeypatch):
     for full training and for LoRA (whose frozen base is not in the checkpoint)."""
     from safetensors.torch import load_file
 
-    import domainlm.adapt.engine as engine
+    import domainlm.adapt.run as engine
 
     def fault(kind: str, step: int) -> None:
         if (kind, step) == ("step", 3):

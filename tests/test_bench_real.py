@@ -12,7 +12,8 @@ import pytest
 import yaml
 from harness.server import FileServer  # the same local server the corpus download tests use
 
-from domainlm.bench.download import download, verify
+from domainlm.bench import download
+from domainlm.bench.run_download import verify
 from domainlm.cli import main
 from domainlm.errors import ConfigError, DataError, DomainLMError
 from domainlm.resources import benchmarks_dir
@@ -200,7 +201,7 @@ def test_flip_zip_is_unpacked_and_its_splits_read(tmp_path):
 
 
 def test_not_ready_task_is_refused_by_name():
-    from domainlm.bench.download import prepare_real
+    from domainlm.bench.run_download import prepare_real
 
     specs = load_suite("blurb", ["bioasq"])
     with pytest.raises(ConfigError, match="registered but cannot run yet.*registration"):
@@ -260,7 +261,7 @@ def test_shortened_protocol_and_reference_lines():
     tasks and the tasks not run (pure functions: no model)."""
     from domainlm.bench.config import BenchConfig
     from domainlm.bench.report import reference_lines
-    from domainlm.bench.runner import shortened_protocol
+    from domainlm.bench.run import shortened_protocol
     from domainlm.tasks.data import TaskData
 
     spec = load_task(benchmarks_dir() / "blurb" / "ncbi_disease.yaml")

@@ -149,7 +149,7 @@ def _write_docs(tmp_path: Path) -> dict:
 
 
 def test_prepare_converts_and_counts_tasks_per_type(tmp_path):
-    from domainlm.corpora.prepare import prepare
+    from domainlm.corpora import prepare
 
     common = _write_docs(tmp_path)
     m = prepare(model="tiny-llama", out=str(tmp_path / "plain"), reading_comprehension=True, **common)
@@ -165,7 +165,7 @@ def test_prepare_converts_and_counts_tasks_per_type(tmp_path):
 def test_task_counts_are_of_the_documents_kept_after_deduplication(tmp_path):
     # The conversion runs in the read stage, before duplicates are dropped (at packing): the manifest still counts
     # only the tasks of the documents that reached the corpus.
-    from domainlm.corpora.prepare import prepare
+    from domainlm.corpora import prepare
 
     common = _write_docs(tmp_path)
     with open(common["inputs"][0], "a") as fh:
@@ -178,7 +178,7 @@ def test_task_counts_are_of_the_documents_kept_after_deduplication(tmp_path):
 
 @pytest.mark.slow
 def test_prepare_renders_through_the_chat_template_and_decontaminates_after_conversion(tmp_path, chat_model):
-    from domainlm.corpora.prepare import prepare
+    from domainlm.corpora import prepare
 
     common = _write_docs(tmp_path)
     chat = prepare(model=str(chat_model), out=str(tmp_path / "chat"), reading_comprehension=True, **common)
@@ -197,7 +197,7 @@ def test_prepare_renders_through_the_chat_template_and_decontaminates_after_conv
 
 
 def test_layout_without_reading_comprehension_is_refused(tmp_path):
-    from domainlm.corpora.prepare import prepare
+    from domainlm.corpora import prepare
 
     with pytest.raises(ConfigError, match="'reading_comprehension' is off"):
         prepare(inputs=["x.jsonl"], model="tiny-llama", out=str(tmp_path / "o"), reading_comprehension_layout="plain")

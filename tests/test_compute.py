@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from domainlm.compute import ComputeConfig, compute, log_scale_bar
+from domainlm.compute import ComputeConfig, compute
+from domainlm.compute.run import log_scale_bar
 from domainlm.config import as_config
 from domainlm.errors import ConfigError
 from domainlm.flops import model_flops
@@ -189,6 +190,25 @@ def test_planner_shape_matches_a_real_model():
                  if isinstance(m, torch.nn.Linear) and ".layers." in n)
     assert shape.body_linear_params == linear
     assert shape.params == sum(p.numel() for p in model.parameters())
+
+
+def test_flops_and_the_memory_plan_read_one_shape_from_aliased_configs():
+    """OPT names its MLP width ``ffn_dim``, GPT-2 its sizes ``n_embd``/``n_inner``: FLOPs and the memory plan read
+    a config through one alias list (``flops.config_shape``), so MFU and the plan describe the same model."""
+    from transformers import GPT2Config, OPTConfig
+
+    from domainlm.flops import config_shape
+    from domainlm.memory import shape_from_config
+
+    opt = OPTConfig(hidden_size=32, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=100,
+                    max_position_embeddings=64, word_embed_proj_dim=32)
+    gpt2 = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_inner=80, vocab_size=100, n_positions=64)
+    for config in (opt, gpt2):
+        s, m = config_shape(config), shape_from_config(config)
+        assert (m.hidden, m.layers, m.intermediate, m.kv_hidden, m.vocab) == (
+            s.d_model, s.n_layer, s.d_ff, s.n_kv_head * s.head_dim, s.vocab)
+    assert shape_from_config(opt).intermediate == 96  # not the 4 x hidden a reader without ffn_dim assumes
+    assert shape_from_config(gpt2).intermediate == 80
 
 
 def test_compute_memory_verb(capsys, tmp_path):

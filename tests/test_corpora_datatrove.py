@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from domainlm.cli import main
+from domainlm.corpora import prepare
 from domainlm.corpora.pack import load_documents, load_prepared, read_corpus_manifest
-from domainlm.corpora.prepare import prepare, prepare_card
+from domainlm.corpora.run import prepare_card
 
 FIX = Path(__file__).parent / "fixtures" / "corpora"
 PUBMED = [str(FIX / "pubmed_baseline.xml"), str(FIX / "pubmed_update.xml")]

@@ -12,7 +12,7 @@ import pytest
 from harness.server import FileServer
 
 from domainlm.cli import main
-from domainlm.corpora.download import download
+from domainlm.corpora import download
 from domainlm.errors import ConfigError, DataError, DomainLMError
 
 FIX = Path(__file__).parent / "fixtures" / "corpora"

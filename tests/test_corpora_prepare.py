@@ -12,11 +12,12 @@ import pytest
 
 from domainlm.artifacts import sha256_file
 from domainlm.cli import main
-from domainlm.corpora import prepare as prepare_mod
+from domainlm.corpora import PrepareConfig, prepare
+from domainlm.corpora import run as prepare_mod
 from domainlm.corpora.cards import list_cards, load_card
 from domainlm.corpora.clean import clean_text, validation_of
 from domainlm.corpora.pack import load_documents, load_prepared, read_corpus_manifest
-from domainlm.corpora.prepare import PrepareConfig, prepare, prepare_card
+from domainlm.corpora.run import prepare_card
 from domainlm.errors import ConfigError, DataError, IncompleteArtifactError
 from domainlm.sources.load import load_tokenizer
 

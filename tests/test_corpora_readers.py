@@ -202,7 +202,7 @@ def test_outsiders_add_a_format_found_by_auto_detection(tmp_path):
 
 
 def test_a_registered_reader_is_a_valid_format_and_builtins_come_from_one_table(tmp_path):
-    from domainlm.corpora.settings import PrepareConfig
+    from domainlm.corpora.config import PrepareConfig
     from domainlm.documents.registry import BUILTIN_READERS
 
     assert set(BUILTIN_READERS) <= set(reader_names()) and "paragraphs" in BUILTIN_READERS
@@ -231,7 +231,7 @@ def test_readers_do_not_import_the_registry_or_prepare():
     import sys
 
     code = ("import sys; import domainlm.documents.readers, domainlm.documents.pubmed, domainlm.documents.proteins, "
-            "domainlm.corpora.cards; bad = [m for m in ('domainlm.documents.registry', 'domainlm.corpora.prepare') "
+            "domainlm.corpora.cards; bad = [m for m in ('domainlm.documents.registry', 'domainlm.corpora.run') "
             "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 

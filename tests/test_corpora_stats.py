@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from domainlm.cli import main
-from domainlm.corpora.prepare import prepare
-from domainlm.corpora.stats import domain_terms, fragmentation, stats, word_counts
+from domainlm.corpora import prepare, stats
+from domainlm.corpora.run_stats import domain_terms, fragmentation, word_counts
 
 FIX = Path(__file__).parent / "fixtures" / "corpora"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from domainlm.corpora import prepare
 from domainlm.corpora.pack import (
     FORMAT_VERSION,
     SplitWriter,
@@ -21,7 +22,6 @@ from domainlm.corpora.pack import (
     split_files,
     token_dtype,
 )
-from domainlm.corpora.prepare import prepare
 from domainlm.errors import DataError
 
 FIX = Path(__file__).parent / "fixtures"

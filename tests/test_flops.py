@@ -6,10 +6,10 @@ import math
 
 import pytest
 
+from domainlm.device import bf16_is_fast
 from domainlm.errors import DomainLMError
 from domainlm.flops import (
     CHINCHILLA_TOKENS_PER_PARAM,
-    bf16_is_fast,
     chinchilla_optimal_tokens,
     measure_matmul_peak,
     mfu,

@@ -84,6 +84,34 @@ def test_every_verb_prints_its_help(capsys):
         assert "--" in capsys.readouterr().out
 
 
+def test_every_verb_is_a_typed_function_that_domainlm_exports():
+    """One verb table: each verb's function says what it takes (its config class) and returns, and `domainlm`
+    exports exactly the verbs the table names, under the table's names, plus the model loaders."""
+    import importlib
+    import inspect
+    from pathlib import Path
+
+    import domainlm
+    from domainlm.cli import VERBS, _load
+
+    for verb in VERBS:
+        fn = _load(verb.target)
+        params = list(inspect.signature(fn).parameters.values())
+        assert params and params[0].name == "config", verb.name
+        if verb.config:
+            assert verb.config.rpartition(":")[2] in str(params[0].annotation), (verb.name, params[0].annotation)
+        assert inspect.signature(fn).return_annotation is not inspect.Signature.empty, verb.name
+        assert fn.__doc__, verb.name  # the docstring is the verb's --help
+    exported = {v.python_name for v in VERBS if v.python_name}
+    folders = {n for n in exported if (Path(domainlm.__file__).parent / n).is_dir()}  # imported from the folder
+    assert set(domainlm.__all__) == (exported - folders) | {"resolve", "load_model", "load_tokenizer"}
+    for name in domainlm.__all__:  # what `from domainlm import NAME` gives is the function, never a package
+        assert callable(getattr(domainlm, name)), name
+    for name in folders:
+        assert callable(getattr(importlib.import_module(f"domainlm.{name}"), name)), name
+    assert len(exported) == len([v for v in VERBS if v.python_name])  # no two verbs under one name
+
+
 def test_unknown_verb_suggests(capsys):
     assert main(["adpat"]) == 2
     assert "did you mean 'adapt'" in capsys.readouterr().err
@@ -247,9 +275,9 @@ def test_tiny_models_train_one_step_and_reload_identically(name, tmp_path):
 
 
 def test_verbs_import_as_functions_and_corpora_submodules_stay_modules():
-    """`from domainlm import prepare` is the verb; `domainlm.corpora.prepare` is always the submodule."""
-    code = ("import types\nfrom domainlm.corpora import prepare as a\nimport domainlm.corpora.prepare\n"
-            "from domainlm.corpora import prepare as b\nfrom domainlm import prepare, stats, download\n"
+    """`from domainlm import prepare` is the verb; `domainlm.corpora.run` is always the submodule."""
+    code = ("import types\nfrom domainlm.corpora import run as a\nimport domainlm.corpora.run\n"
+            "from domainlm.corpora import run as b\nfrom domainlm import prepare, stats, download\n"
             "assert isinstance(a, types.ModuleType) and a is b\n"
             "assert all(callable(f) and not isinstance(f, types.ModuleType) for f in (prepare, stats, download))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

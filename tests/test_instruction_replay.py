@@ -110,7 +110,7 @@ def test_prepared_blocks_carry_the_mask_and_batches_ignore_every_other_label(tmp
 
 
 def test_self_replay_is_deterministic_for_a_seed(plain_tok):
-    from domainlm.generate import load_causal
+    from domainlm.generate.run import load_causal
 
     model, tok = load_causal("tiny-llama")
     convs = ins.read_conversations(ins_path())

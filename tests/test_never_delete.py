@@ -57,6 +57,28 @@ def test_the_rule(tmp_path, monkeypatch):
     assert why_not_replace(tmp_path / "u", ("corpus",), markers=(".work/config.json",)) is None
 
 
+def test_a_folder_kind_is_read_one_way(tmp_path, monkeypatch):
+    """The rule, ``is_run_folder`` and bench's --out check read a folder's kind through ``artifacts.peek_manifest``
+    (``read_manifest``, finished or not): an unfinished run is a run; a missing, corrupt or non-object manifest is
+    no kind at all, never a crash."""
+    from domainlm.artifacts import peek_manifest, why_not_replace, write_manifest
+    from domainlm.bench.run import _check_out
+    from domainlm.loading import is_run_folder
+
+    monkeypatch.chdir(tmp_path)
+    write_manifest(tmp_path / "unfinished", "run", complete=False)
+    assert peek_manifest(tmp_path / "unfinished")["kind"] == "run" and is_run_folder(tmp_path / "unfinished")
+    assert why_not_replace(tmp_path / "unfinished", ("run",)) is None
+    assert peek_manifest(tmp_path / "absent") == {} and not is_run_folder(tmp_path / "absent")
+    for name, text in (("corrupt", "{not json"), ("list", "[1, 2]")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(text)
+        assert peek_manifest(tmp_path / name) == {} and not is_run_folder(tmp_path / name)
+        assert "not a folder domainlm wrote" in why_not_replace(tmp_path / name, ("run",))
+        with pytest.raises(ConfigError, match="not a bench report folder"):
+            _check_out(tmp_path / name)
+
+
 def test_publish_overwrite_never_deletes_the_run_it_publishes(runs):
     from domainlm.publish import publish
 
@@ -98,7 +120,7 @@ def test_adapt_overwrite_refuses_foreign_folders_and_its_own_input(runs, llama_c
 
 
 def test_prepare_refuses_foreign_folders_with_the_same_rule(tmp_path):
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     thesis = _thesis(tmp_path / "d")
     with pytest.raises(ConfigError, match="never deletes folders it did not write"):
@@ -155,7 +177,7 @@ def test_full_disk_during_prepare_says_what_to_do(tmp_path, monkeypatch):
     """datatrove passes a task's OSError(ENOSPC) through; prepare turns it into one line saying what to do."""
     import errno
 
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
     from domainlm.corpora.steps.pack import PackTask
 
     def full(*args, **kwargs):

@@ -77,7 +77,7 @@ def test_single_process_checkpoints_and_peft_wrapping_warn_nothing(tmp_path):
 
 def test_a_corpus_without_validation_blocks_says_perplexity_was_not_tracked(tmp_path, capsys, monkeypatch):
     from domainlm.adapt import adapt
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     monkeypatch.setenv("DOMAINLM_PROGRESS", "0")
     corpus = tmp_path / "c"
@@ -102,7 +102,7 @@ def test_bench_shows_a_bar_per_task_counting_batches():
     """bench's per-task bar advances once per forward pass of the model's body, in every mode."""
     import io
 
-    from domainlm.bench.runner import _task_progress
+    from domainlm.bench.run import _task_progress
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
     loaded = SimpleNamespace(model=model)

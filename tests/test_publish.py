@@ -346,7 +346,7 @@ def test_bench_generate_and_publish_load_a_run_identically_and_qlora_like_lora(l
     from safetensors.torch import load_file
 
     from domainlm.bench.loading import load_for_eval
-    from domainlm.generate import load_causal
+    from domainlm.generate.run import load_causal
     from domainlm.loading import load_run_model, read_run
 
     probe = load_file(str(lora_run / "final" / "probe.safetensors"))
@@ -374,7 +374,7 @@ def test_adapter_export_is_verified_on_the_base_as_the_run_held_it(lora_run: Pat
     from safetensors.torch import load_file
 
     from domainlm.loading import base_source, read_run
-    from domainlm.publish.engine import _held_base
+    from domainlm.publish.run import _held_base
 
     info = read_run(lora_run)
     assert _held_base(info, tmp_path) == base_source(info).path  # fp32-held: the checkpoint itself

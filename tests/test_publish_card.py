@@ -151,7 +151,7 @@ def test_adapter_card_explains_loading_with_peft(tmp_path):
 
 
 def test_license_is_read_from_a_base_folder_card(tmp_path):
-    from domainlm.publish.engine import _license_from_folder
+    from domainlm.publish.run import _license_from_folder
 
     (tmp_path / "README.md").write_text("---\nlicense: cc-by-4.0\n---\n# a model\n")
     assert _license_from_folder(str(tmp_path)) == "cc-by-4.0"

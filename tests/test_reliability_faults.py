@@ -163,13 +163,13 @@ def test_full_disk_during_publish_keeps_the_earlier_publication(adapt_bench):
 
 @pytest.mark.slow
 def test_resume_keeps_the_bf16_decision_of_the_interrupted_run(adapt_bench, tmp_path, monkeypatch):
-    from domainlm import flops
+    from domainlm import device
     from domainlm.adapt import adapt
 
     run = tmp_path / "run"
     kw = dict(model="tiny-llama", corpus=str(adapt_bench.corpus), out=str(run), max_steps=4, save_every=2,
               batch_size=2, eval_batches=1, eval_every=0, bf16="auto")
-    monkeypatch.setattr(flops, "bf16_is_fast", lambda *a, **k: True)
+    monkeypatch.setattr(device, "bf16_is_fast", lambda *a, **k: True)
     assert adapt(**kw)["bf16"] is True
-    monkeypatch.setattr(flops, "bf16_is_fast", lambda *a, **k: False)  # the measurement differs on the resume
+    monkeypatch.setattr(device, "bf16_is_fast", lambda *a, **k: False)  # the measurement differs on the resume
     assert adapt(resume=True, **kw)["bf16"] is True

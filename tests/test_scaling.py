@@ -189,10 +189,7 @@ class _FakeAdapt:
 
 @pytest.fixture
 def fake(monkeypatch):
-    import importlib
-
-    # The package exports the function `sweep`, which shadows the module of the same name.
-    sweep_mod = importlib.import_module("domainlm.scaling.sweep")
+    from domainlm.scaling import run_sweep as sweep_mod
 
     clock = [0.0]
     monkeypatch.setattr(sweep_mod, "_now", lambda: clock[0])
@@ -260,9 +257,8 @@ def test_real_sweep_on_the_shipped_sample_then_fit(tmp_path, capsys):
 
 
 def test_time_prediction_fits_overhead_plus_rate():
-    import importlib
+    from domainlm.scaling.run_sweep import predict_seconds as predict
 
-    predict = importlib.import_module("domainlm.scaling.sweep").predict_seconds
     # 10 s of overhead plus 1 s per GFLOP, the first run slowed by imports.
     history = [(1e9, 30.0), (2e9, 12.0), (4e9, 14.0)]
     assert predict(history, 8e9, margin=1.0) == pytest.approx(18.0)

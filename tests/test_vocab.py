@@ -280,7 +280,7 @@ def test_tied_wordpiece_model_shares_rows_and_says_so(wordpiece_bert, corpus_fil
 
 
 def test_prepared_corpus_is_decoded_and_its_validation_split_is_held_out(corpus_files, tmp_path):
-    from domainlm.corpora.prepare import prepare
+    from domainlm.corpora import prepare
     from domainlm.vocab.texts import read_held_out, read_texts
 
     prepared = tmp_path / "prepared"
@@ -365,7 +365,7 @@ def test_lora_adapt_and_merge_keep_the_new_rows(rows, tiny_llama_extended, corpu
     from transformers import AutoModelForCausalLM
 
     from domainlm.adapt import adapt
-    from domainlm.corpora.prepare import prepare
+    from domainlm.corpora import prepare
 
     monkeypatch.setenv("DOMAINLM_PROGRESS", "0")
     out, manifest = tiny_llama_extended

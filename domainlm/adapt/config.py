@@ -12,6 +12,10 @@ TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
 # Muennighoff et al. 2023 (Scaling Data-Constrained Language Models): up to about 4 epochs of repeated data are
 # almost as good as fresh data; beyond that the returns fall quickly.
 REPEAT_WARNING_EPOCHS = 4
+# Tokens per training sequence by objective where no block_size is given; adapt's corpus-card preparation and
+# compute's seq_len both read it. Causal 256: a PubMed abstract averages ~250 tokens, so a block holds about one;
+# masked 128: BERT spent 90% of its pretraining steps at 128; protein 512: most protein sequences are shorter.
+DEFAULT_BLOCK_SIZE = {"masked": 128, "causal": 256, "protein": 512}
 
 
 @dataclass
@@ -87,7 +91,7 @@ class AdaptConfig:
     from_scratch: bool = opt(False, "initialise the weights from the model's config instead of its checkpoint "
                              "(ESM trained from scratch)")
     block_size: int | None = opt(None, "tokens per training sequence when adapt prepares a corpus card "
-                                 "(default: 128 for masked, 256 for causal, 512 for protein)")
+                                 "(default: 128 for masked, 256 for causal, 512 for protein: DEFAULT_BLOCK_SIZE)")
     # --- full training or LoRA --------------------------------------------------------------------
     method: Literal["full", "lora", "qlora"] = opt("full", "train every weight, LoRA adapters (peft), or QLoRA: LoRA "
                                                    "over a 4-bit NF4 base (bitsandbytes, extra domainlm[qlora])")

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from domainlm.adapt.features import transformer_blocks
+from domainlm.device import pick_device
 from domainlm.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class Dist:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(self.world)))
         self.is_main = self.rank == 0
-        if torch.cuda.is_available():
+        if pick_device() == "cuda":  # each process on its own GPU
             self.device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(self.device)
         else:

@@ -12,6 +12,7 @@ import torch
 
 from domainlm.adapt.config import AdaptConfig
 from domainlm.artifacts import read_manifest
+from domainlm.device import pick_device
 from domainlm.errors import ConfigError, DomainLMError
 from domainlm.noise import ignoring
 from domainlm.sources.gguf import materialise
@@ -118,8 +119,8 @@ def _set_attention(model: Any, cfg: AdaptConfig, objective: str) -> None:
     """Switch from the SDPA the model was loaded with to the configured packed-document attention (domainlm.attention)."""
     from domainlm.attention import resolve_attention
 
-    name = resolve_attention(getattr(cfg, "attention", "auto"), objective, type(model),
-                             "cuda" if torch.cuda.is_available() else "cpu", config=model.config)
+    name = resolve_attention(getattr(cfg, "attention", "auto"), objective, type(model), pick_device(),
+                             config=model.config)
     if name != "sdpa":
         model.set_attn_implementation(name)
         log.info("attention: %s for packed documents", name)
@@ -166,7 +167,7 @@ def prepare_model(cfg: AdaptConfig, *, meta_report: LoadReport | None = None) ->
             # FSDP2 would shard bitsandbytes' packed uint8 weights and their quant_state apart; not supported here
             raise ConfigError(["'method: qlora' with 'strategy: fsdp' is not supported: use strategy: ddp (QLoRA's "
                                "4-bit base is small enough to replicate) or method: lora with FSDP"])
-        compute_dtype, why = quant.qlora_compute_dtype(cfg.bf16, "cuda" if torch.cuda.is_available() else "cpu")
+        compute_dtype, why = quant.qlora_compute_dtype(cfg.bf16, pick_device())
         log.info("QLoRA: NF4 base with double quantisation, computing in %s (%s)", compute_dtype, why)
         settings = quant.qlora_settings(compute_dtype)
         model, report = quant.load_4bit(src, objective, settings, trust_remote_code=cfg.trust_remote_code,

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from domainlm.bench.config import BenchConfig
+from domainlm.bench.config import BenchConfig, BenchDownloadConfig
 from domainlm.config import as_config
 
 
@@ -63,9 +63,23 @@ def bench(config: BenchConfig | str | None = None, **overrides: Any) -> dict[str
     Tasks are YAML files in benchmarks/<suite>/; --data-root and --override point them at other data
     (e.g. the real datasets). Returns the report as a dict.
     """
-    from domainlm.bench.runner import run
+    from domainlm.bench.run import run
 
     return run(as_config(BenchConfig, config, overrides))
 
 
-__all__ = ["BenchConfig", "bench"]
+def download(config: BenchDownloadConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
+    """Download a real suite's data files (blurb, matsci, protein-fitness) into the cache, checking each sha256.
+
+    Transfers resume after a cut connection; files already in the cache are checked and reused. A file whose
+    task YAML pins no sha256 is refused unless --allow-unpinned. Offline (HF_HUB_OFFLINE=1), a wrong
+    checksum or an unreachable source: one line per file naming it, its URL and the fix. Tasks marked
+    `ready: false` (data behind a login, no reader yet) are listed with what to place by hand.
+    Returns (and writes to CACHE/downloads.json) the files with their sha256.
+    """
+    from domainlm.bench.run_download import run
+
+    return run(as_config(BenchDownloadConfig, config, overrides))
+
+
+__all__ = ["BenchConfig", "BenchDownloadConfig", "bench", "download"]

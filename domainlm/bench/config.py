@@ -1,4 +1,5 @@
-"""The options of ``domainlm bench``: one dataclass, whose fields are the CLI flags and YAML keys."""
+"""The options of ``domainlm bench`` and ``domainlm bench download``: dataclasses whose fields are the CLI flags and
+YAML keys."""
 
 from __future__ import annotations
 
@@ -87,4 +88,27 @@ class BenchConfig:
             out.append("'split: dev' scores native tasks only; lm-evaluation-harness tasks are scored on their own split")
         if self.baseline is not None and self.baseline == self.model:
             out.append("'baseline' is the same as 'model'; compare against a different model or drop --baseline")
+        return out
+
+
+@dataclass
+class BenchDownloadConfig:
+    """Options of ``domainlm bench download``."""
+
+    suite: str = opt(help="a real suite (blurb, matsci, protein-fitness) or a folder of task YAMLs with 'sources'")
+    tasks: list[str] | None = opt(None, "fetch only these tasks' files (names are the YAML file names)")
+    cache: str | None = opt(None, "folder to download into (default: $DOMAINLM_CACHE/bench, i.e. "
+                            "~/.cache/domainlm/bench); laid out like ../shared/realdata, so it works as --data-root")
+    allow_unpinned: bool = opt(False, "accept files whose task YAML pins no sha256 (the sha256 of what arrived is "
+                               "recorded in downloads.json and in bench reports); without it they are refused")
+    retries: int = opt(3, "attempts per file after the first one (transfers resume where they stopped)")
+    retry_wait: float = opt(2.0, "seconds before the first retry; doubled each time")
+    timeout: float = opt(60.0, "seconds without data before a connection is given up")
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.retries < 0:
+            out.append(f"'retries' cannot be negative, got {self.retries}")
+        if self.timeout <= 0:
+            out.append(f"'timeout' must be positive, got {self.timeout}")
         return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +105,20 @@ def encode_words(loaded: LoadedModel, examples: list[Example], max_length: int) 
     return out, cut
 
 
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    """``(input_ids, attention_mask)`` of ragged token rows, right-padded with ``pad_id`` to the longest row: the
+    one padding of bench's batches (features here, perplexity windows, zero-shot choices)."""
+    import torch
+
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[r, :len(row)] = 1
+    return ids, mask
+
+
 def batches(encoded: list[Encoded], batch_size: int, pad_id: int, device: str) -> Iterator[tuple[list[int], Any]]:
     """Yield (example indices, {input_ids, attention_mask, special}) sorted by length."""
     import torch
@@ -112,15 +126,10 @@ def batches(encoded: list[Encoded], batch_size: int, pad_id: int, device: str) -
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        width = max(len(encoded[i].input_ids) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        special = torch.ones((len(idx), width), dtype=torch.bool)
+        ids, mask = pad_right([encoded[i].input_ids for i in idx], pad_id)
+        special = torch.ones(ids.shape, dtype=torch.bool)
         for r, i in enumerate(idx):
-            n = len(encoded[i].input_ids)
-            ids[r, :n] = torch.tensor(encoded[i].input_ids)
-            mask[r, :n] = 1
-            special[r, :n] = torch.tensor(encoded[i].special, dtype=torch.bool)
+            special[r, :len(encoded[i].input_ids)] = torch.tensor(encoded[i].special, dtype=torch.bool)
         yield idx, {"input_ids": ids.to(device), "attention_mask": mask.to(device), "special": special.to(device)}
 
 

@@ -140,7 +140,7 @@ def causal_scores(model, tokenizer, texts: list[str], *, window: int = 256, stri
     import torch
     import torch.nn.functional as F
 
-    from domainlm.bench.features import autocast
+    from domainlm.bench.features import autocast, pad_right
 
     stride = stride or max(1, window // 2)
     prefix = _prefix_token(tokenizer)
@@ -159,12 +159,7 @@ def causal_scores(model, tokenizer, texts: list[str], *, window: int = 256, stri
     with torch.inference_mode(), autocast(device, bf16):
         for start in range(0, len(order), batch_size):
             chunk = [jobs[j] for j in order[start:start + batch_size]]
-            width = max(len(c[1]) for c in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, (_, seq, _) in enumerate(chunk):
-                ids[r, :len(seq)] = torch.tensor(seq)
-                mask[r, :len(seq)] = 1
+            ids, mask = pad_right([seq for _, seq, _ in chunk], pad)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             for r, (d, seq, new) in enumerate(chunk):
                 n = len(seq)
@@ -188,7 +183,7 @@ def masked_scores(model, tokenizer, texts: list[str], *, window: int = 128, max_
     import torch
     import torch.nn.functional as F
 
-    from domainlm.bench.features import autocast
+    from domainlm.bench.features import autocast, pad_right
 
     if tokenizer.mask_token_id is None:
         from domainlm.errors import ConfigError
@@ -213,12 +208,8 @@ def masked_scores(model, tokenizer, texts: list[str], *, window: int = 128, max_
     with torch.inference_mode(), autocast(device, bf16):
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
-            width = max(len(r[1]) for r in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            att = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, (_, seq, pos) in enumerate(chunk):
-                ids[r, :len(seq)] = torch.tensor(seq)
-                att[r, :len(seq)] = 1
+            ids, att = pad_right([seq for _, seq, _ in chunk], pad)
+            for r, (_, _, pos) in enumerate(chunk):
                 ids[r, pos] = mask_id
             logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits
             positions = torch.tensor([r[2] for r in chunk], device=logits.device)

@@ -1,5 +1,5 @@
 """Corpus cards: ``corpora/<name>.yaml`` says where a corpus comes from, its license and format, and how
-to prepare it (a ``prepare:`` mapping of :class:`~domainlm.corpora.settings.PrepareConfig` fields).
+to prepare it (a ``prepare:`` mapping of :class:`~domainlm.corpora.config.PrepareConfig` fields).
 
 Input paths in a card are relative to the card's folder; ``{data}`` stands for the download folder
 (``$DOMAINLM_DATA``, default ``~/.cache/domainlm/data``), where ``domainlm corpus download`` puts
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from domainlm.corpora.settings import PrepareConfig
+from domainlm.corpora.config import PrepareConfig
 from domainlm.errors import ConfigError, did_you_mean
 
 REQUIRED_KEYS = ("name", "description", "source", "license", "format", "prepare")

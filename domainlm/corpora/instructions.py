@@ -187,18 +187,15 @@ def prepare_instructions(path: str | Path, tokenizer: Any, block_size: int, out:
     """Pack an instruction JSONL into ``out`` with ``tokenizer``, in prepare's storage format (train/: token ids,
     document starts and the bit-packed ``loss_mask``; manifest.json with its layout); a folder already prepared
     from the same file, tokenizer and settings is reused."""
-    from domainlm.artifacts import write_manifest
+    from domainlm.artifacts import MANIFEST, peek_manifest, write_manifest
     from domainlm.corpora.pack import FORMAT_VERSION, SplitWriter, token_dtype
     from domainlm.corpora.tokenizer_plan import tokenizer_fingerprint
 
     path, out = Path(path).expanduser(), Path(out)
     fingerprint = _fingerprint(path, tokenizer, block_size, layout)
-    man_path = out / "manifest.json"
+    man_path = out / MANIFEST
     if man_path.is_file():
-        try:
-            old = json.loads(man_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = {}
+        old = peek_manifest(out)
         if old.get("complete") and old.get("fingerprint") == fingerprint:
             return old
         man_path.unlink()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from domainlm.errors import DataError, DomainLMError
+from domainlm.merge.config import MergeConfig
 
 log = logging.getLogger(__name__)
 
@@ -296,3 +297,23 @@ def write_run(pair: Pair, merged: Path, out: Path, merge_info: dict[str, Any], e
             extras(tmp)  # selection.json and pareto.png, inside the same atomic folder
         manifest = write_manifest(tmp, "run", complete=True, **run)
     return manifest
+
+
+def merge_info(cfg: MergeConfig, pair: Pair, weight: float, wall_s: float, **extra: Any) -> dict[str, Any]:
+    """The manifest's ``merge`` entry: inputs, method and weights."""
+    from importlib.metadata import version
+
+    info = {"method": cfg.method, "engine": f"mergekit {version('mergekit')}", "weight": weight,
+            "adapted": str(cfg.model), "other": pair.other_spec,
+            # linear/SLERP interpolate (SLERP's t); TIES/DARE add weight x the sparsified task vector to the other
+            "weights": {"adapted": weight, "other": 1.0 - weight} if cfg.method in ("linear", "slerp") else
+            {"task_vector": weight, "other": 1.0},
+            "vocabulary": {"rows": pair.vocab_rows, "shared_rows": pair.shared_rows,
+                           "added_rows_from": "adapted" if pair.vocab_rows > pair.shared_rows else None},
+            "wall_time_s": wall_s}
+    if cfg.method in ("ties", "dare"):
+        info["density"] = cfg.density
+    if cfg.method == "dare":
+        info["seed"] = cfg.seed
+    info.update(extra)
+    return info

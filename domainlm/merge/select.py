@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from domainlm.artifacts import MANIFEST, read_manifest
 from domainlm.merge.config import MergeConfig
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,9 @@ def _run_corpus_values(run: Any) -> dict[str, Any] | None:
     if run is None:
         return None
     corpus = (run.config or {}).get("corpus")
-    manifest = Path(str(corpus)).expanduser() / "manifest.json" if corpus else None
-    if manifest is not None and manifest.is_file():
-        return json.loads(manifest.read_text(encoding="utf-8")).get("config") or None
+    folder = Path(str(corpus)).expanduser() if corpus else None
+    if folder is not None and (folder / MANIFEST).is_file():
+        return read_manifest(folder, require_complete=False).get("config") or None
     from domainlm.corpora.cards import card_prepare_values, is_card
 
     return card_prepare_values(corpus) if corpus and is_card(corpus) else None
@@ -228,9 +229,9 @@ def select(cfg: MergeConfig) -> dict[str, Any]:
     from domainlm.bench import bench
     from domainlm.bench.config import BenchConfig
     from domainlm.bench.report import build_report
-    from domainlm.bench.runner import load_all, pick_bf16, pick_device, score_model, warm_imports
-    from domainlm.merge import merge_info
-    from domainlm.merge.engine import prepare_pair, run_mergekit, write_run
+    from domainlm.bench.run import load_all, pick_bf16, score_model, warm_imports
+    from domainlm.device import pick_device
+    from domainlm.merge.engine import merge_info, prepare_pair, run_mergekit, write_run
     from domainlm.tasks.suites import load_suite, parse_overrides
 
     t0 = time.perf_counter()

@@ -5,10 +5,15 @@ The export is verified every time: a fresh Python process that imports only torc
 final logits within a dtype-dependent tolerance, or the folder is never put in place.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
+from domainlm.config import as_config
 from domainlm.publish.config import PublishConfig
 
 
-def publish(config=None, **overrides):
+def publish(config: PublishConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
     """Export a finished `domainlm adapt` run as a model others load with plain transformers.
 
     Merges a LoRA adapter into its base (or exports the adapter alone with --no-merge), saves
@@ -17,9 +22,9 @@ def publish(config=None, **overrides):
 
     Example: domainlm publish runs/adapt --out published/my-model --bench runs/bench
     """
-    from domainlm.publish.engine import run  # function-local: `domainlm publish --help` skips the export code
+    from domainlm.publish.run import run  # function-local: `domainlm publish --help` skips the export code
 
-    return run(config, **overrides)
+    return run(as_config(PublishConfig, config, overrides))
 
 
 __all__ = ["PublishConfig", "publish"]

@@ -128,7 +128,7 @@ def run(config: QuickstartConfig | None = None, **overrides: Any) -> dict[str, A
 
     # 1. prepare the shipped corpus with the base model's tokenizer
     stages.set_postfix_str("prepare")
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     t = time.perf_counter()
     corpus_dir = out / "corpus"

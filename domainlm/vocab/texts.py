@@ -78,15 +78,9 @@ def _read_files(inputs: list[str], fmt: str, text_field: str, max_documents: int
 
 
 def _is_prepared(path: Path) -> bool:
-    import json
+    from domainlm.artifacts import peek_manifest
 
-    manifest = path / "manifest.json"
-    if not (path.is_dir() and manifest.is_file()):
-        return False
-    try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("kind") == "corpus"
-    except (OSError, ValueError):
-        return False
+    return path.is_dir() and peek_manifest(path).get("kind") == "corpus"
 
 
 def _read_prepared(path: Path, split: str, max_documents: int | None) -> Texts:

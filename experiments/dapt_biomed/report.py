@@ -85,7 +85,7 @@ def collect(work: Path) -> dict[str, Any]:
 
 
 def _machine() -> dict[str, Any]:
-    from domainlm.flops import SIMD_FLAGS, cpu_flags, cpu_name
+    from domainlm.device import SIMD_FLAGS, cpu_flags, cpu_name
 
     present = cpu_flags()
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "flags": {f: f in present for f in SIMD_FLAGS},

@@ -117,7 +117,7 @@ def score(model_spec: str, key: str, group: str, realdata: Path, work: Path) -> 
 
     from domainlm.bench.loading import load_for_eval
     from domainlm.bench.modes import RunContext, run_task
-    from domainlm.bench.runner import load_all, warm_imports
+    from domainlm.bench.run import load_all, warm_imports
 
     cfg = _bench_config(model_spec, None, group, realdata, work, work / "bench" / key / group)
     specs, data = load_all(cfg)
@@ -140,7 +140,7 @@ def compare(arm_key: str, arm_spec: str, base_key: str, base_spec: str, group: s
     """The bench report (paired bootstrap against the base) of one arm on one group; written to
     WORK/bench/ARM-vs-BASE/GROUP like any `domainlm bench --model ARM --baseline BASE` report."""
     from domainlm.bench.report import build_report, write_report
-    from domainlm.bench.runner import load_all
+    from domainlm.bench.run import load_all
 
     out = work / "bench" / f"{arm_key}-vs-{base_key}" / group
     if (out / "report.json").is_file():

@@ -281,7 +281,7 @@ class PrepareTrials:
             shard = rng.randrange(self.shards - 1)
             if m == "hook":
                 def hook(shard=shard):  # SIGKILL right after shard `shard`'s progress record is written
-                    from domainlm.corpora import prepare as prepare_mod
+                    from domainlm.corpora import run as prepare_mod
 
                     def die(s: int) -> None:
                         if s == shard:

@@ -189,10 +189,10 @@ def warm_imports() -> None:
     import matplotlib.pyplot  # noqa: F401
     from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: F401
 
-    import domainlm.adapt.engine  # noqa: F401
+    import domainlm.adapt.run  # noqa: F401
     import domainlm.cli  # noqa: F401
-    import domainlm.corpora.prepare  # noqa: F401
-    import domainlm.publish.engine  # noqa: F401
+    import domainlm.corpora.run  # noqa: F401
+    import domainlm.publish.run  # noqa: F401
 
 
 def no_traceback(text: str) -> bool:

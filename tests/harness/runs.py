@@ -48,7 +48,7 @@ def make_run(out: Path, *, method: str = "lora", model: str = "tiny-llama", trai
     ``general`` tracks the shipped general-English sample, so the run records forgetting numbers.
     """
     from domainlm.adapt import adapt
-    from domainlm.corpora.prepare import prepare
+    from domainlm.corpora import prepare
 
     corpus = out.parent / f"{out.name}-corpus"
     if not (corpus / "manifest.json").is_file():

@@ -6,7 +6,8 @@ and a LoRA run merged by :func:`~domainlm.bench.loading.load_for_eval` needs no 
 why it is not transformers' ``Trainer`` with an ``AutoModelFor*Classification``: those reload the
 weights from a folder and have no head for every body bench can load.) The budget is
 ``finetune_steps`` AdamW steps, or ``finetune_epochs`` passes over the train split, with 10% linear
-warm-up and linear decay, the schedule BERT fine-tuning uses.
+warm-up and linear decay, the schedule BERT fine-tuning uses: transformers' ``get_linear_schedule_with_warmup``,
+as adapt uses transformers' schedules (the warm-up starts at lr 0 on the first step, as transformers' does).
 
 With a dev split (train / dev / test, as BLURB): dev is scored ``finetune_evals`` times, evenly
 over the budget, the checkpoint with the best dev score is kept, and the full test split is scored
@@ -120,6 +121,7 @@ def run_finetune(loaded: LoadedModel, spec: TaskSpec, data: TaskData, ctx: RunCo
     import numpy as np
     import torch
     import torch.nn.functional as F
+    from transformers import get_linear_schedule_with_warmup
 
     from domainlm.tasks.builtin import METRICS
     from domainlm.tasks.metrics import Context
@@ -145,9 +147,6 @@ def run_finetune(loaded: LoadedModel, spec: TaskSpec, data: TaskData, ctx: RunCo
     evals = sorted({max(1, round(steps * (k + 1) / spec.finetune_evals)) for k in range(spec.finetune_evals)}) \
         if dev else []
 
-    def schedule(step: int) -> float:
-        return min((step + 1) / warm, max(0.0, (steps - step) / max(1, steps - warm)))
-
     preds, dev_scores, chosen = [], [], []
     for seed in range(ctx.seeds):
         torch.manual_seed(seed)
@@ -157,7 +156,7 @@ def run_finetune(loaded: LoadedModel, spec: TaskSpec, data: TaskData, ctx: RunCo
         head = torch.nn.Linear(model.config.hidden_size, n_out).to(ctx.device)
         params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
         opt = torch.optim.AdamW(params, lr=spec.finetune_lr, weight_decay=0.01)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=warm, num_training_steps=steps)
         order: list[int] = []
         best: tuple[float, int, Any] | None = None  # (dev score, step, (model state, head state) on CPU)
         seed_dev = []

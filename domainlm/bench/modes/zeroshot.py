@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from domainlm.bench.features import autocast, ensure_pad
+from domainlm.bench.features import autocast, ensure_pad, pad_right
 from domainlm.bench.loading import LoadedModel
 from domainlm.bench.modes.result import ModeResult, RunContext, finish
 from domainlm.errors import ConfigError
@@ -74,12 +74,7 @@ def loglikelihoods(loaded: LoadedModel, requests: list[tuple[list[int], int]], *
     with torch.inference_mode(), autocast(device, bf16):
         for start in range(0, len(runs), batch_size):
             batch = runs[start:start + batch_size]
-            width = max(len(r) for r in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, seq in enumerate(batch):
-                ids[r, :len(seq)] = torch.tensor(seq)
-                mask[r, :len(seq)] = 1
+            ids, mask = pad_right(batch, pad)
             logits = loaded.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             for r, seq in enumerate(batch):
                 for i, first, target in items[seq]:

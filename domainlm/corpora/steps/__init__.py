@@ -1,6 +1,6 @@
 """The datatrove steps of ``domainlm corpus prepare``, one module per stage.
 
-The run is a chain of datatrove stages (each stage one executor, local, Slurm or Ray; see prepare.py):
+The run is a chain of datatrove stages (each stage one executor, local, Slurm or Ray; see run.py):
 
 1. ``read``: :class:`ReadClean`: our readers (every bad-record policy and drop count kept), cleaning and
    the length filters, the reading-comprehension conversion (``--reading-comprehension``: the document

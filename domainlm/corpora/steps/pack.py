@@ -70,7 +70,7 @@ class PackTask(Step):
         shard = kept = seen = seen2 = tokens = 0
         writers: dict[str, SplitWriter] = {}
         split_docs = dict.fromkeys(SPLITS, 0)
-        prepare_mod = sys.modules.get("domainlm.corpora.prepare")  # the test hook (see prepare._after_shard)
+        prepare_mod = sys.modules.get("domainlm.corpora.run")  # the test hook (see run._after_shard)
 
         def flush_rows() -> None:
             nonlocal shard

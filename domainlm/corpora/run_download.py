@@ -1,4 +1,4 @@
-"""``domainlm corpus download``: PubMed baseline/update files and UniProt Swiss-Prot, md5-checked, resumable.
+"""How ``domainlm corpus download`` fetches PubMed baseline/update files and UniProt Swiss-Prot, md5-checked, resumable.
 
 Each file is fetched to ``NAME.part``; an interrupted transfer resumes from where it stopped with an
 HTTP ``Range`` request; the md5 published next to the file (PubMed's ``NAME.md5``, UniProt's
@@ -20,13 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from domainlm.config import as_config, opt
+from domainlm.corpora.config import DownloadConfig
 from domainlm.errors import ConfigError, DataError, DomainLMError
 
 log = logging.getLogger(__name__)
-
-Source = Literal["pubmed-baseline", "pubmed-updates", "uniprot-sprot"]
-
 
 @dataclass(frozen=True)
 class _Remote:
@@ -45,33 +42,6 @@ REMOTES: dict[str, _Remote] = {
 }
 USER_AGENT = "domainlm-corpus-download/0.1 (+https://pypi.org/project/domainlm)"
 CHUNK = 1 << 20
-
-
-@dataclass
-class DownloadConfig:
-    """Options of ``domainlm corpus download``."""
-
-    source: Source = opt(help="what to download: pubmed-baseline, pubmed-updates or uniprot-sprot")
-    out: str | None = opt(None, "folder to download into (default: $DOMAINLM_DATA/<source>, where the corpus "
-                                "cards look; DOMAINLM_DATA defaults to ~/.cache/domainlm/data)")
-    base_url: str | None = opt(None, "server folder to download from (default: NCBI's or UniProt's; tests point "
-                                     "it at a local server)")
-    files: list[str] | None = opt(None, "file names to fetch (default: every matching file the server lists)")
-    limit: int | None = opt(None, "fetch only the first N files, in name order")
-    retries: int = opt(3, "attempts per file after the first one (transfers resume where they stopped)")
-    retry_wait: float = opt(2.0, "seconds before the first retry; doubled each time")
-    timeout: float = opt(60.0, "seconds without data before a connection is given up")
-    verify_existing: bool = opt(False, "re-check the md5 of files that are already downloaded")
-
-    def problems(self) -> list[str]:
-        out = []
-        if self.limit is not None and self.limit < 1:
-            out.append(f"'limit' must be positive, got {self.limit}")
-        if self.retries < 0:
-            out.append(f"'retries' cannot be negative, got {self.retries}")
-        if self.base_url is not None and not re.match(r"^(https?|file)://", self.base_url):
-            out.append(f"'base_url' must be an http(s):// or file:// URL, got {self.base_url!r}")
-        return out
 
 
 def _fetch(url: str, timeout: float, headers: dict[str, str] | None = None):
@@ -222,16 +192,10 @@ def _download_one(url: str, final: Path, md5: str | None, config: DownloadConfig
                         f"{part}")
 
 
-def download(config: DownloadConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
-    """Download PubMed baseline or update files, or UniProt Swiss-Prot, checking md5 and resuming cut transfers.
-
-    Files go to --out (default: the folder the corpus cards read). A file already there is skipped; a
-    partial one (NAME.part) is resumed. Writes download.json (the files, sizes and md5) and returns it.
-    """
+def run(config: DownloadConfig) -> dict[str, Any]:
     from domainlm.artifacts import atomic_write_json
     from domainlm.corpora.cards import data_dir
 
-    config = as_config(DownloadConfig, config, overrides)
     remote = REMOTES[config.source]
     base = config.base_url or remote.base_url
     if not base.endswith("/"):

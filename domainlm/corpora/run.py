@@ -23,12 +23,12 @@ from typing import Any
 
 from domainlm.config import as_config, build, to_dict
 from domainlm.corpora.cards import card_prepare_values
-from domainlm.corpora.settings import PrepareConfig
+from domainlm.corpora.config import PrepareConfig
 from domainlm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PrepareConfig", "prepare", "prepare_card"]
+__all__ = ["prepare_card", "run"]
 
 # Config fields that do not change the prepared data (so changing them does not invalidate a folder).
 _VOLATILE = {"overwrite", "out", "card", "inputs", "executor", "tasks", "workers", "partition", "time"}
@@ -36,16 +36,8 @@ WORK = ".work"
 SMALL_INPUT = 4 * 2**20  # below this, one task: starting processes costs more than it saves
 
 
-def prepare(config: PrepareConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
-    """Read, clean, deduplicate, split, tokenise and pack a domain corpus into OUT.
-
-    OUT gets train/ and validation/ (each task's fixed-length blocks as uint16 or uint32 token ids with its
-    document starts; load with domainlm.corpora.load_prepared, which gives input_ids and per-token doc_ids),
-    documents/ (which source id each document index is) and, written last, manifest.json (inputs and hashes, counts and drops by reason, tokenizer,
-    config, versions). Re-running with the same settings reuses a finished folder and resumes an
-    interrupted one. Returns the manifest (with ``--executor slurm``, the jobs are submitted and the
-    returned dict says where the manifest will appear).
-    """
+def run(config: PrepareConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
+    """Build the config (a corpus card's settings are the base; every keyword given wins) and run the preparation."""
     card_values = None
     if isinstance(config, PrepareConfig) and config.card and not overrides:
         config = _apply_card(config)
@@ -87,7 +79,7 @@ def prepare_card(name: str, model: str, out: str | Path, block_size: int | None 
     if block_size is not None:
         values["block_size"] = block_size
     values.update(overrides)
-    return prepare(**values)
+    return run(**values)
 
 
 def _after_shard(shard: int) -> None:
@@ -139,14 +131,13 @@ class _Run:
         return self._execute()
 
     def _hash_inputs(self) -> list[dict[str, Any]]:
-        from domainlm.artifacts import sha256_file
+        from domainlm.artifacts import peek_manifest, sha256_file
 
         cache: dict[tuple[str, int, int], str] = {}
-        for src in (self.out / "manifest.json", self.work / "config.json"):
-            try:
-                data = json.loads(src.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
+        known = [peek_manifest(self.out)]  # a finished folder's input hashes, and an unfinished prepare's
+        with contextlib.suppress(OSError, ValueError):
+            known.append(json.loads((self.work / "config.json").read_text(encoding="utf-8")))
+        for data in known:
             for item in data.get("inputs", []):
                 if {"path", "bytes", "mtime_ns", "sha256"} <= set(item):
                     cache[(item["path"], item["bytes"], item["mtime_ns"])] = item["sha256"]
@@ -167,19 +158,15 @@ class _Run:
 
     def _existing_manifest(self) -> dict[str, Any] | None:
         """A finished folder with the same fingerprint is reused; a different one needs --overwrite."""
-        from domainlm.artifacts import MANIFEST, why_not_replace
+        from domainlm.artifacts import MANIFEST, peek_manifest, why_not_replace
 
         # only the prepare's own subfolders are ever cleared (_clear), so its inputs may live beside them
         refused = why_not_replace(self.out, ("corpus",), markers=(f"{WORK}/config.json",))
         if refused:
             raise ConfigError([f"'out': {refused}"])
-        path = self.out / MANIFEST
-        if not path.is_file():
+        if not (self.out / MANIFEST).is_file():
             return None
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            manifest = {}
+        manifest = peek_manifest(self.out)
         if manifest.get("complete") and manifest.get("fingerprint") == self.fingerprint and not self.config.overwrite:
             log.info("%s is already prepared with these settings, tokenizer and inputs: reusing it", self.out)
             shutil.rmtree(self.work, ignore_errors=True)
@@ -415,7 +402,7 @@ class _Run:
                                     "the same command again (finished tasks are kept and skipped)") from None
                 raise DataError(f"corpus prepare failed in a datatrove task: {type(exc).__name__}: {exc} (task logs: "
                                 f"{self.work / 'logs'})") from exc
-        from domainlm.artifacts import MANIFEST
+        from domainlm.artifacts import MANIFEST, read_manifest
 
         if not (self.out / MANIFEST).is_file():
             if c.executor == "slurm":
@@ -424,7 +411,7 @@ class _Run:
                         "manifest": str(self.out / MANIFEST), "logs": str(self.work / "logs")}
             raise DataError(f"corpus prepare finished without writing {self.out / MANIFEST}; see the task logs in "
                             f"{self.work / 'logs'}")
-        manifest = json.loads((self.out / MANIFEST).read_text(encoding="utf-8"))
+        manifest = read_manifest(self.out, "corpus")
         shutil.rmtree(self.work, ignore_errors=True)
         return manifest
 

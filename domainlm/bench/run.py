@@ -19,23 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from domainlm.artifacts import peek_manifest, read_manifest
 from domainlm.bench.config import BenchConfig
+from domainlm.device import pick_device
 from domainlm.errors import ConfigError
 from domainlm.tasks.data import TaskData, load_data
 from domainlm.tasks.spec import TaskSpec
 from domainlm.tasks.suites import load_suite, parse_overrides
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError([f"'device: {device}' but torch sees no CUDA device here; use --device cpu"])
-    return device
 
 
 def pick_bf16(setting: str, device: str) -> bool:
@@ -72,8 +64,6 @@ def _needs_train(spec: TaskSpec, force: str | None, causal: bool | None = None) 
 
 def _check_out(out: Path) -> None:
     """Refuse to replace a folder that is not an earlier bench report (atomic_dir swaps the whole folder)."""
-    import json
-
     if not out.exists():
         return
     if out.is_file():
@@ -81,12 +71,7 @@ def _check_out(out: Path) -> None:
     entries = [p for p in out.iterdir()]
     if not entries:
         return
-    manifest = out / "manifest.json"
-    try:
-        kind = json.loads(manifest.read_text(encoding="utf-8")).get("kind") if manifest.is_file() else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        kind = None
-    if kind != "bench":
+    if peek_manifest(out).get("kind") != "bench":
         raise ConfigError([f"'out': {out} exists and is not a bench report folder; the report replaces the whole "
                            "folder, so choose a new or empty --out"])
 
@@ -103,7 +88,7 @@ def load_all(config: BenchConfig, causal: bool | None = None) -> tuple[list[Task
         raise ConfigError(["'tasks' and 'override' select native tasks, but 'suite' names only harness tasks"])
     specs = load_suite(native, config.tasks, overrides) if native else []
     if any(s.sources for s in specs):
-        from domainlm.bench.download import prepare_real
+        from domainlm.bench.run_download import prepare_real
 
         specs, roots = prepare_real(specs, data_root=config.data_root, tasks=config.tasks,
                                     allow_unpinned=config.allow_unpinned, suite=native)
@@ -121,7 +106,7 @@ def load_all(config: BenchConfig, causal: bool | None = None) -> tuple[list[Task
                                          max_train_examples=config.max_train_examples)
         data[spec.task_name].shortened = shortened_protocol(spec, config, epochs_before, data[spec.task_name])
         if spec.sources:
-            from domainlm.bench.download import verify
+            from domainlm.bench.run_download import verify
 
             data[spec.task_name].sources = verify(spec, Path(roots[spec.task_name]))
         sizes = ", ".join(f"{k} {len(v)}" for k, v in data[spec.task_name].splits.items())
@@ -155,15 +140,13 @@ def shortened_protocol(spec: TaskSpec, config: BenchConfig, epochs_before: float
 
 def _model_kind(spec: str, objective: str | None) -> str | None:
     """causal / masked / protein as far as it is known before loading (run folders: their manifest)."""
-    import json
-
     from domainlm.bench.loading import is_run_folder
     from domainlm.sources.resolution import resolve
 
     if objective:
         return objective
     if is_run_folder(spec):
-        manifest = json.loads((Path(spec).expanduser() / "manifest.json").read_text(encoding="utf-8"))
+        manifest = read_manifest(Path(spec).expanduser(), "run", require_complete=False)
         kind = (manifest.get("config") or {}).get("objective")
         return kind if kind in ("causal", "masked", "protein") else None
     return resolve(spec).kind

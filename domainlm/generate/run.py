@@ -1,52 +1,19 @@
-"""``domainlm generate``: sample text from a causal model, printed token by token as it is produced.
-
-``--model`` takes anything that loads as a causal model: a published folder, a run folder (a LoRA
-run is merged on the fly), a packaged model (smollm2), a tiny architecture or a Hub id. ``--compare
-BASE`` runs the same prompt with the same seed through a second model and prints its continuation
-after the first, each under its own heading, so the two can be read side by side.
-"""
+"""How ``domainlm generate`` loads a causal model and samples from it, printing tokens as they come."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from domainlm.config import as_config, at_least, opt
 from domainlm.errors import ConfigError
+from domainlm.generate.config import GenerateConfig
 from domainlm.loading import is_run_folder, load_for_eval, read_run
 from domainlm.sources.resolution import resolve
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class GenerateConfig:
-    model: str = opt(help="causal model: published folder, run folder, packaged name (smollm2), tiny-llama or a "
-                     "Hub id")
-    prompt: str = opt(help="text to continue")
-    max_new_tokens: int = opt(64, "tokens to generate after the prompt")
-    temperature: float = opt(0.8, "sampling temperature; 0 picks the most likely token every step (greedy)")
-    top_p: float = opt(0.95, "nucleus sampling: sample from the smallest set of tokens whose probability reaches "
-                       "this (1 disables)")
-    seed: int = opt(0, "random seed; the same seed is used for --compare, so both models draw the same noise")
-    compare: str | None = opt(None, "a second model (usually the base) whose continuation of the same prompt is "
-                              "printed after the first")
-    allow_pickle: bool = opt(False, "allow loading pickle (.bin) weights; pickle can execute code")
-    trust_remote_code: bool = opt(False, "allow model code from the model folder to run")
-
-    def problems(self) -> list[str]:
-        out = at_least(self, max_new_tokens=1)
-        if self.temperature < 0:
-            out.append(f"'temperature' must be 0 (greedy) or more, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            out.append(f"'top_p' must be in (0, 1], got {self.top_p}")
-        if not self.prompt:
-            out.append("'prompt' is empty: give the text to continue")
-        return out
 
 
 def _no_head(spec: str, what: str) -> str:
@@ -114,12 +81,7 @@ def _generate_one(model: Any, tokenizer: Any, cfg: GenerateConfig, label: str) -
     return {"model": label, "continuation": text, "tokens": int(len(new)), "seconds": seconds}
 
 
-def generate(config: Any = None, **overrides: Any) -> dict[str, Any]:
-    """Generate a continuation of --prompt from a causal model, printing tokens as they come.
-
-    Example: domainlm generate --model published/my-model --prompt "The kinase" --compare smollm2
-    """
-    cfg = as_config(GenerateConfig, config, overrides)
+def run(cfg: GenerateConfig) -> dict[str, Any]:
     flags = {"allow_pickle": cfg.allow_pickle, "trust_remote_code": cfg.trust_remote_code}
     # Both models are checked before either is loaded, so a masked --compare fails before any generation.
     problems = [f"'{key}': {why}" for key, spec in (("model", cfg.model), ("compare", cfg.compare)) if spec

@@ -1,4 +1,4 @@
-"""``domainlm bench download``: fetch a real suite's data files into the cache, pinned and verified.
+"""How ``domainlm bench download`` fetches a real suite's data files into the cache, pinned and verified.
 
 A real suite's task YAMLs (``benchmarks/blurb``, ``matsci``, ``protein-fitness``) list in ``sources`` the
 canonical URL of every data file (at a fixed commit or release), its sha256 and license. Files land in
@@ -6,7 +6,7 @@ canonical URL of every data file (at a fixed commit or release), its sha256 and 
 path of the YAML. Those paths are the ones ``../shared/realdata`` uses, so a folder laid out like that
 (or like the cache) works as ``bench --data-root`` for whatever it holds.
 
-The transfer itself is :mod:`domainlm.corpora.download`'s (one way to download: ``NAME.part`` resumed with
+The transfer itself is :mod:`domainlm.corpora.run_download`'s (one way to download: ``NAME.part`` resumed with
 HTTP Range, renamed only once its checksum matches, a progress bar on a terminal). Here:
 
 * a file whose YAML pins no sha256 is refused unless ``--allow-unpinned`` (its sha256 is then recorded);
@@ -23,39 +23,15 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from domainlm.config import as_config, opt
+from domainlm.bench.config import BenchDownloadConfig
 from domainlm.errors import ConfigError, DataError, DomainLMError
 from domainlm.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
 RECORD = "downloads.json"  # what was fetched into a cache folder: path -> url, sha256, bytes
-
-
-@dataclass
-class BenchDownloadConfig:
-    """Options of ``domainlm bench download``."""
-
-    suite: str = opt(help="a real suite (blurb, matsci, protein-fitness) or a folder of task YAMLs with 'sources'")
-    tasks: list[str] | None = opt(None, "fetch only these tasks' files (names are the YAML file names)")
-    cache: str | None = opt(None, "folder to download into (default: $DOMAINLM_CACHE/bench, i.e. "
-                            "~/.cache/domainlm/bench); laid out like ../shared/realdata, so it works as --data-root")
-    allow_unpinned: bool = opt(False, "accept files whose task YAML pins no sha256 (the sha256 of what arrived is "
-                               "recorded in downloads.json and in bench reports); without it they are refused")
-    retries: int = opt(3, "attempts per file after the first one (transfers resume where they stopped)")
-    retry_wait: float = opt(2.0, "seconds before the first retry; doubled each time")
-    timeout: float = opt(60.0, "seconds without data before a connection is given up")
-
-    def problems(self) -> list[str]:
-        out = []
-        if self.retries < 0:
-            out.append(f"'retries' cannot be negative, got {self.retries}")
-        if self.timeout <= 0:
-            out.append(f"'timeout' must be positive, got {self.timeout}")
-        return out
 
 
 def bench_cache() -> Path:
@@ -175,7 +151,8 @@ def fetch(specs: list[TaskSpec], root: Path, *, allow_unpinned: bool = False, re
     Returns one record per source (path, url, sha256, pinned, bytes, status). Every file that cannot be
     made present is one line of the raised :class:`DomainLMError` (file, URL, fix), all at once.
     """
-    from domainlm.corpora.download import DownloadConfig, _download_one
+    from domainlm.corpora.config import DownloadConfig
+    from domainlm.corpora.run_download import _download_one
 
     dl = DownloadConfig(source="pubmed-baseline", retries=retries, retry_wait=retry_wait, timeout=timeout)
     results: list[dict[str, Any]] = []
@@ -234,18 +211,9 @@ def fetch(specs: list[TaskSpec], root: Path, *, allow_unpinned: bool = False, re
     return results
 
 
-def download(config: BenchDownloadConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
-    """Download a real suite's data files (blurb, matsci, protein-fitness) into the cache, checking each sha256.
-
-    Transfers resume after a cut connection; files already in the cache are checked and reused. A file whose
-    task YAML pins no sha256 is refused unless --allow-unpinned. Offline (HF_HUB_OFFLINE=1), a wrong
-    checksum or an unreachable source: one line per file naming it, its URL and the fix. Tasks marked
-    `ready: false` (data behind a login, no reader yet) are listed with what to place by hand.
-    Returns (and writes to CACHE/downloads.json) the files with their sha256.
-    """
+def run(config: BenchDownloadConfig) -> dict[str, Any]:
     from domainlm.tasks.suites import load_suite
 
-    config = as_config(BenchDownloadConfig, config, overrides)
     specs = load_suite(config.suite, config.tasks)
     real = [s for s in specs if s.sources]
     if not real:

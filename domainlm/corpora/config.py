@@ -1,9 +1,11 @@
-"""The options of ``domainlm corpus prepare`` (:class:`PrepareConfig`), on their own floor so that corpus cards
-(which validate their ``prepare:`` mapping against it) and the prepare run both import it without importing
-each other."""
+"""The options of the ``domainlm corpus`` verbs: prepare (:class:`PrepareConfig`), stats and download.
+
+They sit on their own floor so that corpus cards (which validate their ``prepare:`` mapping against
+:class:`PrepareConfig`) and the prepare run both import them without importing each other."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -114,4 +116,62 @@ class PrepareConfig:
                        "'reading_comprehension' is off; turn it on (--reading-comprehension) or drop the layout")
         if not self.text_field:
             out.append("'text_field' cannot be empty")
+        return out
+
+
+@dataclass
+class StatsConfig:
+    """Options of ``domainlm corpus stats``."""
+
+    corpus: str = opt("", "a prepared corpus folder, a corpus card name, or input files/folders/globs "
+                          "(comma-separated)")
+    model: str | None = opt(None, "tokenizer for token counts and fragmentation (default: the tokenizer the "
+                                  "corpus was prepared with)")
+    general: str | None = opt("general-english-sample", "general-language reference (card name or files) that "
+                                                        "frequent terms are contrasted with; 'none' ranks by "
+                                                        "frequency alone")
+    out: str | None = opt(None, "folder for stats.json and length_histogram.png (default: CORPUS/stats for a "
+                                "prepared folder, else ./corpus-stats)")
+    format: str = opt("auto", "input format when CORPUS names raw files (see corpus prepare --format)")
+    text_field: str = opt("text", "JSONL key / CSV column with the text, for raw files")
+    top_k: int = opt(30, "how many terms and worst-split words to list")
+    min_count: int = opt(5, "a word must occur this often to be listed")
+    max_documents: int = opt(20000, "documents read for terms and fragmentation (the first N)")
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.corpus:
+            out.append("'corpus' is required: a prepared folder, a card name or input files")
+        if self.top_k < 1 or self.min_count < 1 or self.max_documents < 1:
+            out.append("'top_k', 'min_count' and 'max_documents' must be positive")
+        return out
+
+
+Source = Literal["pubmed-baseline", "pubmed-updates", "uniprot-sprot"]
+
+
+@dataclass
+class DownloadConfig:
+    """Options of ``domainlm corpus download``."""
+
+    source: Source = opt(help="what to download: pubmed-baseline, pubmed-updates or uniprot-sprot")
+    out: str | None = opt(None, "folder to download into (default: $DOMAINLM_DATA/<source>, where the corpus "
+                                "cards look; DOMAINLM_DATA defaults to ~/.cache/domainlm/data)")
+    base_url: str | None = opt(None, "server folder to download from (default: NCBI's or UniProt's; tests point "
+                                     "it at a local server)")
+    files: list[str] | None = opt(None, "file names to fetch (default: every matching file the server lists)")
+    limit: int | None = opt(None, "fetch only the first N files, in name order")
+    retries: int = opt(3, "attempts per file after the first one (transfers resume where they stopped)")
+    retry_wait: float = opt(2.0, "seconds before the first retry; doubled each time")
+    timeout: float = opt(60.0, "seconds without data before a connection is given up")
+    verify_existing: bool = opt(False, "re-check the md5 of files that are already downloaded")
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.limit is not None and self.limit < 1:
+            out.append(f"'limit' must be positive, got {self.limit}")
+        if self.retries < 0:
+            out.append(f"'retries' cannot be negative, got {self.retries}")
+        if self.base_url is not None and not re.match(r"^(https?|file)://", self.base_url):
+            out.append(f"'base_url' must be an http(s):// or file:// URL, got {self.base_url!r}")
         return out

@@ -1,10 +1,4 @@
-"""``domainlm scaling sweep``: train a grid of tiny models (sizes × token budgets) and tabulate held-out loss.
-
-Every run is a real ``domainlm adapt`` run from scratch on one prepared corpus, with one tokenizer and
-one model family whose sizes are built from configs, so the only things that change across the grid
-are N and D. The table (``sweep.csv``) is rewritten after every run, so an interrupted sweep still
-leaves a usable, honest table; finished runs are reused when the sweep is run again.
-"""
+"""How ``domainlm scaling sweep`` trains its grid: sizes built from configs, runs cheapest first, the table kept current."""
 
 from __future__ import annotations
 
@@ -12,19 +6,16 @@ import csv
 import io
 import json
 import logging
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from domainlm.config import as_config, opt, to_dict
+from domainlm.config import to_dict
 from domainlm.errors import DataError
+from domainlm.scaling.config import HEAD_DIM, SIZE, SweepConfig
 
 log = logging.getLogger(__name__)
 
-_SIZE = re.compile(r"^(\d+)x(\d+)$")
-HEAD_DIM = 16  # the tiny presets' head size (hidden 64, 4 heads); kept fixed so only depth and width vary
 TABLE_COLUMNS = ["run", "status", "layers", "hidden", "intermediate", "heads", "params", "non_embedding_params",
                  "embedding_params", "tokens", "tokens_trained", "flops", "val_loss", "initial_val_loss",
                  "train_loss", "wall_s", "tokens_per_s"]
@@ -32,62 +23,9 @@ TABLE_COLUMNS = ["run", "status", "layers", "hidden", "intermediate", "heads", "
 _now = time.perf_counter  # indirection so tests can drive the time bound with a fake clock
 
 
-@dataclass
-class SweepConfig:
-    corpus: str = opt("pubmed-sample", "prepared corpus folder, or a corpus card name (prepared once, with the "
-                      "family's tokenizer, into OUT/corpus)")
-    family: Literal["tiny-llama", "tiny-bert"] = opt("tiny-llama", "model family; every size shares its tokenizer")
-    # Defaults sized so the whole grid trains in under 10 minutes on 2 CPU cores (see experiments/SCALING.md).
-    sizes: list[str] = opt(help="model sizes as LAYERSxHIDDEN (head size 16, MLP 3x hidden for llama, 4x for bert)",
-                           factory=lambda: ["1x32", "2x32", "2x64", "4x64"])
-    tokens: list[int] = opt(help="training-token budgets D for every size",
-                            factory=lambda: [25_000, 50_000, 100_000, 200_000])
-    seq_len: int = opt(128, "tokens per training sequence (the corpus is packed into blocks of this length)")
-    batch_size: int = opt(8, "sequences per optimizer step")
-    lr: float = opt(3e-3, "peak learning rate for every run; tiny models trained from scratch tolerate ~3e-3 "
-                    "(nanoGPT's small-model setting is 1e-3 at 10x the width)")
-    warmup_ratio: float = opt(0.05, "fraction of each run's steps spent warming up")
-    eval_batches: int = opt(8, "held-out micro-batches per evaluation: the same first blocks of the validation "
-                            "split for every run, so losses are comparable")
-    seed: int = opt(0, "seed for weights and data order (the same for every run)")
-    out: str = opt("runs/scaling", "sweep folder: sweep.csv, the runs, the built models and the prepared corpus")
-    time_budget_s: float = opt(540.0, "wall-clock bound: a run predicted to end after it is skipped and marked so in "
-                               "the table (540 s leaves room for corpus preparation within 10 minutes)")
-    overwrite: bool = opt(False, "retrain runs that already finished (otherwise they are reused)")
-
-    def problems(self) -> list[str]:
-        out = []
-        for size in self.sizes:
-            m = _SIZE.match(size)
-            if not m:
-                out.append(f"'sizes': {size!r} is not LAYERSxHIDDEN (e.g. 2x64)")
-            elif int(m.group(1)) < 1 or int(m.group(2)) < HEAD_DIM or int(m.group(2)) % HEAD_DIM:
-                out.append(f"'sizes': {size!r} needs at least 1 layer and a hidden size that is a multiple of "
-                           f"{HEAD_DIM} (the head size)")
-        if len(set(self.sizes)) != len(self.sizes):
-            out.append("'sizes' lists a size twice")
-        if not self.sizes or not self.tokens:
-            out.append("'sizes' and 'tokens' must each list at least one value")
-        for tok in self.tokens:
-            if tok < self.seq_len * self.batch_size:
-                out.append(f"'tokens': {tok} is less than one optimizer step ({self.seq_len}x{self.batch_size} tokens)")
-        if len(set(self.tokens)) != len(self.tokens):
-            out.append("'tokens' lists a budget twice")
-        if self.seq_len < 8:
-            out.append(f"'seq_len' must be at least 8, got {self.seq_len}")
-        for key in ("batch_size", "eval_batches"):
-            if getattr(self, key) < 1:
-                out.append(f"'{key}' must be at least 1, got {getattr(self, key)}")
-        if self.lr <= 0:
-            out.append(f"'lr' must be positive, got {self.lr}")
-        if self.time_budget_s <= 0:
-            out.append(f"'time_budget_s' must be positive, got {self.time_budget_s}")
-        return out
-
-
 def size_overrides(family: str, size: str) -> dict[str, int]:
     """Config overrides for ``build_tiny`` that turn a ``LAYERSxHIDDEN`` size into a model."""
-    layers, hidden = (int(x) for x in _SIZE.match(size).groups())  # type: ignore[union-attr]
+    layers, hidden = (int(x) for x in SIZE.match(size).groups())  # type: ignore[union-attr]
     heads = hidden // HEAD_DIM
     over = {"num_hidden_layers": layers, "hidden_size": hidden, "num_attention_heads": heads,
             "intermediate_size": (3 if family == "tiny-llama" else 4) * hidden}
@@ -128,7 +66,7 @@ def _prepare_corpus(cfg: SweepConfig, model_dir: Path, out: Path) -> Path:
     target = out / "corpus"
     if (target / "manifest.json").is_file():
         return target
-    from domainlm.corpora.prepare import prepare_card
+    from domainlm.corpora.run import prepare_card
 
     log.info("preparing corpus card %s into %s (block size %d)", cfg.corpus, target, cfg.seq_len)
     prepare_card(cfg.corpus, str(model_dir), target, block_size=cfg.seq_len)
@@ -157,18 +95,11 @@ def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def sweep(config: SweepConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
-    """Train a grid of tiny models (sizes x token budgets) and record each run's final held-out loss.
-
-    Runs go cheapest first; a run predicted to finish after --time-budget-s is skipped and marked in the
-    table. Writes OUT/sweep.csv (one row per run) and OUT/manifest.json; fit it with
-    `domainlm scaling fit OUT/sweep.csv`.
-    """
+def run(cfg: SweepConfig) -> dict[str, Any]:
     from domainlm.artifacts import atomic_write_json, write_manifest
     from domainlm.flops import model_flops
     from domainlm.sources.tiny import build_tiny
 
-    cfg = as_config(SweepConfig, config, overrides)
     t0 = _now()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

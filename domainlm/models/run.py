@@ -1,22 +1,17 @@
-"""``domainlm models``: which base models resolve on this machine, without loading any weights."""
+"""The listing behind ``domainlm models``: each source's kind and parameter count, read from file headers."""
 
 from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from domainlm.artifacts import atomic_write_json
-from domainlm.config import opt
+from domainlm.models.config import ModelsConfig
 from domainlm.sources.resolution import available_sources
 from domainlm.sources.source import ModelSource, cache_dir
 from domainlm.sources.tiny import build_tiny
-
-
-@dataclass
-class ModelsConfig:
-    json: bool = opt(False, "print JSON instead of a table")
 
 
 def _safetensors_params(folder: Path) -> int | None:
@@ -72,13 +67,7 @@ def human(n: int | None) -> str:
     return str(n)
 
 
-def models(config: ModelsConfig | None = None) -> list[dict]:
-    """List every model source that resolves here: kind, parameters, origin.
-
-    Also accepted as a base model anywhere: a local folder, a .gguf file, or a Hub id (needs the network or
-    the local Hugging Face cache; HF_HUB_OFFLINE=1 is respected).
-    """
-    config = config or ModelsConfig()
+def run(config: ModelsConfig) -> list[dict[str, Any]]:
     rows = []
     for src in available_sources():
         if src.origin.startswith("tiny") and not (Path(src.path) / "config.json").is_file():

@@ -13,12 +13,13 @@ from typing import Any
 from domainlm.artifacts import (
     atomic_dir,
     atomic_write_text,
+    peek_manifest,
     read_manifest,
     sha256_file,
     why_not_replace,
     write_manifest,
 )
-from domainlm.config import as_config, to_dict
+from domainlm.config import to_dict
 from domainlm.corpora.cards import list_cards, load_card
 from domainlm.errors import ConfigError, DataError, DomainLMError
 from domainlm.loading import RunInfo, base_source, load_base, load_run_model, load_run_tokenizer, read_run
@@ -101,14 +102,8 @@ def _corpus_card(run: dict[str, Any]) -> str | None:
     if corpus.get("name") in cards:
         return corpus["name"]
     path = corpus.get("path")
-    if path and (Path(path) / "manifest.json").is_file():
-        try:
-            man = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        card = (man.get("config") or {}).get("card")
-        return card if card in cards else None
-    return None
+    card = (peek_manifest(path).get("config") or {}).get("card") if path else None
+    return card if card in cards else None
 
 
 def _corpus_name(run: dict[str, Any]) -> str | None:
@@ -219,8 +214,7 @@ def _reference_probe(info: RunInfo, tokenizer: Any, scratch: Path) -> tuple[Path
     return write_reference(model, ids, scratch / "reference.safetensors"), "the run's model loaded unmerged here"
 
 
-def run(config: Any = None, **overrides: Any) -> dict[str, Any]:
-    cfg = as_config(PublishConfig, config, overrides)
+def run(cfg: PublishConfig) -> dict[str, Any]:
     info, bench, reuse = _check(cfg)
     out = Path(cfg.out)
     if reuse:

@@ -1,4 +1,4 @@
-"""``domainlm corpus stats``: size, length histogram, frequent domain terms and tokenizer fragmentation.
+"""How ``domainlm corpus stats`` describes a corpus: size, length histogram, frequent domain terms and tokenizer fragmentation.
 
 Fragmentation is the evidence for extending a vocabulary: how many subword pieces a tokenizer spends
 per word of the corpus, and which frequent words it splits worst. :func:`fragmentation` is the one
@@ -12,11 +12,10 @@ import logging
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from domainlm.config import as_config, opt
+from domainlm.corpora.config import StatsConfig
 from domainlm.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -25,34 +24,6 @@ log = logging.getLogger(__name__)
 # letter, so numbers and p-values are not "terms".
 WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*")
 _HAS_LETTER = re.compile(r"[^\W\d_]")
-
-
-@dataclass
-class StatsConfig:
-    """Options of ``domainlm corpus stats``."""
-
-    corpus: str = opt("", "a prepared corpus folder, a corpus card name, or input files/folders/globs "
-                          "(comma-separated)")
-    model: str | None = opt(None, "tokenizer for token counts and fragmentation (default: the tokenizer the "
-                                  "corpus was prepared with)")
-    general: str | None = opt("general-english-sample", "general-language reference (card name or files) that "
-                                                        "frequent terms are contrasted with; 'none' ranks by "
-                                                        "frequency alone")
-    out: str | None = opt(None, "folder for stats.json and length_histogram.png (default: CORPUS/stats for a "
-                                "prepared folder, else ./corpus-stats)")
-    format: str = opt("auto", "input format when CORPUS names raw files (see corpus prepare --format)")
-    text_field: str = opt("text", "JSONL key / CSV column with the text, for raw files")
-    top_k: int = opt(30, "how many terms and worst-split words to list")
-    min_count: int = opt(5, "a word must occur this often to be listed")
-    max_documents: int = opt(20000, "documents read for terms and fragmentation (the first N)")
-
-    def problems(self) -> list[str]:
-        out = []
-        if not self.corpus:
-            out.append("'corpus' is required: a prepared folder, a card name or input files")
-        if self.top_k < 1 or self.min_count < 1 or self.max_documents < 1:
-            out.append("'top_k', 'min_count' and 'max_documents' must be positive")
-        return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,16 +269,9 @@ def _quantiles(values: list[int]) -> dict[str, float]:
             "max": int(a.max()), "mean": round(float(a.mean()), 2)}
 
 
-def stats(config: StatsConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
-    """Describe a corpus: documents, tokens, a length histogram (PNG), frequent domain terms and how finely a
-    tokenizer fragments its words (subword pieces per word, the frequent words split worst).
-
-    CORPUS is a prepared folder (its tokenizer is the default --model), a corpus card name, or input files.
-    Writes stats.json and length_histogram.png to --out and returns the statistics.
-    """
+def run(config: StatsConfig) -> dict[str, Any]:
     from domainlm.artifacts import atomic_write_bytes, atomic_write_json
 
-    config = as_config(StatsConfig, config, overrides)
     src = _source(config)
     model = config.model or src["model"]
     out = Path(config.out) if config.out else (src["folder"] / "stats" if src["kind"] == "prepared"

@@ -1,28 +1,22 @@
-"""``domainlm validate``: check a recipe or task file without loading weights or data."""
+"""How ``domainlm validate`` checks a file: which schema it is read against, and the check itself."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from domainlm.cli import _load
-from domainlm.config import build, opt, read_yaml, to_dict
+from domainlm.config import build, read_yaml, to_dict
 from domainlm.errors import ConfigError
 from domainlm.resources import recipe_path
+from domainlm.validate.config import ValidateConfig
 
 # Which schema a YAML file is checked against. A task file names a `format`; everything else under
 # benchmarks/ is a task too; other files are adapt recipes unless they say `schema:`.
 SCHEMAS = {
-    "adapt": "domainlm.adapt:AdaptConfig",
-    "prepare": "domainlm.corpora.prepare:PrepareConfig",
+    "adapt": "domainlm.adapt.config:AdaptConfig",
+    "prepare": "domainlm.corpora.config:PrepareConfig",
     "task": "domainlm.tasks.spec:TaskSpec",
 }
-
-
-@dataclass
-class ValidateConfig:
-    path: str = opt(help="the recipe or task YAML to check (a path or a shipped recipe name)")
-    schema: str | None = opt(None, "adapt, prepare or task; guessed from the file when omitted")
 
 
 def guess_schema(path: Path, data: dict) -> str:
@@ -35,12 +29,7 @@ def guess_schema(path: Path, data: dict) -> str:
     return "adapt"
 
 
-def validate(config: ValidateConfig) -> str:
-    """Check a recipe (adapt / corpus prepare) or a task file, reporting every problem at once.
-
-    Unknown keys get a "did you mean", wrong types name the expected type, and impossible combinations
-    name the keys involved. Prints "OK" and the resolved settings when the file is valid.
-    """
+def run(config: ValidateConfig) -> str:
     path = recipe_path(config.path)
     data = read_yaml(path)
     schema = config.schema or guess_schema(path, data)

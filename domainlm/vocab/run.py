@@ -1,4 +1,4 @@
-"""``domainlm vocab extend``: read domain text, choose words, extend tokenizer and embeddings, save, report."""
+"""How ``domainlm vocab extend`` runs: read domain text, choose words, extend tokenizer and embeddings, save, report."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from domainlm.artifacts import atomic_dir, atomic_write_text, write_manifest
-from domainlm.config import as_config, to_dict
+from domainlm.config import to_dict
 from domainlm.errors import ConfigError
 from domainlm.vocab.config import ExtendConfig
 
@@ -57,14 +57,8 @@ def _save_model(model: Any, report: Any, folder: Path) -> list[str]:
     return notes
 
 
-def extend(config: Any = None, **overrides: Any) -> dict[str, Any]:
-    """Run ``vocab extend`` (see :func:`domainlm.vocab.extend`); returns the manifest plus ``out``.
-
-    Raises:
-        ConfigError: bad options, an output folder in the way, a protein model, a tokenizer that cannot be
-            extended safely, or fewer qualifying words than asked for.
-        DataError: a corpus without usable text.
-    """
+def run(cfg: ExtendConfig) -> dict[str, Any]:
+    """Run ``vocab extend`` (see :func:`domainlm.vocab.extend`); returns the manifest plus ``out``."""
     from domainlm.sources.gguf import materialise
     from domainlm.sources.load import load_model, load_tokenizer
     from domainlm.sources.resolution import resolve
@@ -72,7 +66,6 @@ def extend(config: Any = None, **overrides: Any) -> dict[str, Any]:
     from domainlm.vocab.embeddings import add_rows, embeddings_tied
     from domainlm.vocab.texts import read_held_out, read_texts
 
-    cfg = as_config(ExtendConfig, config, overrides)
     t0 = time.perf_counter()
     out = _check_out(cfg)
     src = resolve(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
@@ -104,7 +97,7 @@ def extend(config: Any = None, **overrides: Any) -> dict[str, Any]:
         notes.append(f"{len(init.whole_mean)} added words were written only with the unknown token by the base "
                      "tokenizer; their rows start as the mean of all old rows")
 
-    from domainlm.corpora.stats import fragmentation
+    from domainlm.corpora.run_stats import fragmentation
 
     frag_before = fragmentation(tokenizer, held.texts)
     frag_after = fragmentation(ext, held.texts)
@@ -178,4 +171,4 @@ def _print_report(m: dict[str, Any]) -> None:
     print("\n".join(lines))
 
 
-__all__ = ["extend"]
+__all__ = ["run"]

@@ -1,4 +1,4 @@
-"""``domainlm scaling fit TABLE``: fit scaling laws to a sweep table and say how far they can be trusted."""
+"""How ``domainlm scaling fit TABLE`` fits scaling laws to a sweep table and say how far they can be trusted."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from domainlm.config import as_config, opt
 from domainlm.errors import DataError
+from domainlm.scaling.config import FitConfig
 from domainlm.scaling.laws import (
-    CHINCHILLA,
     EXPONENT_MAX,
-    HUBER_DELTA,
     KAPLAN,
     CLaw,
     NDLaw,
@@ -28,39 +26,6 @@ log = logging.getLogger(__name__)
 TABLE_NAME = "sweep.csv"
 # Beyond this factor outside the fitted range a prediction is flagged (the issue's threshold).
 EXTRAPOLATION_WARN = 10.0
-
-
-@dataclass
-class FitConfig:
-    table: str = opt(help="sweep table (CSV written by `domainlm scaling sweep`) or the sweep folder holding it")
-    n: float | None = opt(None, "predict the loss of a model with this many parameters (with --d)")
-    d: float | None = opt(None, "predict the loss after this many training tokens (with --n)")
-    budget: float | None = opt(None, "report the compute-optimal N and D for this many training FLOPs")
-    params: Literal["non_embedding", "total"] = opt("non_embedding", "which parameter count is N: Kaplan et al. "
-                                                    "2020 found laws cleaner without embeddings; Chinchilla counts all")
-    bootstrap: int = opt(200, "bootstrap resamples of the runs for parameter and prediction intervals (0: none)")
-    confidence: float = opt(0.95, "coverage of the reported intervals")
-    huber_delta: float = opt(HUBER_DELTA, "Huber loss threshold on log-loss residuals (1e-3 as in Hoffmann et al. "
-                             "2022); large values give plain least squares")
-    out: str | None = opt(None, "folder for fit.json and the plot (default: the table's folder)")
-    plot: bool = opt(True, "write a log-log loss-vs-compute PNG with the fitted frontier")
-    seed: int = opt(0, "seed of the bootstrap resampling")
-
-    def problems(self) -> list[str]:
-        out = []
-        if (self.n is None) != (self.d is None):
-            out.append("give both --n and --d to predict a loss (or neither)")
-        for key in ("n", "d", "budget"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                out.append(f"'{key}' must be positive, got {value}")
-        if self.bootstrap < 0:
-            out.append(f"'bootstrap' must be 0 or more, got {self.bootstrap}")
-        if not 0 < self.confidence < 1:
-            out.append(f"'confidence' must be between 0 and 1, got {self.confidence}")
-        if self.huber_delta <= 0:
-            out.append(f"'huber_delta' must be positive, got {self.huber_delta}")
-        return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,20 +164,11 @@ def _range(values: list[float]) -> tuple[float, float]:
     return min(values), max(values)
 
 
-def fit(config: FitConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
-    """Fit L(N, D) = E + A/N^α + B/D^β and L(C) = (C_c/C)^α_C to a sweep table.
-
-    Prints the fitted parameters with bootstrap intervals, their range of validity, the predicted
-    loss at --n/--d and the compute-optimal N and D for --budget, warning when either lies more than
-    10x outside the data. Writes fit.json and a log-log plot beside the table (or into --out).
-    """
+def run(cfg: FitConfig) -> dict[str, Any]:
     import numpy as np
 
     from domainlm.artifacts import atomic_write_json
 
-    if isinstance(config, str) and not config.endswith((".yaml", ".yml")):
-        config = {"table": config}  # `fit("runs/scaling/sweep.csv")` from Python
-    cfg = as_config(FitConfig, config, overrides)
     runs = read_table(cfg.table, cfg.params)
     out_dir = Path(cfg.out) if cfg.out else runs.path.parent
     if runs.skipped:
@@ -372,4 +328,4 @@ def _print_report(r: dict[str, Any], conf: float) -> None:
     p(f"fit:  {r['fit_json']}")
 
 
-__all__ = ["CHINCHILLA", "FitConfig", "KAPLAN", "fit", "plot_fit", "read_table"]
+__all__ = ["plot_fit", "read_table", "run"]
