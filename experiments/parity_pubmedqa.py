@@ -78,7 +78,7 @@ def main() -> int:
     from domainlm.tasks.priors import answer_priors, label_distribution, macro_f1
     from domainlm.tasks.suites import load_suite, parse_overrides
 
-    overrides = parse_overrides(["pubmedqa.train=", "pubmedqa.test=pubmedqa/ori_pqal.json",
+    overrides = parse_overrides(["pubmedqa.train=", "pubmedqa.dev=", "pubmedqa.test=pubmedqa/ori_pqal.json",
                                  "pubmedqa.test_ids=pubmedqa/test_ground_truth.json"])
     spec = load_suite("biomed", ["pubmedqa"], overrides)[0]
     data = load_data(spec, data_root=real, needs_train=False, max_examples=None)

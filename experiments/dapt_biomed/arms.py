@@ -79,7 +79,7 @@ ARMS: dict[str, dict[str, Any]] = {
 MERGE_DEV = {"suite": "biomed,general", "domain_tasks": ["ner"], "guard_tasks": ["pubmedqa", "general_perplexity"],
              "max_examples": 500,
              "override": ["ner.train=bc5cdr_conll/train.tsv", "ner.dev=bc5cdr_conll/devel.tsv",
-                          "ner.test=bc5cdr_conll/test.tsv", "pubmedqa.train=", "pubmedqa.test=pubmedqa/ori_pqal.json",
+                          "ner.test=bc5cdr_conll/test.tsv", "pubmedqa.train=", "pubmedqa.dev=", "pubmedqa.test=pubmedqa/ori_pqal.json",
                           "pubmedqa.test_ids=pubmedqa/test_ground_truth.json", "general_perplexity.format=text",
                           "general_perplexity.dev=general_wikitext2/valid.txt",
                           "general_perplexity.test=general_wikitext2/test.txt", "general_perplexity.max_tokens=8192"]}
