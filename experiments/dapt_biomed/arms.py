@@ -101,7 +101,10 @@ PAIRS = [("minilm-warmup-0.1m", "minilm-recipe-0.1m", "ncbi"), ("minilm-lora-0.1
          ("smollm2-full", "smollm2-lora", "ncbi"), ("smollm2-lora-detok", "smollm2-lora", "ppl"),
          ("smollm2-lora-detok", "smollm2-lora", "pubmed"), ("smollm2-lora-detok", "smollm2-lora", "ncbi"),
          ("smollm2-lora-rc", "smollm2-lora-detok", "cls"), ("smollm2-lora-rc", "smollm2-lora-detok", "ppl"),
-         ("smollm2-lora-rc", "smollm2-lora-detok", "pubmed"), ("smollm2-lora-rc", "smollm2-lora-detok", "ncbi")]
+         ("smollm2-lora-rc", "smollm2-lora-detok", "pubmed"), ("smollm2-lora-rc", "smollm2-lora-detok", "ncbi"),
+         # each merge against the adapted arm it came from: what merging back gave up, and what it got back
+         *[(f"{src}-merged", src, g) for src in ("smollm2-full", "smollm2-lora")
+           for g in ("ncbi", "ppl", "pubmed", "bc5cdr", "cls")]]
 
 # Evaluation groups: one bench run each (suite + tasks + overrides). Paths in overrides are relative to
 # --realdata, except {work} which is the work folder. "cheap" groups run for every arm.

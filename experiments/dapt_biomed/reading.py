@@ -369,3 +369,54 @@ def _tapt_reading(arms: dict[str, Any]) -> list[str]:
                    f"{epochs:.1f} epoch(s); Gururangan et al. ran 100): NCBI-disease vs base "
                    f"{_ci_str(a['tasks']['ncbi/ner'])}{vs}.")
     return out
+
+
+# The task rows the merge reading answers issue 29 with: the domain gain to keep, the loss to remove.
+MERGE_KEEP, MERGE_REMOVE = "bc5cdr/ner", "cls/pubmedqa"
+
+
+def merge_reading(arms: dict[str, Any]) -> list[str]:
+    """One verdict bullet per measured merge arm: does the merge keep its source arm's BC5CDR gain and remove
+    its PubMedQA loss (each against the base on the full test split), with the merge-vs-source head to head."""
+    out = []
+    for name, a in arms.items():
+        if "merge" not in ARMS.get(name, {}) or not a.get("merge"):
+            continue
+        src_name = ARMS[name]["merge"]
+        src = arms.get(src_name, {"tasks": {}})
+        m = a["merge"]
+        parts = []
+        for key in (MERGE_KEEP, MERGE_REMOVE):
+            t, s, h = a["tasks"].get(key), src["tasks"].get(key), a.get("head_to_head", {}).get(key)
+            if not t:
+                parts.append(f"{key} not scored")
+                continue
+            txt = f"{t['label']} vs base {_ci_str(t)}"
+            if s:
+                txt += f" (the adapted arm's: {_ci_str(s)})"
+            if h:
+                txt += f", merged - adapted {_ci_str(h)}"
+            parts.append(txt)
+        keep, remove = a["tasks"].get(MERGE_KEEP), a["tasks"].get(MERGE_REMOVE)
+        answer = []
+        if keep:
+            answer.append("keeps the BC5CDR gain" if _verdict(keep) == "better" else "does not keep a significant "
+                          "BC5CDR gain")
+        if remove:
+            was = src["tasks"].get(MERGE_REMOVE)
+            lost_before = was is not None and _verdict(was) == "worse"
+            v = _verdict(remove)
+            if v == "worse":
+                answer.append("still loses PubMedQA")
+            else:
+                answer.append(("removes the PubMedQA loss" if lost_before else "PubMedQA not worse than the base")
+                              + f" ({v})")
+        losses = [t["label"] for k, t in a["tasks"].items() if not k.startswith(("ppl/", "pubmed/"))
+                  and _verdict(t) == "worse"]
+        out.append(f"- **Merged back into the base (issue 29), `{name}`:** `domainlm merge --select` chose weight "
+                   f"{m.get('weight')} on `{src_name}` ({m.get('method')}) on dev splits only"
+                   + (f" ({m['selection_verdict']})" if m.get("selection_verdict") else "") + ". On test: "
+                   + "; ".join(parts) + ". So the merge " + (" and ".join(answer) or "was not scored on test")
+                   + (f"; significantly worse than the base on: {', '.join(losses)}" if losses
+                      else "; no task significantly worse than the base") + ".")
+    return out

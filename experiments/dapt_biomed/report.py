@@ -20,6 +20,7 @@ from .reading import (
     _task_keys,
     _tok,
     _verdict,
+    merge_reading,
     replication,
     trend,
 )
@@ -63,6 +64,13 @@ def collect(work: Path) -> dict[str, Any]:
         entry["head_to_head"] = {}
         if man.get("merge"):  # a merge arm: the weight merge --select chose on the dev splits, and why
             entry["merge"] = {k: man["merge"].get(k) for k in ("method", "weight", "other", "selection")}
+            sel = run_dir / "selection.json"
+            if sel.is_file():  # every swept weight's dev numbers, for the report's dev table
+                s = json.loads(sel.read_text())
+                entry["merge"].update(selection_verdict=s.get("verdict"), weights=s.get("weights"),
+                                      points=[{"weight": p["weight"], "allowed": p["allowed"],
+                                               "tasks": p["tasks"]} for p in s.get("points", [])],
+                                      domain_tasks=s.get("domain_tasks"), guard_tasks=s.get("guard_tasks"))
         cman = work / "corpora" / f"{entry['corpus']}-{arm_model(arm)}" / "manifest.json"
         if cman.is_file():  # tokens in one pass over the training corpus (epochs = tokens / this)
             entry["corpus_train_tokens"] = json.loads(cman.read_text())["splits"]["train"]["tokens"]
@@ -198,6 +206,7 @@ def render(r: dict[str, Any], stem: str) -> str:
                  "significant gain and no significant loss) is **not met**.")
     L.append("- **Significant task losses (CI below 0):** " + ("; ".join(losses) + "." if losses else "none."))
     L += _goal_lines(arms)
+    L += merge_reading(arms)
     if rep := replication(arms):
         L.append("- **Seeds (same recipe and budget, seed 0 vs seed 1):** " + "; ".join(rep) + ".")
     forget = []
@@ -269,6 +278,7 @@ def render(r: dict[str, Any], stem: str) -> str:
             L.append(f"| `{n}` | `{str(t['against']).split('/')[-1]}` | {t['label']} | {_fmt(t['baseline'])} | "
                      f"{_fmt(t['model'])} | {_sfmt(t['delta'])} {ci} | {_verdict(t)} |")
         L.append("")
+    L += _merge_section(arms)
     # ---- perplexity
     L += ["## Perplexity: domain gain and forgetting cost", "",
           "MiniLM ships no masked-LM head, so the base model's pseudo-perplexity is that of a random head. The "
@@ -371,3 +381,52 @@ def render(r: dict[str, Any], stem: str) -> str:
           f"(absent: {', '.join(k for k, v in m['flags'].items() if not v)}), fp32 training. {m['note']}; "
           f"load average when the report was written: {', '.join(f'{x:.1f}' for x in m['load_avg'] or [])}.", ""]
     return "\n".join(L) + "\n"
+
+
+def _merge_section(arms: dict[str, Any]) -> list[str]:
+    """Each measured merge arm: the dev sweep merge --select judged (never a test file), then base, adapted and
+    merged side by side on the test splits, with the merge's head to head against its source arm."""
+    merged = [(n, a) for n, a in arms.items() if "merge" in ARMS.get(n, {}) and a.get("merge")]
+    if not merged:
+        return []
+    L = ["## Merging back into the base (`domainlm merge --select`)", "",
+         "Each merge arm is its source arm merged linearly back into SmolLM2 (`weight` on the adapted model), the "
+         "weight chosen by `domainlm merge --select` on dev splits only: BC5CDR devel as the domain task (its probe "
+         "trained on BC5CDR train, capped), PubMedQA's labelled questions outside the test ids (20% held out) and "
+         "WikiText-2 valid as guards; the rule is the best domain score with no guard significantly worse than the "
+         "base (paired bootstrap, Holm over the guards). Then only the chosen model is scored on test, like every arm.",
+         ""]
+    for name, a in merged:
+        m, src_name = a["merge"], ARMS[name]["merge"]
+        src = arms.get(src_name, {"tasks": {}})
+        L += [f"### `{name}`: weight {m.get('weight')} on `{src_name}`", ""]
+        if m.get("selection_verdict"):
+            L += [f"Selection: {m['selection_verdict']}.", ""]
+        if m.get("points"):
+            names = list(m["points"][0]["tasks"])
+            L += ["Dev sweep (delta vs the base [95% CI], Holm verdict for guards):", "",
+                  "| weight | " + " | ".join(f"{t} ({m['points'][0]['tasks'][t]['role']})" for t in names)
+                  + " | allowed |", "|---" * (len(names) + 2) + "|"]
+            for p in m["points"]:
+                cells = []
+                for t in names:
+                    r = p["tasks"][t]
+                    ci = f" [{_sfmt(r['delta_ci'][0])}, {_sfmt(r['delta_ci'][1])}]" if r.get("delta_ci") else ""
+                    cells.append(f"{_sfmt(r.get('delta'))}{ci} {r.get('holm') or r.get('verdict')}")
+                chosen = " **(chosen)**" if p["weight"] == m.get("weight") else ""
+                L.append(f"| {p['weight']:g}{chosen} | " + " | ".join(cells) + f" | {'yes' if p['allowed'] else 'no'} |")
+            L.append("")
+        L += ["Test (the full test splits; ppl/word for perplexities, lower is better):", "",
+              f"| task | base | adapted (`{src_name}`) | merged | merged - base [95% CI] | merged - adapted [95% CI] |",
+              "|---|---|---|---|---|---|"]
+        for k, t in a["tasks"].items():
+            s, h = src["tasks"].get(k), a.get("head_to_head", {}).get(k)
+            d = 1 if k.startswith(("ppl/", "pubmed/")) else 3
+            ci = f"{_sfmt(t['delta'], d)} [{_sfmt(t['delta_ci'][0], d)}, {_sfmt(t['delta_ci'][1], d)}] {_verdict(t)}" \
+                if t.get("delta_ci") else _sfmt(t.get("delta"), d)
+            hh = (f"{_sfmt(h['delta'], d)} [{_sfmt(h['delta_ci'][0], d)}, {_sfmt(h['delta_ci'][1], d)}] {_verdict(h)}"
+                  if h and h.get("delta_ci") else "-")
+            L.append(f"| {t['label']} | {_fmt(t['baseline'], d)} | {_fmt(s['model'], d) if s else '-'} | "
+                     f"{_fmt(t['model'], d)} | {ci} | {hh} |")
+        L.append("")
+    return L

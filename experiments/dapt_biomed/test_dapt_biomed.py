@@ -336,3 +336,43 @@ def test_reading_comprehension_arm_differs_from_the_detokenised_arm_only_in_its_
     runner.run_arm("smollm2-lora-rc", tmp_path)
     assert calls[0]["corpus"] == str(tmp_path / "corpora" / "domain_rc-smollm2")
     assert calls[0]["replay_fraction"] == 0.0 and calls[0]["model"] == "smollm2"
+
+
+def test_merge_report_answers_keep_the_gain_and_remove_the_loss(tmp_path, monkeypatch):
+    # issue 29's question, from a merge arm's records as collect builds them (selection.json read from the run)
+    import json
+
+    monkeypatch.setattr(report, "read_run", lambda run_dir: json.loads((run_dir / "manifest.json").read_text()))
+    bc5 = lambda d, lo, hi, base="smollm2": {**_report("ner", 0.674, 0.674 + d, lo, hi, base, higher=True)}  # noqa: E731
+    _write_arm(tmp_path, "smollm2-full", "smollm2", {"smollm2/bc5cdr": bc5(0.020, 0.014, 0.026),
+                                                     "smollm2/cls": {**_report("pubmedqa", 0.436, 0.408, -0.058,
+                                                                               -0.002, "smollm2", higher=True)}})
+    _write_arm(tmp_path, "smollm2-full-merged", "smollm2", {
+        "smollm2/bc5cdr": bc5(0.015, 0.009, 0.021),
+        "smollm2/cls": _report("pubmedqa", 0.436, 0.430, -0.030, 0.018, "smollm2", higher=True),
+        "smollm2-full/cls": _report("pubmedqa", 0.408, 0.430, 0.002, 0.040, "runs/smollm2-full", higher=True)})
+    run = tmp_path / "runs" / "smollm2-full-merged"
+    man = json.loads((run / "manifest.json").read_text())
+    man["merge"] = {"method": "linear", "weight": 0.5, "other": "smollm2",
+                    "selection": {"file": "selection.json", "verdict": "v"}}
+    (run / "manifest.json").write_text(json.dumps(man))
+    dev = {"ner": {"role": "domain", "delta": 0.01, "delta_ci": [0.004, 0.016], "verdict": "better"},
+           "pubmedqa": {"role": "guard", "delta": -0.1, "delta_ci": [-0.16, -0.04], "verdict": "worse", "holm": "worse"}}
+    (run / "selection.json").write_text(json.dumps({
+        "verdict": "weight 0.5 keeps a significant domain gain", "weights": [0.5, 0.75],
+        "points": [{"weight": 0.5, "allowed": True, "tasks": {**dev, "pubmedqa": {**dev["pubmedqa"], "holm": "within noise"}}},
+                   {"weight": 0.75, "allowed": False, "tasks": dev}]}))
+    arms = report.collect(tmp_path)
+    (line,) = reading.merge_reading(arms)
+    assert "chose weight 0.5 on `smollm2-full`" in line and "weight 0.5 keeps a significant domain gain" in line
+    assert "BC5CDR NER vs base +0.015 [+0.009, +0.021] (better) (the adapted arm's: +0.020" in line
+    assert "merged - adapted +0.022 [+0.002, +0.040] (better)" in line
+    assert "keeps the BC5CDR gain and removes the PubMedQA loss (within noise)" in line
+    assert line.endswith("no task significantly worse than the base.")
+    md = "\n".join(report._merge_section(arms))
+    assert "| 0.5 **(chosen)** | +0.010 [+0.004, +0.016] better | -0.100 [-0.160, -0.040] within noise | yes |" in md
+    assert "| 0.75 | +0.010 [+0.004, +0.016] better | -0.100 [-0.160, -0.040] worse | no |" in md
+    assert "| PubMedQA | 0.436 | 0.408 | 0.430 | -0.006 [-0.030, +0.018] within noise | +0.022 [+0.002, +0.040] better |" in md
+    # the merge still losing PubMedQA is said as such
+    arms["smollm2-full-merged"]["tasks"]["cls/pubmedqa"]["delta_ci"] = [-0.05, -0.01]
+    assert "still loses PubMedQA" in reading.merge_reading(arms)[0]
