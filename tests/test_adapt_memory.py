@@ -229,9 +229,27 @@ def _flex_compiled():
 
 @pytest.mark.slow
 def test_flex_attention_compiled_kernel(monkeypatch):
+    """The compiled kernel (what a GPU run uses) on the document BlockMask, exactly as the eager test above.
+
+    On CPU this exercises torch inductor's C++ flex-attention template, which domainlm itself never builds (adapt
+    refuses ``attention: flex`` on a CPU). torch 2.13 cannot compile that template's AVX512 variant
+    (``'cur_qSplitSize1' was not declared``; seen on an AVX512-BF16 Xeon with AMX and on an AVX512-BF16 EPYC);
+    forcing 256-bit vectors there compiles but its losses differ from SDPA by up to 2.6e-3 (measured 2026-12-06
+    on the EPYC). So where inductor cannot build the kernel the test is skipped with that reason, and it runs, at
+    the same 1e-5, on AVX2 CPUs (where it passed) and on CUDA."""
+    from torch._inductor.exc import InductorError
+
     _flex_compiled.on = True
     try:
         test_flex_attention_equals_sdpa_and_is_invariant("tiny-bert", "masked", monkeypatch)
+    except InductorError as exc:
+        if "CppCompileError" not in str(exc):
+            raise
+        from domainlm.device import cpu_name
+
+        pytest.skip(f"torch {torch.__version__} inductor cannot compile its CPU flex-attention template on this CPU "
+                    f"({cpu_name()}): a torch bug on a path domainlm does not run; the eager test above checks the "
+                    "same BlockMask semantics")
     finally:
         _flex_compiled.on = False
 
