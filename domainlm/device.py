@@ -116,34 +116,74 @@ def forced_bf16_fast() -> bool | None:
 
 
 def bf16_is_fast(device: str = "cpu", margin: float = 1.3) -> bool:
-    """True when bf16 matmuls run at least ``margin``× faster than fp32 here (measured once per process).
+    """True when bf16 matmuls run at least ``margin``× faster than fp32 here (decided once per process).
 
     Where the hardware has bf16 units (AMX or AVX512-BF16 CPUs, recent GPUs) bf16 can run several times
     faster than fp32; where it has none, torch emulates it and bf16 is far slower (on this project's
     AVX2-only AMD EPYC build machine: about 0.5 vs 26 GFLOP/s on 2 shared cores), so autocast must be
-    decided by measurement, not by whether the dtype is supported. ``DOMAINLM_BF16_FAST=1`` or ``=0`` forces
-    the answer instead (read on every call, so a test can set it per test).
+    decided by the hardware, not by whether the dtype is supported. ``DOMAINLM_BF16_FAST=1`` or ``=0`` forces
+    the answer instead (read on every call, so a test can set it per test). :func:`bf16_basis` says how the
+    answer was reached.
     """
     forced = forced_bf16_fast()
     if forced is not None:
         return forced
-    return _measured_bf16_is_fast(device, margin)
+    return _decided_bf16_is_fast(device, margin)[0]
+
+
+def bf16_basis(device: str = "cpu", margin: float = 1.3) -> str:
+    """How :func:`bf16_is_fast` decided: the CPU flags that settle it, or the measured bf16/fp32 ratio."""
+    return _decided_bf16_is_fast(device, margin)[1]
 
 
 @functools.lru_cache(maxsize=4)
-def _measured_bf16_is_fast(device: str, margin: float) -> bool:
+def _decided_bf16_is_fast(device: str, margin: float) -> tuple[bool, str]:
+    """On an x86 CPU whose flags are readable the flags settle the clear cases without timing anything: no
+    AVX512-BF16 and no AMX means emulated bf16 (slow), AMX means bf16 tiles (fast). A timing decided them all
+    before, and on a loaded 2-core machine it flipped between runs (AVX512-BF16 EPYC, 2026-12-06: the 256²
+    bf16/fp32 ratio measured 0.93, 26.5 and 16.9 in three calls), so two runs of one config trained in different
+    precisions. What is left (AVX512-BF16 without AMX; CPUs whose flags say nothing, e.g. ARM; GPUs) is measured
+    by :func:`_bf16_ratio`, made robust to a busy machine."""
+    import platform
+
+    if not device.startswith("cuda"):
+        flags = set(cpu_flags())
+        if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86") and "avx2" in flags:
+            if "amx_bf16" in flags:
+                return True, "cpu flags: amx_bf16"
+            if "avx512_bf16" not in flags:
+                return False, "cpu flags: no avx512_bf16 or amx_bf16 (bf16 emulated)"
+    try:
+        ratio = _bf16_ratio(device)
+    except (RuntimeError, TypeError) as exc:  # a build or device without bf16 matmul
+        log.debug("bf16 matmul unavailable: %s", exc)
+        return False, f"bf16 matmul unavailable ({exc})"
+    return ratio > margin, f"measured bf16/fp32 matmul ratio {ratio:.2g} (fast above {margin:g})"
+
+
+def _bf16_ratio(device: str, rounds: int = 5) -> float:
+    """bf16 over fp32 matmul throughput: the best of ``rounds`` interleaved short samples of each, on one
+    thread for a CPU. Best-of and one thread make it robust to other jobs: a sample that lost the core reads
+    low and is discarded, and no OpenMP team waits on a descheduled thread (with two threads under a load of 4,
+    single samples varied 30-fold)."""
+    import torch
+
     from domainlm.flops import measure_matmul_peak
 
     # Small matrices on a CPU: emulated bf16 runs near 0.5 GFLOP/s, so a 1024² product would take seconds.
     size = 2048 if device.startswith("cuda") else 256
+    threads = torch.get_num_threads()
+    if not device.startswith("cuda"):
+        torch.set_num_threads(1)
     try:
-        fp32 = measure_matmul_peak("fp32", seconds=0.2, size=size, device=device)
-        bf16 = measure_matmul_peak("bf16", seconds=0.2, size=size, device=device)
-    except (RuntimeError, TypeError) as exc:  # a build or device without bf16 matmul
-        log.debug("bf16 matmul unavailable: %s", exc)
-        return False
+        fp32 = bf16 = 0.0
+        for _ in range(rounds):
+            fp32 = max(fp32, measure_matmul_peak("fp32", seconds=0.04, size=size, device=device))
+            bf16 = max(bf16, measure_matmul_peak("bf16", seconds=0.04, size=size, device=device))
+    finally:
+        torch.set_num_threads(threads)
     log.debug("matmul peak on %s: fp32 %.3g, bf16 %.3g FLOP/s", device, fp32, bf16)
-    return bf16 > margin * fp32
+    return bf16 / fp32
 
 
 def bf16_report() -> str:
@@ -154,10 +194,10 @@ def bf16_report() -> str:
     if forced is not None:
         answer = f"{'yes' if forced else 'no'} (forced by {BF16_FAST_ENV}={os.environ[BF16_FAST_ENV]})"
     else:
-        answer = f"{'yes' if bf16_is_fast() else 'no'} (measured; force it with {BF16_FAST_ENV}=1 or 0)"
+        answer = f"{'yes' if bf16_is_fast() else 'no'} ({bf16_basis()}; force it with {BF16_FAST_ENV}=1 or 0)"
     return f"cpu: {cpu_name()}; flags: {' '.join(flags) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'}; " \
            f"bf16 fast: {answer}"
 
 
-__all__ = ["BF16_FAST_ENV", "SIMD_FLAGS", "bf16_is_fast", "bf16_report", "cpu_flags", "cpu_name", "forced_bf16_fast",
+__all__ = ["BF16_FAST_ENV", "SIMD_FLAGS", "bf16_basis", "bf16_is_fast", "bf16_report", "cpu_flags", "cpu_name", "forced_bf16_fast",
            "pick_device", "use_bf16"]

@@ -189,6 +189,38 @@ def test_mfu_and_chinchilla_tokens():
     assert chinchilla_optimal_tokens(70e9) == pytest.approx(1.4e12)  # Chinchilla itself: 70B on 1.4T
 
 
+@pytest.mark.parametrize("machine,flags,fast,basis", [
+    ("x86_64", ["avx2", "fma"], False, "no avx512_bf16 or amx_bf16"),  # the AVX2-only EPYC: emulated, no timing
+    ("x86_64", ["avx2", "avx512f", "avx512_bf16", "amx_bf16"], True, "amx_bf16"),  # Sapphire Rapids Xeon
+    ("x86_64", ["avx2", "avx512f", "avx512_bf16"], True, "measured"),  # Zen 4 EPYC: timed, see below
+    ("aarch64", [], False, "measured")])  # flags say nothing: timed
+def test_bf16_answer_comes_from_the_cpu_flags_where_they_settle_it(monkeypatch, machine, flags, fast, basis):
+    import platform
+
+    from domainlm import device, flops
+
+    monkeypatch.delenv("DOMAINLM_BF16_FAST", raising=False)
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    monkeypatch.setattr(device, "cpu_flags", lambda: flags)
+    device._decided_bf16_is_fast.cache_clear()
+    # where timing decides: a busy machine's samples, one of each kind disturbed (a lost core reads low); the
+    # best-of-rounds ratio is the undisturbed 3x (AVX512-BF16) or 0.02x (emulated), whatever sample came first
+    fp32 = iter([2e9, 20e9, 20e9, 20e9, 20e9])
+    bf16 = iter([60e9, 60e9, 1e9, 60e9, 60e9] if fast else [0.4e9] * 5)
+    calls = []
+    monkeypatch.setattr(flops, "measure_matmul_peak",
+                        lambda dtype, **kw: calls.append(dtype) or next(fp32 if dtype == "fp32" else bf16))
+    try:
+        assert bf16_is_fast() is fast
+        assert basis in device.bf16_basis()
+        assert (len(calls) == 10) == (basis == "measured")  # the flags' answers time nothing
+        if basis == "measured":
+            assert calls[:2] == ["fp32", "bf16"]  # interleaved: a burst of load hits both kinds alike
+            assert ("ratio 3" if fast else "ratio 0.02") in device.bf16_basis()
+    finally:
+        device._decided_bf16_is_fast.cache_clear()
+
+
 def test_matmul_peak_is_measured():
     peak = measure_matmul_peak("fp32", seconds=0.05, size=128)
     assert math.isfinite(peak) and peak > 1e6  # any CPU manages a MFLOP/s
