@@ -111,8 +111,20 @@ def _bench_config(model: str, baseline: str | None, group: str, realdata: Path, 
 def score(model_spec: str, key: str, group: str, realdata: Path, work: Path) -> dict[str, Any]:
     """{task: ModeResult} for one model on one group, cached in WORK/scores/KEY/GROUP.pkl."""
     cache = work / "scores" / key / f"{group}.pkl"
+    lock = cache.with_suffix(".lock")
+    while lock.is_file() and _alive(int(lock.read_text() or 0)):  # another process scores it (the shared base)
+        time.sleep(20)
     if cache.is_file():
         return pickle.loads(cache.read_bytes())
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(str(os.getpid()))
+    try:
+        return _score(model_spec, key, group, realdata, work, cache)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _score(model_spec: str, key: str, group: str, realdata: Path, work: Path, cache: Path) -> dict[str, Any]:
     import torch
 
     from domainlm.bench.loading import load_for_eval
