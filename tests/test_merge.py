@@ -250,6 +250,9 @@ def test_select_never_reads_a_test_split(full_run: Path, tmp_path: Path, monkeyp
         test = suite / f"{name}_test.jsonl"
         test.write_text("{not json: a test split that must never be read\n")
         _lm_task(suite, name, role, dev, test)
+    # a task in neither role, whose files do not exist: never read (before, every task of the suite was loaded,
+    # and a real-data root holding only the domain and guard tasks' files failed the selection)
+    _lm_task(suite, "unused", "domain", suite / "missing_dev.jsonl", suite / "missing_test.jsonl")
     opened: list[str] = []
     real = data_mod._read
 
@@ -260,7 +263,7 @@ def test_select_never_reads_a_test_split(full_run: Path, tmp_path: Path, monkeyp
     monkeypatch.setattr(data_mod, "_read", spy)
     manifest = merge(model=str(full_run), out=str(tmp_path / "sel"), select=True, weights=[0.0, 0.5, 1.0],
                      suite=str(suite), domain_tasks=["dom"], guard_tasks=["guard"], test=False, bootstrap=200)
-    assert opened and not [p for p in opened if p.endswith("_test.jsonl")]
+    assert opened and not [p for p in opened if p.endswith("_test.jsonl") or "missing" in p]
     sel = json.loads((tmp_path / "sel" / "selection.json").read_text())
     assert (tmp_path / "sel" / "pareto.png").stat().st_size > 1000
     assert [p["weight"] for p in sel["points"]] == [0.0, 0.5, 1.0] and sel["split"] == "dev"

@@ -244,15 +244,14 @@ def select(cfg: MergeConfig) -> dict[str, Any]:
         pair = prepare_pair(cfg.model, cfg.other, scratch)
         specs0 = load_suite(cfg.suite, None, parse_overrides(cfg.override))
         dev_over, notes = dev_text_overrides(specs0, pair.run, scratch)
-        bcfg = BenchConfig(model=cfg.model, baseline=pair.other_spec, suite=cfg.suite,
+        domain, guards = task_roles(cfg, specs0)
+        # only the tasks with a role are read and scored: the others cost time and decide nothing, and their data
+        # need not exist (a real-data root with the domain and guard tasks only)
+        bcfg = BenchConfig(model=cfg.model, baseline=pair.other_spec, suite=cfg.suite, tasks=domain + guards,
                            override=list(cfg.override) + dev_over, data_root=cfg.data_root,
                            max_examples=cfg.max_examples, split="dev", dev_fraction=cfg.dev_fraction, seeds=cfg.seeds,
                            bootstrap=cfg.bootstrap, out=str(scratch / "bench"))
         specs, data = load_all(bcfg, causal=pair.objective == "causal")
-        domain, guards = task_roles(cfg, specs)
-        keep = set(domain) | set(guards)
-        specs = [sp for sp in specs if sp.task_name in keep]  # tasks in neither role cost time and decide nothing
-        data = {k: v for k, v in data.items() if k in keep}
         notes += [f"{name}: {n}" for name, d in data.items() for n in d.notes if n.startswith(("no dev", "scored on"))]
         warm_imports()
         device = pick_device("auto")
