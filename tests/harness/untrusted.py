@@ -74,7 +74,14 @@ def untrusted_trials(work: Path, launcher: str = "fork", *, cli: bool = True) ->
     def cli_refuses(folder: Path, *needles: str) -> tuple[bool, str]:
         if not cli:
             return True, ""
-        p = Proc(["adapt", "--model", str(folder), "--corpus", str(root / "no-corpus"), "--out", str(root / "run"),
+        # a real corpus (prepared once, for the tokenizer every folder here copies): a missing one is a config
+        # error that adapt reports before it opens the model, and the model's refusal is what is tested
+        corpus = root / "corpus"
+        if not (corpus / "manifest.json").is_file():
+            from domainlm.corpora.run import prepare_card
+
+            prepare_card("pubmed-sample", "tiny-llama", corpus, block_size=64)
+        p = Proc(["adapt", "--model", str(folder), "--corpus", str(corpus), "--out", str(root / "run"),
                   "--max-steps", "1"], work / "logs", f"untrusted-{folder.name}", launcher=launcher)
         rc = p.wait()
         full = last_line(p.stderr, None)
