@@ -372,7 +372,11 @@ def _tapt_reading(arms: dict[str, Any]) -> list[str]:
 
 
 # The task rows the merge reading answers issue 29 with: the domain gain to keep, the loss to remove.
-MERGE_KEEP, MERGE_REMOVE = "bc5cdr/ner", "cls/pubmedqa"
+MERGE_KEEP, MERGE_REMOVE = ("bc5cdr/ner",), ("cls/pubmedqa", "pqa/pubmedqa")  # PubMedQA: in cls, or alone (pqa)
+
+
+def _first(rows: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any] | None:
+    return next((rows[k] for k in keys if k in rows), None)
 
 
 def merge_reading(arms: dict[str, Any]) -> list[str]:
@@ -386,10 +390,10 @@ def merge_reading(arms: dict[str, Any]) -> list[str]:
         src = arms.get(src_name, {"tasks": {}})
         m = a["merge"]
         parts = []
-        for key in (MERGE_KEEP, MERGE_REMOVE):
-            t, s, h = a["tasks"].get(key), src["tasks"].get(key), a.get("head_to_head", {}).get(key)
+        for keys in (MERGE_KEEP, MERGE_REMOVE):
+            t, s, h = _first(a["tasks"], keys), _first(src["tasks"], keys), _first(a.get("head_to_head", {}), keys)
             if not t:
-                parts.append(f"{key} not scored")
+                parts.append(f"{keys[0]} not scored")
                 continue
             txt = f"{t['label']} vs base {_ci_str(t)}"
             if s:
@@ -397,13 +401,13 @@ def merge_reading(arms: dict[str, Any]) -> list[str]:
             if h:
                 txt += f", merged - adapted {_ci_str(h)}"
             parts.append(txt)
-        keep, remove = a["tasks"].get(MERGE_KEEP), a["tasks"].get(MERGE_REMOVE)
+        keep, remove = _first(a["tasks"], MERGE_KEEP), _first(a["tasks"], MERGE_REMOVE)
         answer = []
         if keep:
             answer.append("keeps the BC5CDR gain" if _verdict(keep) == "better" else "does not keep a significant "
                           "BC5CDR gain")
         if remove:
-            was = src["tasks"].get(MERGE_REMOVE)
+            was = _first(src["tasks"], MERGE_REMOVE)
             lost_before = was is not None and _verdict(was) == "worse"
             v = _verdict(remove)
             if v == "worse":

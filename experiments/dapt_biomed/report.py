@@ -29,7 +29,7 @@ from .run import read_run
 TASK_LABELS = {("ncbi", "ner"): "NCBI-disease NER", ("ncbi-ft", "ner"): "NCBI-disease NER (fine-tuned)",
                ("bc5cdr-ft", "ner_pubtator"): "BC5CDR NER (fine-tuned)",
                ("bc5cdr", "ner"): "BC5CDR NER", ("cls", "relation"): "ChemProt",
-               ("cls", "doccls"): "HoC", ("cls", "pubmedqa"): "PubMedQA",
+               ("cls", "doccls"): "HoC", ("cls", "pubmedqa"): "PubMedQA", ("pqa", "pubmedqa"): "PubMedQA",
                ("ppl", "perplexity"): "held-out corpus docs, ppl/word",
                ("ppl", "general_perplexity"): "WikiText-2 test, ppl/word",
                ("pubmed", "perplexity"): "real PubMed abstracts, ppl/word"}
