@@ -74,7 +74,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "smollm2-lora-merged": {"merge": "smollm2-lora", "method": "linear", "weights": [0.25, 0.5, 0.75]},
 }
 # The dev splits merge --select scores (never a test file): BC5CDR's own devel file (the probe trains on its train
-# file, capped), PubMedQA's 500 labelled questions outside the test ids (20% held out as dev) and WikiText-2's
+# file, capped), PubMedQA's 500 labelled questions outside the test ids (all of them: a zero-shot task trains on nothing) and WikiText-2's
 # validation file. Paths are relative to --realdata.
 MERGE_DEV = {"suite": "biomed,general", "domain_tasks": ["ner"], "guard_tasks": ["pubmedqa", "general_perplexity"],
              "max_examples": 500,

@@ -38,7 +38,7 @@ TASK_LABELS = {("ncbi", "ner"): "NCBI-disease NER", ("ncbi-ft", "ner"): "NCBI-di
 MERGE_NOT_RUN = (
     "The merge arms ({arms}) are `domainlm merge --select` on their source arm: a linear merge back into SmolLM2 at "
     "weights 0.25, 0.5 and 0.75, chosen on dev splits only (BC5CDR devel as the domain task; PubMedQA's labelled "
-    "questions outside its test ids, 20% held out, and WikiText-2 valid as guards, Holm over the guards), then "
+    "questions outside its test ids, all 500, and WikiText-2 valid as guards, Holm over the guards), then "
     "scored like every arm. They need their source runs (~40 min of one core each) and were not measured, so "
     "whether a merge keeps the BC5CDR gain while removing the PubMedQA loss is still open.")
 
@@ -392,7 +392,7 @@ def _merge_section(arms: dict[str, Any]) -> list[str]:
     L = ["## Merging back into the base (`domainlm merge --select`)", "",
          "Each merge arm is its source arm merged linearly back into SmolLM2 (`weight` on the adapted model), the "
          "weight chosen by `domainlm merge --select` on dev splits only: BC5CDR devel as the domain task (its probe "
-         "trained on BC5CDR train, capped), PubMedQA's labelled questions outside the test ids (20% held out) and "
+         "trained on BC5CDR train; 500 sentences of each), PubMedQA's 500 labelled questions outside the test ids (zero-shot, so all of them) and "
          "WikiText-2 valid as guards; the rule is the best domain score with no guard significantly worse than the "
          "base (paired bootstrap, Holm over the guards). Then only the chosen model is scored on test, like every arm.",
          ""]
