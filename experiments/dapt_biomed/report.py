@@ -111,7 +111,7 @@ def plot(arms: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     ax = axes[0]
-    keys = ["ncbi/ner", "bc5cdr/ner", *RAW_TEXT_TASKS]
+    keys = ["ncbi/ner", "bc5cdr/ner", *RAW_TEXT_TASKS, "pqa/pubmedqa"]
     scored = sorted(((n, a) for n, a in arms.items() if any(k in a["tasks"] for k in keys)),
                     key=lambda kv: (kv[1]["model"], kv[1]["tokens"]))  # the head-only reference has no task row
     for i, (_name, a) in enumerate(scored):
@@ -156,7 +156,9 @@ def plot(arms: dict[str, Any], path: Path) -> None:
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("adaptation tokens")
     ax.set_ylabel("NCBI-disease entity F1 delta vs base")
-    fig.suptitle("DAPT on real biomedical text (MiniLM, SmolLM2-135M): task deltas with paired 95% CIs")
+    names = {"minilm": "MiniLM", "smollm2": "SmolLM2-135M"}
+    present = ", ".join(names.get(m, m) for m in sorted({a["model"] for a in arms.values()}))
+    fig.suptitle(f"DAPT on real biomedical text ({present}): task deltas with paired 95% CIs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
