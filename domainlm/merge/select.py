@@ -243,8 +243,10 @@ def select(cfg: MergeConfig) -> dict[str, Any]:
         scratch = Path(s)
         pair = prepare_pair(cfg.model, cfg.other, scratch)
         specs0 = load_suite(cfg.suite, None, parse_overrides(cfg.override))
-        dev_over, notes = dev_text_overrides(specs0, pair.run, scratch)
         domain, guards = task_roles(cfg, specs0)
+        # dev texts only for the tasks with a role: the others are not read
+        dev_over, notes = dev_text_overrides([sp for sp in specs0 if sp.task_name in domain + guards], pair.run,
+                                             scratch)
         # only the tasks with a role are read and scored: the others cost time and decide nothing, and their data
         # need not exist (a real-data root with the domain and guard tasks only)
         bcfg = BenchConfig(model=cfg.model, baseline=pair.other_spec, suite=cfg.suite, tasks=domain + guards,

@@ -55,8 +55,7 @@ def run_arm(arm: str, work: Path, realdata: Path | None = None) -> dict[str, Any
         return merge_arm(arm, work, realdata or ROOT.parent / "shared" / "realdata")
     run_dir = work / "runs" / arm
     lock = run_dir.with_name(arm + ".lock")
-    while lock.is_file() and _alive(int(lock.read_text() or 0)):  # another process of this script trains it
-        time.sleep(20)
+    _wait_while_held(lock)  # another process of this script trains it
     if (run_dir / "manifest.json").is_file():
         try:
             return read_run(run_dir)
@@ -90,6 +89,12 @@ def run_arm(arm: str, work: Path, realdata: Path | None = None) -> dict[str, Any
     return read_run(run_dir)
 
 
+def _wait_while_held(lock: Path) -> None:
+    """Wait while another live process of this script holds ``lock`` (its pid inside)."""
+    while lock.is_file() and _alive(int(lock.read_text() or 0)):
+        time.sleep(20)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -112,8 +117,7 @@ def score(model_spec: str, key: str, group: str, realdata: Path, work: Path) -> 
     """{task: ModeResult} for one model on one group, cached in WORK/scores/KEY/GROUP.pkl."""
     cache = work / "scores" / key / f"{group}.pkl"
     lock = cache.with_suffix(".lock")
-    while lock.is_file() and _alive(int(lock.read_text() or 0)):  # another process scores it (the shared base)
-        time.sleep(20)
+    _wait_while_held(lock)  # another process scores it (the shared base)
     if cache.is_file():
         return pickle.loads(cache.read_bytes())
     cache.parent.mkdir(parents=True, exist_ok=True)
